@@ -1,0 +1,1 @@
+"""Kubernetes operator for Fathom: ModelService and Tenant resources reconciled into KubeRay."""
