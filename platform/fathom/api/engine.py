@@ -14,64 +14,28 @@ class Pricing(Spec):
     """Prices in the operator's currency per million tokens; usage times price gives cost."""
 
     prompt_per_million: float = Field(0.0, ge=0, description="Price per million uncached prompt tokens.")
-    cached_prompt_per_million: float = Field(
-        0.0, ge=0, description="Price per million prompt tokens served from the prefix cache."
-    )
+    cached_prompt_per_million: float = Field(0.0, ge=0, description="Price per million prompt tokens served from the prefix cache.")
     completion_per_million: float = Field(0.0, ge=0, description="Price per million completion tokens.")
 
 
 class EngineSettings(Spec):
     """How one model instance runs: sharding, batching and KV-cache limits."""
 
-    model: str | None = Field(
-        None, description="Checkpoint directory (Hugging Face layout); None serves the built-in demo model."
-    )
-    served_model_name: str | None = Field(
-        None, description="Model id in /v1/models; default: the directory name, or `fathom-demo`."
-    )
-    tensor_parallel_size: int = Field(
-        1,
-        ge=1,
-        le=1024,
-        description="World size W of one model instance (attention heads, dense MLPs, vocab split over W ranks).",
-    )
-    expert_parallel_size: int = Field(
-        1, ge=1, le=1024, description="Routed experts split over EP groups; must divide tensor_parallel_size."
-    )
-    dtype: DType = Field(
-        "auto", description="Weights and activations dtype; auto = bfloat16 on CUDA, float32 on CPU."
-    )
-    max_model_len: int | None = Field(
-        None,
-        ge=1,
-        description="Longest prompt + completion, in tokens; default: the checkpoint's max_position_embeddings.",
-    )
+    model: str | None = Field(None, description="Checkpoint directory (Hugging Face layout); None serves the built-in demo model.")
+    served_model_name: str | None = Field(None, description="Model id in /v1/models; default: the directory name, or `fathom-demo`.")
+    tensor_parallel_size: int = Field(1, ge=1, le=1024, description="World size W of one model instance (attention heads, dense MLPs, vocab split over W ranks).")
+    expert_parallel_size: int = Field(1, ge=1, le=1024, description="Routed experts split over EP groups; must divide tensor_parallel_size.")
+    dtype: DType = Field("auto", description="Weights and activations dtype; auto = bfloat16 on CUDA, float32 on CPU.")
+    max_model_len: int | None = Field(None, ge=1, description="Longest prompt + completion, in tokens; default: the checkpoint's max_position_embeddings.")
     max_num_seqs: int = Field(64, ge=1, description="Most sequences in one engine step.")
-    max_num_batched_tokens: int = Field(
-        2048, ge=16, description="Token budget of one engine step (prefill chunks + decodes)."
-    )
+    max_num_batched_tokens: int = Field(2048, ge=16, description="Token budget of one engine step (prefill chunks + decodes).")
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV-cache block.")
-    kv_cache_memory: int | None = Field(
-        None,
-        ge=1,
-        description="Bytes for the latent KV cache per rank; default: a fraction of free device memory.",
-    )
-    kv_cache_memory_fraction: float = Field(
-        0.9,
-        gt=0,
-        le=1,
-        description="Fraction of free device memory for the KV cache when kv_cache_memory is unset.",
-    )
+    kv_cache_memory: int | None = Field(None, ge=1, description="Bytes for the latent KV cache per rank; default: a fraction of free device memory.")
+    kv_cache_memory_fraction: float = Field(0.9, gt=0, le=1, description="Fraction of free device memory for the KV cache when kv_cache_memory is unset.")
     enable_prefix_caching: bool = Field(True, description="Reuse cached KV blocks of shared prompt prefixes.")
-    enable_chunked_prefill: bool = Field(
-        True, description="Split long prompts over several steps so decodes are not stalled."
-    )
-    reasoning_parser: Literal["none", "deepseek_r1"] = Field(
-        "none", description="Return <think>...</think> as reasoning_content."
-    )
-    seed: int = Field(
-        0, description="Seed for weight generation of the demo model and for unseeded sampling."
-    )
+    enable_chunked_prefill: bool = Field(True, description="Split long prompts over several steps so decodes are not stalled.")
+    reasoning_parser: Literal["none", "deepseek_r1"] = Field("none", description="Return <think>...</think> as reasoning_content.")
+    seed: int = Field(0, description="Seed for weight generation of the demo model and for unseeded sampling.")
     pricing: Pricing = Field(default_factory=Pricing, description="Prices per million tokens for metering.")
 
     @model_validator(mode="after")
