@@ -57,7 +57,7 @@ def metadata(owner: Owner, name: str) -> dict:
 
 def serve_config(spec: ModelServiceSpec, replicas: int) -> str:
     """serveConfigV2: the Fathom application, its settings, and the model deployment's replicas."""
-    engine = spec.engine.model_copy(update={"model": spec.model.checkpoint_dir})
+    engine = spec.engine.model_copy(update={"model": spec.model.checkpoint_dir if spec.model else None})
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
