@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import jsonpointer
@@ -50,6 +51,15 @@ class ApiServer(kmock.KubernetesEmulator):
             verbs={"get", "list", "watch", "create", "patch", "update", "delete"})
         if status:
             self.status_subresource.add((group, plural))
+
+    async def __call__(self, raw_request):
+        # kmock cannot parse the cluster-scoped /api/v1/namespaces; answer as an API server does
+        # to an operator without cluster-wide RBAC on namespaces (kopf then trusts --namespace).
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                              "reason": "Forbidden", "code": 403,
+                                              "message": "namespaces is forbidden"}, status=403)
+        return await super().__call__(raw_request)
 
     def register_fathom(self) -> None:
         for crd in all_crds().values():
