@@ -7,8 +7,11 @@ Layout of the RayService (ray.io/v1):
   KubeRay reads Serve status through it.
 - one worker group `ranks`: pods of `ranksPerPod` ranks each; replicas = instances × pods per
   instance. KubeRay applies replica changes of a worker group to the running cluster in place.
-- `serveConfigV2`: the Fathom app (`fathom.serve.app:build_app`) with the EngineSettings as args
-  and `num_replicas` of the model deployment; KubeRay updates a running app in place.
+- `serveConfigV2`: the Fathom app (`fathom.serve.app:build_app`, whose argument is the
+  `ServeSettings` model: engine settings, tenants file, HTTP bind) and a `deployments` override
+  with `num_replicas` of the model deployment. Scaling changes only that override, which Ray
+  Serve applies in place (a change of `args` would rebuild the app and restart every replica);
+  `args.numReplicas` is maxReplicas, which only sizes the ingress queue.
 """
 
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from fathom_operator import pods
 
 APP_NAME = "fathom"
 IMPORT_PATH = "fathom.serve.app:build_app"
-MODEL_DEPLOYMENT = "FathomModel"
+MODEL_DEPLOYMENT = "model"  # fathom.serve.app names its deployments "ingress" and "model"
 SERVE_PORT = 8000
 WORKER_GROUP = "ranks"
 LABEL = "fathom.dev/model-service"
@@ -65,7 +68,8 @@ def serve_config(spec: ModelServiceSpec, replicas: int) -> str:
             "name": APP_NAME,
             "route_prefix": "/",
             "import_path": IMPORT_PATH,
-            "args": {"engine": engine.to_wire(), "numReplicas": replicas, "tenants": pods.TENANTS_FILE},
+            "args": {"engine": engine.to_wire(), "numReplicas": max(1, spec.autoscaling.max_replicas),
+                     "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT},
             "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas}],
         }],
     }

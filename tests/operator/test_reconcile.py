@@ -110,3 +110,22 @@ def test_merge_keeps_foreign_fields_and_drops_only_ours():
     patch = merge_patch(observed, target)
     assert patch["metadata"]["labels"] == {"ours": "2", "old": None}
     assert merge_patch(target, merge(target, desired, desired)) == {}
+
+
+def test_scaling_changes_only_what_kuberay_and_serve_apply_in_place():
+    """Replica counts live in the worker group and the deployment override; the app args and the
+    rest of the cluster spec (KubeRay's hash) stay identical, so nothing restarts."""
+    spec = parse_spec({"engine": {"tensorParallelSize": 8}})
+    one, three = (render.ray_service(spec, render.Owner("m", "ns", "u"), n) for n in (1, 3))
+    apps = [yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0] for rs in (one, three)]
+    assert apps[0]["args"] == apps[1]["args"] and apps[0]["import_path"] == apps[1]["import_path"]
+    assert [a["deployments"] for a in apps] == [[{"name": "model", "num_replicas": 1}],
+                                                [{"name": "model", "num_replicas": 3}]]
+
+    def unscaled(rs):
+        cluster = copy.deepcopy(rs["spec"]["rayClusterConfig"])
+        for group in cluster["workerGroupSpecs"]:
+            for key in ("replicas", "minReplicas", "maxReplicas"):
+                group.pop(key)
+        return cluster
+    assert unscaled(one) == unscaled(three)
