@@ -59,6 +59,7 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
     log = logger or logging.getLogger(__name__)
     history: collections.deque[metrics.Sample] = collections.deque()
     previous: metrics.Scrape | None = None
+    failing = False  # log a metrics outage once, and its end
     async with aiohttp.ClientSession() as http:
         while not stopped:
             obj = await client.get(kube.MODEL_SERVICES, namespace, name)
@@ -74,9 +75,14 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
             try:
                 scrape = await metrics.fetch(http, metrics_url(obj, spec.service.port, url_template), time.monotonic())
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                log.warning("metrics of %s/%s unavailable: %s", namespace, name, exc)
+                (log.debug if failing else log.warning)("metrics of %s/%s unavailable (holding the "
+                                                        "replica count): %s", namespace, name, exc)
+                failing = True
                 await stopped.wait(auto.interval_seconds)
                 continue
+            if failing:
+                log.info("metrics of %s/%s available again", namespace, name)
+                failing = False
             history.append(metrics.derive(previous, scrape))
             previous = scrape
             while history and history[0].t < scrape.t - history_span(auto):

@@ -27,8 +27,11 @@ async def write_status(client: KubeClient, ref: ResourceRef, obj: dict, status: 
     return True
 
 
-async def sync_model_service(client: KubeClient, obj: dict) -> Result:
-    """Reconcile one ModelService: apply its RayService and Service, then write its status."""
+async def sync_model_service(client: KubeClient, obj: dict, notify=None) -> Result:
+    """Reconcile one ModelService: apply its RayService and Service, then write its status.
+
+    `notify(obj, type, reason, message)` is called when the phase turns Invalid or Pending
+    (a Warning Event), so `kubectl describe` shows why nothing is deployed."""
     meta = obj["metadata"]
     ns, name = meta["namespace"], meta["name"]
     installed = await client.has_resource(kube.RAY_SERVICES)
@@ -38,6 +41,10 @@ async def sync_model_service(client: KubeClient, obj: dict) -> Result:
     for child in result.children or []:
         await apply(client, _REFS[child["kind"]], child)
     await write_status(client, kube.MODEL_SERVICES, obj, result.status)
+    old_phase = (obj.get("status") or {}).get("phase")
+    if notify is not None and result.status["phase"] in ("Invalid", "Pending") and old_phase != result.status["phase"]:
+        ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
+        notify(obj, "Warning", ready["reason"], ready["message"])
     return result
 
 

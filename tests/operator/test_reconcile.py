@@ -129,3 +129,10 @@ def test_scaling_changes_only_what_kuberay_and_serve_apply_in_place():
                 group.pop(key)
         return cluster
     assert unscaled(one) == unscaled(three)
+
+
+def test_endpoint_is_the_load_balancer_once_it_has_one():
+    o = obj(service={"type": "LoadBalancer", "port": 80})
+    assert reconcile(o, Observed(now=NOW)).status["endpoint"] == "http://m-api.ns.svc:80"
+    lb = {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}
+    assert reconcile(o, Observed(service=lb, now=NOW)).status["endpoint"] == "http://203.0.113.7:80"
