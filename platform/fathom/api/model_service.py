@@ -9,7 +9,7 @@ The operator's CRD manifest is generated from these models (`fathom.api.crd`).
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fathom.api.base import Spec
 from fathom.api.engine import EngineSettings
@@ -44,6 +44,13 @@ class ModelSource(Spec):
     uri: str | None = Field(None, pattern=r"^(hf|s3|gs|https?)://.+", description="Checkpoint fetched by an init container: hf://, s3://, gs://, http(s):// (a tarball).")
     path: str = Field("", pattern=r"^[^/].*$|^$", description="Checkpoint directory relative to the volume root (or to the fetched tree); empty = the root.")
     fetch_image: str | None = Field(None, description="Image of the fetch init container (needs huggingface_hub, awscli, gsutil or curl for the scheme); default: spec.image.")
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_volume(cls, v: str) -> str:
+        if ".." in v.split("/"):
+            raise ValueError(f"path {v!r} must stay inside the volume (no '..')")
+        return v
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> "ModelSource":
@@ -154,7 +161,7 @@ class ModelServiceSpec(Spec):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy.")
     resources: RankResources = Field(default_factory=RankResources, description="Per-rank resources and placement.")
     head: HeadResources = Field(default_factory=HeadResources, description="Resources of the Ray head (CPU only).")
-    replicas: int = Field(1, ge=0, description="Model instances when autoscaling is off; also the /scale subresource.")
+    replicas: int = Field(1, ge=0, description="Model instances when autoscaling is off (kubectl scale, HPA and KEDA write it through /scale); with autoscaling on, only the starting count.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Load-driven replica count.")
     service: ServiceExposure = Field(default_factory=ServiceExposure, description="How the API is exposed.")
     tenants_secret: str = Field("fathom-tenants", description="Secret (written by the operator from Tenant objects) that the ingress reads; optional.")
