@@ -44,9 +44,7 @@ async def scale(client: KubeClient, obj: dict, current: int, decision: Decision,
     meta = obj["metadata"]
     await client.patch(kube.MODEL_SERVICES, meta["namespace"], meta["name"],
                        {"status": {"desiredReplicas": decision.replicas, "lastScaleTime": now_rfc3339()}}, sub="status")
-    fresh = await client.get(kube.MODEL_SERVICES, meta["namespace"], meta["name"])
-    if fresh is not None:
-        await sync_model_service(client, fresh)
+    await sync_model_service(client, obj)
     if notify is not None:
         result = notify(obj, "Scaled", f"replicas {current} -> {decision.replicas}: {decision.reason}")
         if asyncio.iscoroutine(result):
