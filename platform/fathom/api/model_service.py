@@ -109,14 +109,15 @@ class AutoscalingTargets(Spec):
     """Per-replica load targets; the replica count is the largest any target asks for.
 
     A count is asked for as in the Kubernetes HPA: ceil(replicas × observed / target) for
-    ratios (KV cache, TTFT) and ceil(total / target) for per-replica amounts. Unset = ignored.
+    ratios (KV cache, TTFT) and ceil(total / target) for per-replica amounts. A target set to 0
+    (or unset) is off: with the API server filling in defaults, 0 is how a default is turned off.
     """
 
-    waiting_requests_per_replica: float | None = Field(2.0, gt=0, description="Queued (not yet running) requests per replica (fathom_requests_waiting).")
-    running_requests_per_replica: float | None = Field(None, gt=0, description="Running requests per replica (fathom_requests_running).")
-    kv_cache_utilization: float | None = Field(0.8, gt=0, le=1, description="Mean KV cache usage ratio over replicas (fathom_kv_cache_usage_ratio).")
-    ttft_p95_seconds: float | None = Field(None, gt=0, description="p95 time to first token over the last interval (fathom_time_to_first_token_seconds).")
-    tokens_per_second_per_replica: float | None = Field(None, gt=0, description="Generated tokens per second per replica (fathom_generation_tokens_total).")
+    waiting_requests_per_replica: float | None = Field(2.0, ge=0, description="Queued (not yet running) requests per replica (fathom_requests_waiting); 0 = off.")
+    running_requests_per_replica: float | None = Field(None, ge=0, description="Running requests per replica (fathom_requests_running); 0 or unset = off.")
+    kv_cache_utilization: float | None = Field(0.8, ge=0, le=1, description="Mean KV cache usage ratio over replicas (fathom_kv_cache_usage_ratio); 0 = off.")
+    ttft_p95_seconds: float | None = Field(None, ge=0, description="p95 time to first token over the last interval (fathom_time_to_first_token_seconds); 0 or unset = off.")
+    tokens_per_second_per_replica: float | None = Field(None, ge=0, description="Generated tokens per second per replica (fathom_generation_tokens_total); 0 or unset = off.")
 
 
 class Autoscaling(Spec):
