@@ -64,9 +64,9 @@ if [ "${USE_CHART:-0}" = 1 ]; then
 else
   # From this checkout, outside the cluster: the autoscaler reads /metrics through a port-forward.
   PYTHONPATH="$ROOT/platform:$ROOT/operators" "$PYTHON" -m fathom_operator --namespace "$NS" \
-    --metrics-url-template "http://127.0.0.1:$PORT/metrics" >"$HERE/operator.log" 2>&1 &
+    --metrics-url-template "http://127.0.0.1:$PORT/metrics" >"${TMPDIR:-/tmp}/fathom-operator.log" 2>&1 &
   PIDS+=($!)
-  echo "operator log: $HERE/operator.log"
+  echo "operator log: ${TMPDIR:-/tmp}/fathom-operator.log"
 fi
 
 say "tenants and the demo ModelService in $NS"
