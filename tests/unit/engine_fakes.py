@@ -6,6 +6,8 @@ it reads back through the block table. If the engine ever hands it a wrong block
 stale prefix-cache block or a wrong position, the prediction differs from `reference_next`,
 which sees the true token history: so these tests check the bookkeeping, not just the flow."""
 
+import time
+
 import torch
 
 from fathom.engine.sampler import Sampler
@@ -38,6 +40,7 @@ class FakeExecutor:
         self.sampler = Sampler("cpu")
         self.steps: list[StepInput] = []
         self.dead = False
+        self.delay = 0.0  # seconds per step, to keep requests in flight in async tests
 
     def execute(self, step: StepInput):
         from fathom.engine.errors import EngineDeadError
@@ -45,6 +48,7 @@ class FakeExecutor:
         if self.dead:
             raise EngineDeadError("fake rank died")
         self.steps.append(step)
+        time.sleep(self.delay)
         for s in step.freed_seq_ids:
             self.sampler.free(s)
         for spec in step.new_specs:
