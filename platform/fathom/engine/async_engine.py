@@ -59,7 +59,7 @@ class AsyncEngine:
         """Stream deltas of one request (see docs/architecture.md for the contract)."""
         self._raise_if_dead()
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        kwargs = dict(priority=priority, fairness_key=fairness_key, cache_salt=cache_salt)
+        kwargs = {"priority": priority, "fairness_key": fairness_key, "cache_salt": cache_salt}
         self._inbox.put(("add", request_id, (list(prompt_token_ids), sampling_params, kwargs), stream))
         finished = False
         try:
