@@ -22,6 +22,15 @@ CHART = ROOT / "helm" / "fathom"
 INSTALL_HELM = ROOT / ".ci" / "install-helm"
 
 
+def kuberay_reference() -> Path:
+    """KubeRay's published CRDs: in the shared/ folder beside the checkout (CI) or above it."""
+    for base in (ROOT, *ROOT.parents):
+        ref = base / "shared" / "reference" / "kuberay"
+        if (ref / "ray.io_rayservices.yaml").is_file():
+            return ref
+    raise FileNotFoundError(f"shared/reference/kuberay/ not found beside or above {ROOT}")
+
+
 def _find_helm() -> str:
     if os.environ.get("HELM"):
         return os.environ["HELM"]
