@@ -5,21 +5,19 @@ from helm_value_sets import NAMESPACED
 
 # (apiGroup, resource) -> verbs the operator (kopf + fathom_operator) uses.
 OPERATOR_RULES = {
-    ("fathom.dev", "modelservices"): {"get", "list", "watch", "patch", "update"},
-    ("fathom.dev", "tenants"): {"get", "list", "watch", "patch", "update"},
-    ("fathom.dev", "modelservices/status"): {"get", "patch", "update"},
-    ("fathom.dev", "tenants/status"): {"get", "patch", "update"},
-    ("fathom.dev", "modelservices/scale"): {"get", "patch", "update"},
-    ("ray.io", "rayservices"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "secrets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("fathom.dev", "modelservices"): {"get", "list", "watch", "patch"},
+    ("fathom.dev", "tenants"): {"get", "list", "watch", "patch"},
+    ("fathom.dev", "modelservices/status"): {"patch"},
+    ("fathom.dev", "tenants/status"): {"patch"},
+    ("ray.io", "rayservices"): {"get", "create", "patch"},
+    ("", "services"): {"get", "create", "patch"},
+    ("", "secrets"): {"get", "create", "patch"},
+    ("", "events"): {"create"},
 }
 DISCOVERY_RULES = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
-NAMESPACE_RULES = {("", "namespaces"): {"get", "list", "watch"}}
+NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
 
 
 def flatten(role: dict) -> dict:

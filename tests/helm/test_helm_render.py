@@ -54,7 +54,8 @@ def test_default_install_is_the_operator_and_its_rbac(helm):
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["python", "-m", "fathom_operator"]
-    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--resync-seconds=30",
+                                 "--tenant-resync-seconds=60"]
     assert not [a for a in container["args"] if a.startswith("--namespace")], "default watches all namespaces"
     assert container["image"] == "ghcr.io/fathom-serve/fathom-operator:0.1.0"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}

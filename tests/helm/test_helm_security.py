@@ -89,7 +89,7 @@ def test_ray_dashboard_is_reachable_only_from_kuberay(helm):
     policies = [o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "fathom-ray"]
     assert len(policies) == 2
     for pol in policies:
-        assert pol["spec"]["podSelector"] == {"matchExpressions": [{"key": "ray.io/node-type", "operator": "Exists"}]}
+        assert pol["spec"]["podSelector"] == {"matchExpressions": [{"key": "fathom.dev/model-service", "operator": "Exists"}]}
         for rule in pol["spec"]["ingress"]:
             ports = {p["port"] for p in rule.get("ports", [])}
             sources = rule.get("from")
@@ -100,7 +100,7 @@ def test_ray_dashboard_is_reachable_only_from_kuberay(helm):
                                     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
             elif not ports:  # all ports: only from Ray pods of the same namespace
                 assert sources == [{"podSelector": {"matchExpressions": [
-                    {"key": "ray.io/node-type", "operator": "Exists"}]}}]
+                    {"key": "fathom.dev/model-service", "operator": "Exists"}]}}]
             else:
                 assert not ports & RAY_INTERNAL_PORTS, rule
 
