@@ -133,7 +133,8 @@ def test_image_digest_pins_the_platform_image(helm):
 def test_notes_tell_how_to_reach_the_api_and_send_a_request(helm):
     notes = helm.notes(TWO_MODELS_WITH_TENANTS)
     assert "kubectl -n fathom get modelservice deepseek-v3" in notes
-    assert "port-forward" in notes and "/v1/chat/completions" in notes
+    assert "kubectl -n fathom port-forward svc/deepseek-v3-api 8000:8000" in notes
+    assert "/v1/chat/completions" in notes
     assert "get secret team-a-keys -o jsonpath='{.data.current}'" in notes
     assert "Authorization: Bearer $OPENAI_API_KEY" in notes
     default_notes = helm.notes()
