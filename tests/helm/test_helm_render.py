@@ -2,8 +2,12 @@
 every rendered object validated against the Kubernetes OpenAPI schemas (kubernetes-validate,
 strict: unknown fields are errors) for the oldest and newest Kubernetes the chart supports."""
 
+import re
+
 import kubernetes_validate
+import promql_parser
 import pytest
+from conftest import ROOT
 from helm_value_sets import EVERYTHING_ON, NAMESPACED, TWO_MODELS_WITH_TENANTS, VALUE_SETS
 
 # Kinds that are not part of Kubernetes itself; checked against their CRDs in test_helm_crds.py
@@ -151,3 +155,16 @@ def test_namespaced_mode_watches_only_its_namespaces(helm):
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+
+
+def test_alerts_are_valid_promql_on_the_documented_metrics(helm):
+    """Every alert parses (a real PromQL parser) and uses only metrics named in docs/architecture.md."""
+    documented = set(re.findall(r"`(fathom_\w+)`", (ROOT / "docs" / "architecture.md").read_text()))
+    (rule,) = by_kind(helm.template(EVERYTHING_ON), "PrometheusRule")
+    for r in rule["spec"]["groups"][0]["rules"]:
+        promql_parser.parse(r["expr"])  # raises ValueError naming the syntax error
+        for metric in re.findall(r"\bfathom_\w+", r["expr"]):
+            base = re.sub(r"_(bucket|sum|count)$", "", metric)
+            assert base in documented, f"{r['alert']} uses {metric}, which the app does not export"
+    with pytest.raises(ValueError):
+        promql_parser.parse("sum by (model (rate(fathom_requests_total[5m]))")
