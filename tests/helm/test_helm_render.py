@@ -168,3 +168,15 @@ def test_alerts_are_valid_promql_on_the_documented_metrics(helm):
             assert base in documented, f"{r['alert']} uses {metric}, which the app does not export"
     with pytest.raises(ValueError):
         promql_parser.parse("sum by (model (rate(fathom_requests_total[5m]))")
+
+
+def test_names_stay_valid_for_the_longest_release_name(helm):
+    release = "a-very-long-release-name-that-uses-all-53-characters"[:53]
+    objs = helm.template(EVERYTHING_ON, release=release)
+    for obj in objs:
+        name = obj["metadata"]["name"]
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), name
+        for key, value in obj["metadata"].get("labels", {}).items():
+            assert len(value) <= 63, f"{obj['kind']}/{name} label {key}={value}"
+    names = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs]
+    assert len(names) == len(set(names)), "two objects share a name"
