@@ -11,7 +11,7 @@ import os
 import runpy
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "fathom"
 INSTALL_HELM = ROOT / ".ci" / "install-helm"
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def kuberay_reference() -> Path:
@@ -78,6 +79,7 @@ class Helm:
     bin: str
     chart: Path
     workdir: Path
+    _renders: dict = field(default_factory=dict)
 
     def run(self, *args: str, values: dict | None = None) -> subprocess.CompletedProcess:
         cmd = [self.bin, *args]
@@ -91,11 +93,16 @@ class Helm:
 
     def template(self, values: dict | None = None, namespace: str = "fathom", release: str = "fathom",
                  kube_version: str = "1.37.0") -> list[dict]:
-        """Render the chart and return its objects; fails the test with helm's stderr on error."""
-        out = self.run("template", release, str(self.chart), "--namespace", namespace, "--include-crds",
-                       "--kube-version", kube_version, values=values)
-        assert out.returncode == 0, f"helm template failed:\n{out.stderr}"
-        return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+        """Render the chart and return its objects; fails the test with helm's stderr on error.
+
+        Renders are memoised per arguments (helm is deterministic); callers get fresh copies."""
+        key = (yaml.safe_dump(values), namespace, release, kube_version)
+        if key not in self._renders:
+            out = self.run("template", release, str(self.chart), "--namespace", namespace, "--include-crds",
+                           "--kube-version", kube_version, values=values)
+            assert out.returncode == 0, f"helm template failed:\n{out.stderr}"
+            self._renders[key] = out.stdout
+        return [doc for doc in yaml.load_all(self._renders[key], Loader=LOADER) if doc]
 
     def template_error(self, values: dict) -> str:
         """Render values that must be refused; return helm's error text."""
