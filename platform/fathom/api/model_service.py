@@ -130,6 +130,12 @@ class Autoscaling(Spec):
     scale_down_stabilization_seconds: float = Field(300.0, ge=0, description="Window over which scale-down takes the largest recommendation.")
     scale_to_zero_after_seconds: float = Field(900.0, ge=0, description="Idle time (no running or waiting requests) before scaling to zero when minReplicas is 0.")
 
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) exceeds maxReplicas ({self.max_replicas})")
+        return self
+
 
 class ServiceExposure(Spec):
     """The Kubernetes Service in front of the OpenAI-compatible API."""
@@ -158,11 +164,6 @@ class ModelServiceSpec(Spec):
     def _consistent(self) -> "ModelServiceSpec":
         if self.engine.model is not None:
             raise ValueError("spec.engine.model is set by the operator from spec.model; remove it")
-        if self.autoscaling.min_replicas > self.autoscaling.max_replicas:
-            raise ValueError(
-                f"spec.autoscaling.minReplicas ({self.autoscaling.min_replicas}) exceeds "
-                f"maxReplicas ({self.autoscaling.max_replicas})"
-            )
         return self
 
     @property
