@@ -4,43 +4,11 @@ error here) and against the pydantic models the operator parses them with. Any R
 in the output is checked against KubeRay's published CRD."""
 
 import copy
-from pathlib import Path
 
-import jsonschema
 import pytest
-import yaml
 from conftest import CHART, kuberay_reference
+from helm_schemas import crd_schema, validate
 from helm_value_sets import DEEPSEEK_V3, VALUE_SETS
-
-from fathom.api.model_service import ModelServiceSpec
-from fathom.api.tenant import TenantSpec
-
-PYDANTIC_SPECS = {"ModelService": ModelServiceSpec, "Tenant": TenantSpec}
-
-
-def crd_schema(path: Path) -> tuple[str, dict]:
-    """(kind, strict JSON schema of the served version) of a CRD manifest."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the KubeRay CRD is large
-    crd = next(d for d in yaml.load_all(path.read_text(), Loader=loader) if d)
-    version = next(v for v in crd["spec"]["versions"] if v.get("served", True))
-    return crd["spec"]["names"]["kind"], strict(version["schema"]["openAPIV3Schema"])
-
-
-def strict(node: dict) -> dict:
-    """Forbid fields a structural schema would prune: what `kubectl apply --validate=strict` refuses."""
-    node = copy.deepcopy(node)
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if "properties" in n and "additionalProperties" not in n and n is not node.get("properties", {}).get("metadata"):
-            n["additionalProperties"] = False
-        stack.extend(n.get("properties", {}).values())
-        if isinstance(n.get("additionalProperties"), dict):
-            stack.append(n["additionalProperties"])
-        if isinstance(n.get("items"), dict):
-            stack.append(n["items"])
-    node["properties"]["metadata"] = {"type": "object"}
-    return node
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +16,6 @@ def schemas() -> dict:
     found = dict(crd_schema(p) for p in sorted((CHART / "crds").glob("*.yaml")))
     found.update([crd_schema(kuberay_reference() / "ray.io_rayservices.yaml")])
     return found
-
-
-def validate(obj: dict, schemas: dict) -> None:
-    where = f"{obj['kind']} {obj['metadata']['name']}"
-    try:
-        jsonschema.Draft7Validator(schemas[obj["kind"]]).validate(obj)
-    except jsonschema.ValidationError as exc:
-        raise AssertionError(f"{where}: {exc.message} at {'.'.join(map(str, exc.absolute_path))}") from None
-    if obj["kind"] in PYDANTIC_SPECS:
-        PYDANTIC_SPECS[obj["kind"]].model_validate(obj["spec"])
 
 
 def test_chart_ships_the_fathom_crds(helm):
