@@ -4,6 +4,7 @@ import copy
 from pathlib import Path
 
 import jsonschema
+import pydantic
 import yaml
 
 from fathom.api.model_service import ModelServiceSpec
@@ -26,6 +27,8 @@ def strict(node: dict) -> dict:
     stack = [node]
     while stack:
         n = stack.pop()
+        if n.get("x-kubernetes-int-or-string"):  # what the API server enforces for it
+            n["type"] = ["integer", "string"]
         if "properties" in n and "additionalProperties" not in n:
             n["additionalProperties"] = False
         stack.extend(n.get("properties", {}).values())
@@ -46,4 +49,7 @@ def validate(obj: dict, schemas: dict) -> None:
     except jsonschema.ValidationError as exc:
         raise AssertionError(f"{where}: {exc.message} at {'.'.join(map(str, exc.absolute_path))}") from None
     if obj["kind"] in PYDANTIC_SPECS:
-        PYDANTIC_SPECS[obj["kind"]].model_validate(obj["spec"])
+        try:
+            PYDANTIC_SPECS[obj["kind"]].model_validate(obj["spec"])
+        except pydantic.ValidationError as exc:
+            raise AssertionError(f"{where}: the operator refuses its spec: {exc}") from None

@@ -4,9 +4,11 @@ error here) and against the pydantic models the operator parses them with. Any R
 in the output is checked against KubeRay's published CRD."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
-from conftest import CHART, kuberay_reference
+from conftest import CHART, ROOT, kuberay_reference
 from helm_schemas import crd_schema, validate
 from helm_value_sets import DEEPSEEK_V3, VALUE_SETS
 
@@ -35,16 +37,38 @@ def test_rendered_custom_resources_match_their_crds(helm, schemas, name):
         assert sorted(o["kind"] for o in checked) == ["ModelService"] * 2 + ["Tenant"] * 2
 
 
-@pytest.mark.parametrize("spec_patch,problem", [
+BAD_SPECS = [
     ({"engine": {"tensorParallelSize": 0}}, "tensorParallelSize"),
     ({"engine": {"tensorParalelSize": 8}}, "tensorParalelSize"),
     ({"autoscaling": {"minReplicas": -1}}, "minReplicas"),
-])
-def test_a_spec_the_crd_refuses_is_caught(helm, schemas, spec_patch, problem):
-    """The CRD check is not vacuous: values that pass the chart's schema but not the CRD fail here."""
+    ({"engine": {"dtype": "fp4"}}, "dtype"),
+    ({"resources": {"memory": ["64Gi"]}}, "memory"),
+]
+
+
+def patched(spec_patch: dict) -> dict:
     bad = copy.deepcopy(DEEPSEEK_V3)
     for key, value in spec_patch.items():
         bad["spec"][key] = {**bad["spec"].get(key, {}), **value}
-    (ms,) = [o for o in helm.template({"modelServices": [bad]}) if o["kind"] == "ModelService"]
+    return bad
+
+
+@pytest.mark.parametrize("spec_patch,problem", BAD_SPECS, ids=[p for _, p in BAD_SPECS])
+def test_a_bad_model_service_spec_fails_at_install_naming_the_field(helm, spec_patch, problem):
+    """values.schema.json carries the CRD's spec schema (.ci/helm-values-schema keeps it in sync)."""
+    err = helm.template_error({"modelServices": [patched(spec_patch)]})
+    assert "/modelServices/0/spec/" in err and problem in err, err
+
+
+@pytest.mark.parametrize("spec_patch,problem", BAD_SPECS, ids=[p for _, p in BAD_SPECS])
+def test_the_crd_check_is_not_vacuous(helm, schemas, spec_patch, problem):
+    (ms,) = [o for o in helm.template({"modelServices": [DEEPSEEK_V3]}) if o["kind"] == "ModelService"]
+    ms["spec"] = patched(spec_patch)["spec"] | {"image": ms["spec"]["image"], "env": ms["spec"]["env"]}
     with pytest.raises(AssertionError, match=problem):
         validate(ms, schemas)
+
+
+def test_values_schema_is_in_sync_with_the_crds():
+    out = subprocess.run([sys.executable, str(ROOT / ".ci" / "helm-values-schema"), "--check"], check=False,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
