@@ -4,10 +4,12 @@ error here) and against the pydantic models the operator parses them with. Any R
 in the output is checked against KubeRay's published CRD."""
 
 import copy
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import CHART, ROOT, kuberay_reference
 from helm_schemas import crd_schema, validate
 from helm_value_sets import DEEPSEEK_V3, VALUE_SETS
@@ -72,3 +74,18 @@ def test_values_schema_is_in_sync_with_the_crds():
     out = subprocess.run([sys.executable, str(ROOT / ".ci" / "helm-values-schema"), "--check"], check=False,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_readme_and_values_examples_render_valid_resources(helm, schemas):
+    """The examples users copy (README's my-values.yaml, values.yaml's commented items) stay valid."""
+    readme = (CHART / "README.md").read_text()
+    example = yaml.safe_load(re.search(r"cat > my-values.yaml <<'EOF'\n(.*?)\nEOF", readme, re.DOTALL).group(1))
+    commented = re.findall(r"^(# - name:.*\n(?:#   .*\n)+)", (CHART / "values.yaml").read_text(), re.MULTILINE)
+    items = [yaml.safe_load("\n".join(ln[2:] for ln in block.splitlines())) for block in commented]
+    from_values = {"modelServices": [i for b in items for i in b if "model" in i["spec"]],
+                   "tenants": [i for b in items for i in b if "apiKeys" in i["spec"]]}
+    for values in (example, from_values):
+        objs = [o for o in helm.template(values) if o["kind"] in ("ModelService", "Tenant")]
+        assert sorted(o["kind"] for o in objs) == ["ModelService", "Tenant"]
+        for obj in objs:
+            validate(obj, schemas)
