@@ -92,3 +92,11 @@ def test_every_value_is_documented_in_values_yaml_and_the_readme():
     assert readme == HELM_DOCS["render"](readme), "README values table is stale: run python .ci/helm-docs"
     missing = [k for k in documented if f"| {k} |" not in readme]
     assert not missing, f"values missing from the README table: {missing}"
+
+
+def test_resources_outside_the_watched_namespaces_are_refused(helm):
+    values = {"operator": {"watchNamespaces": ["fathom"]},
+              "tenants": [{"name": "team-x", "namespace": "ml",
+                           "spec": {"apiKeys": [{"secretKeyRef": {"name": "k", "key": "k"}}]}}]}
+    err = helm.template_error(values)
+    assert 'Tenant "team-x" is in namespace "ml", which operator.watchNamespaces [fathom] leaves unwatched' in err

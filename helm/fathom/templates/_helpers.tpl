@@ -123,3 +123,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- if not $nss }}{{ $nss = list .Release.Namespace }}{{ end }}
 {{- toJson ($nss | uniq | sortAlpha) }}
 {{- end }}
+
+{{/* Fail when a chart-rendered resource sits in a namespace the operator does not watch.
+     Call with (dict "root" $ "kind" "ModelService" "item" $item). */}}
+{{- define "fathom.checkWatched" -}}
+{{- $watch := .root.Values.operator.watchNamespaces }}
+{{- $ns := default .root.Release.Namespace .item.namespace }}
+{{- if and .root.Values.operator.enabled $watch (not (has $ns $watch)) }}
+{{- fail (printf "%s %q is in namespace %q, which operator.watchNamespaces %v leaves unwatched: add the namespace or move the %s" .kind .item.name $ns $watch .kind) }}
+{{- end }}
+{{- end }}
