@@ -102,7 +102,9 @@ def test_otlp_endpoint_reaches_the_operator_and_every_model_service(helm):
     for ms in by_kind(objs, "ModelService"):
         ms_env = ms["spec"]["env"]
         assert ms_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint
-        assert f"fathom.model_service={ms['metadata']['name']}" in ms_env["OTEL_RESOURCE_ATTRIBUTES"]
+        attrs = ms_env["OTEL_RESOURCE_ATTRIBUTES"].split(",")
+        assert f"fathom.model_service={ms['metadata']['name']}" in attrs
+        assert f"service.namespace={ms['metadata']['namespace']}" in attrs and "deployment.environment=prod" in attrs
     r1 = next(ms for ms in by_kind(objs, "ModelService") if ms["metadata"]["name"] == "deepseek-r1")
     assert r1["spec"]["env"]["OTEL_SERVICE_NAME"] == "r1-serving", "a user's own env wins over the chart's"
     (svc,) = by_kind(objs, "Service")
