@@ -65,6 +65,8 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="fathom.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="fathom.dev")
     settings.posting.level = logging.INFO
+    # Timers are stopped before a deleted object's finalizer is released: check often, not every 60 s.
+    settings.background.cancellation_polling = 0.5
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
 
@@ -115,7 +117,8 @@ def build_registry(config: Config | None = None) -> kopf.OperatorRegistry:
         on(*TENANT, registry=reg, id="render-tenants")(tenant_changed)
     kopf.timer(*MS, registry=reg, interval=config.resync_seconds, initial_delay=config.resync_seconds)(
         model_service_resync)
-    kopf.daemon(*MS, registry=reg, id="autoscaler", cancellation_timeout=5.0)(autoscaler_daemon(config))
+    kopf.daemon(*MS, registry=reg, id="autoscaler", cancellation_timeout=5.0, cancellation_polling=0.5)(
+        autoscaler_daemon(config))
     kopf.timer(*TENANT, registry=reg, interval=config.tenant_resync_seconds, id="resync",
                initial_delay=config.tenant_resync_seconds)(tenant_changed)
     kopf.on.delete(*TENANT, registry=reg, id="render-tenants-on-delete")(tenant_deleted)

@@ -3,6 +3,7 @@
 Pure functions of a validated `ModelServiceSpec`; no Kubernetes client here.
 """
 
+import json
 import shlex
 from decimal import Decimal
 
@@ -43,8 +44,8 @@ def fetch_command(uri: str, dest: str, *, tokenizer_only: bool) -> str:
         patterns = '["*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken"]' if tokenizer_only else "None"
         script = (
             "from huggingface_hub import snapshot_download; "
-            f"snapshot_download({repo!r}, revision={revision or None!r}, local_dir={dest!r}, "
-            f"allow_patterns={patterns})"
+            f"snapshot_download({json.dumps(repo)}, revision={json.dumps(revision) if revision else 'None'}, "
+            f"local_dir={json.dumps(dest)}, allow_patterns={patterns})"
         )
         return f"python -c {shlex.quote(script)}"
     if scheme in ("s3", "gs"):

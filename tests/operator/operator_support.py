@@ -215,6 +215,8 @@ async def operator_running(*flags: str):
     thread = threading.Thread(target=target, name="fathom-operator", daemon=True)
     thread.start()
     await eventually(lambda: ready.is_set() or errors, timeout=30)
+    if errors:
+        raise errors[0]
     try:
         yield thread
     finally:
