@@ -4,7 +4,7 @@ dependency that is off by default."""
 import tomllib
 
 import yaml
-from conftest import CHART, ROOT
+from helm_support import CHART, ROOT
 
 
 def chart_meta() -> dict:

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import yaml
-from conftest import CHART, ROOT, kuberay_reference
 from helm_schemas import crd_schema, validate
+from helm_support import CHART, ROOT, kuberay_reference
 from helm_value_sets import DEEPSEEK_V3, VALUE_SETS
 
 

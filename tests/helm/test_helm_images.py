@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHART, ROOT
+from helm_support import CHART, ROOT
 
 DOCKER = ROOT / "docker"
 DOCKERFILES = [DOCKER / "platform.Dockerfile", DOCKER / "operator.Dockerfile"]

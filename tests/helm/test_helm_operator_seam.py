@@ -6,8 +6,8 @@ arguments are parsed by the operator's real command-line parser."""
 
 import kubernetes_validate
 import pytest
-from conftest import kuberay_reference
 from helm_schemas import crd_schema, validate
+from helm_support import kuberay_reference
 from helm_value_sets import EVERYTHING_ON, NAMESPACED, TWO_MODELS_WITH_TENANTS
 
 from fathom_operator.__main__ import parse_args

@@ -7,7 +7,7 @@ import re
 import kubernetes_validate
 import promql_parser
 import pytest
-from conftest import ROOT
+from helm_support import ROOT
 from helm_value_sets import EVERYTHING_ON, NAMESPACED, TWO_MODELS_WITH_TENANTS, VALUE_SETS
 
 # Kinds that are not part of Kubernetes itself; checked against their CRDs in test_helm_crds.py

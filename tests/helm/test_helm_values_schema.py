@@ -7,7 +7,7 @@ import runpy
 import jsonschema
 import pytest
 import yaml
-from conftest import CHART, ROOT
+from helm_support import CHART, ROOT
 
 BAD_VALUES = [
     # (values, words the error must contain)
