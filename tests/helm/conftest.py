@@ -48,3 +48,13 @@ def chart_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def helm(helm_bin, chart_dir, tmp_path_factory) -> Helm:
     return Helm(helm_bin, chart_dir, tmp_path_factory.mktemp("helm-work"))
+
+
+@pytest.fixture(scope="session")
+def helm3(helm_bin, chart_dir, tmp_path_factory) -> Helm:
+    """helm v3 (most users still run it): $HELM3, else .ci/install-helm's .tools/bin/helm3."""
+    try:
+        binary = find_helm(major=3)
+    except (SystemExit, Exception) as exc:  # noqa: BLE001 - reported as a failure with its cause
+        pytest.fail(f"no helm v3 binary: set $HELM3 or run `.ci/install-helm --v3` ({exc})")
+    return Helm(binary, chart_dir, tmp_path_factory.mktemp("helm3-work"))

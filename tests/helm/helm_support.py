@@ -29,16 +29,18 @@ def kuberay_reference() -> Path:
     raise FileNotFoundError(f"shared/reference/kuberay/ not found beside or above {ROOT}")
 
 
-def find_helm() -> str:
-    """$HELM, else a helm v3/v4 on PATH, else the one .ci/install-helm extracts (installing it)."""
-    if os.environ.get("HELM"):
-        return os.environ["HELM"]
+def find_helm(major: int = 4) -> str:
+    """$HELM (or $HELM3), else a helm of that major version on PATH, else the one
+    .ci/install-helm extracts into .tools/bin/ (installing it first)."""
+    env = os.environ.get("HELM" if major == 4 else "HELM3")
+    if env:
+        return env
     on_path = shutil.which("helm")
-    if on_path and subprocess.run([on_path, "version"], check=False, capture_output=True).returncode == 0:
-        version = subprocess.run([on_path, "version", "--short"], check=False, capture_output=True, text=True).stdout
-        if version.startswith(("v3.", "v4.")):
+    if on_path:
+        out = subprocess.run([on_path, "version", "--short"], check=False, capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.startswith(f"v{major}."):
             return on_path
-    return str(runpy.run_path(str(INSTALL_HELM))["install"]())
+    return str(runpy.run_path(str(INSTALL_HELM))["install"](major))
 
 
 @dataclass

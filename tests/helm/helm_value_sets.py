@@ -95,3 +95,38 @@ VALUE_SETS = {
     "two-models-with-tenants": TWO_MODELS_WITH_TENANTS,
     "namespaced": NAMESPACED,
 }
+
+# Values the chart must refuse, with the words its error message must contain.
+BAD_VALUES = [
+    # (values, words the error must contain)
+    ({"operator": {"replicas": 2}}, ["operator", "replicas"]),
+    ({"operator": {"image": {"pullPolicy": "Sometimes"}}}, ["pullPolicy"]),
+    ({"operator": {"image": {"digest": "latest"}}}, ["digest"]),
+    ({"operator": {"logLevel": "chatty"}}, ["logLevel"]),
+    ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, ["watchNamespaces"]),
+    ({"operator": {"securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": False,
+                                       "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}},
+     ["readOnlyRootFilesystem"]),
+    ({"operator": {"securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True,
+                                       "allowPrivilegeEscalation": False, "capabilities": {"drop": ["NET_RAW"]}}}},
+     ["capabilities"]),
+    ({"operator": {"podSecurityContext": {"runAsNonRoot": False}}}, ["podSecurityContext", "runAsNonRoot"]),
+    ({"operator": {"resources": {"limits": {"memory": "lots"}}}}, ["resources", "memory"]),
+    ({"operatr": {"enabled": False}}, ["operatr"]),  # a typo is an error, not a silent no-op
+    ({"modelServices": [{"name": "Bad_Name", "spec": {"model": {"uri": "hf://a/b"}}}]}, ["modelServices", "name"]),
+    ({"modelServices": [{"name": "m"}]}, ["modelServices", "spec"]),
+    ({"modelServices": [{"name": "m", "spec": {"engine": {}}}]}, ["modelServices", "model"]),
+    ({"modelServices": [{"name": "m", "spec": {"model": {"uri": "hf://a/b"},
+                                               "service": {"type": "NodePort", "port": 8265}}}]},
+     ["modelServices", "port"]),
+    ({"tenants": [{"name": "t", "spec": {"apiKeys": [{"sha256": "0" * 64}]}}]}, ["tenants", "apiKeys"]),
+    ({"tenants": [{"name": "t", "spec": {"apiKeys": [{"value": "sk-plaintext"}]}}]}, ["tenants", "apiKeys"]),
+    ({"tenants": [{"name": "t", "spec": {"apiKeys": []}}]}, ["tenants", "apiKeys"]),
+    ({"telemetry": {"otlpEndpoint": "collector:4317"}}, ["otlpEndpoint"]),
+    ({"telemetry": {"otlpProtocol": "thrift"}}, ["otlpProtocol"]),
+    ({"telemetry": {"tracesSamplerArg": "2"}}, ["tracesSamplerArg"]),
+    ({"networkPolicy": {"apiPort": 8265}}, ["networkPolicy", "apiPort"]),
+    ({"otelCollector": {"replicas": 0}}, ["otelCollector", "replicas"]),
+    ({"prometheusRule": {"kvCacheUsageRatio": 1.5}}, ["kvCacheUsageRatio"]),
+    ({"serviceMonitor": {"interval": "often"}}, ["interval"]),
+]
