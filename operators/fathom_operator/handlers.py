@@ -7,6 +7,7 @@ Tenant: any change (and a timer, to pick up rotated Secrets) rewrites the namesp
 Secret; deletion goes through a finalizer so the Secret drops the tenant before it is gone.
 """
 
+import asyncio
 import copy
 import logging
 from dataclasses import dataclass
@@ -52,11 +53,12 @@ def login(**kwargs) -> kopf.ConnectionInfo | None:
 
 
 def client() -> KubeClient:
-    """The operator's API client, on the credentials of kopf's login (created on first use)."""
-    if _state.get("client") is None:
+    """The operator's API client on kopf's login credentials (one per event loop, made on first use)."""
+    loop = asyncio.get_running_loop()
+    if _state.get("client") is None or _state.get("loop") is not loop:
         if "info" not in _state:
             raise kopf.TemporaryError("not logged in yet", delay=1)
-        _state["client"] = KubeClient(_state["info"])
+        _state["client"], _state["loop"] = KubeClient(_state["info"]), loop
     return _state["client"]
 
 
@@ -73,7 +75,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
 
 async def close(**_) -> None:
     session = _state.pop("client", None)
-    if session is not None:
+    if session is not None and _state.pop("loop", None) is asyncio.get_running_loop():
         await session.close()
 
 
