@@ -1,12 +1,13 @@
 """The operator's RBAC is least privilege: exactly the resources and verbs it uses, no
-wildcards, nothing cluster-wide in namespaced mode but CRD discovery."""
+wildcards, nothing cluster-wide in namespaced mode but CRD discovery. (test_helm_rbac_observed
+shows the grants suffice for the real operator.)"""
 
 from helm_value_sets import NAMESPACED
 
 # (apiGroup, resource) -> verbs the operator (kopf + fathom_operator) uses.
 OPERATOR_RULES = {
     ("fathom.dev", "modelservices"): {"get", "list", "watch", "patch"},
-    ("fathom.dev", "tenants"): {"get", "list", "watch", "patch"},
+    ("fathom.dev", "tenants"): {"list", "watch", "patch"},
     ("fathom.dev", "modelservices/status"): {"patch"},
     ("fathom.dev", "tenants/status"): {"patch"},
     ("ray.io", "rayservices"): {"get", "create", "patch"},
@@ -17,7 +18,6 @@ OPERATOR_RULES = {
 DISCOVERY_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
-NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
 
 
 def flatten(role: dict) -> dict:
@@ -34,7 +34,7 @@ def flatten(role: dict) -> dict:
 def test_cluster_wide_rbac_grants_exactly_what_the_operator_uses(helm):
     objs = helm.template()
     roles = {o["metadata"]["name"]: flatten(o) for o in objs if o["kind"] == "ClusterRole"}
-    assert roles == {"fathom-operator": OPERATOR_RULES, "fathom-operator-cluster": DISCOVERY_RULES | NAMESPACE_RULES}
+    assert roles == {"fathom-operator": OPERATOR_RULES, "fathom-operator-cluster": DISCOVERY_RULES}
     bindings = [o for o in objs if o["kind"] == "ClusterRoleBinding"]
     assert {b["roleRef"]["name"] for b in bindings} == set(roles)
     for b in bindings:
