@@ -81,6 +81,16 @@ def test_chart_policies_and_monitors_select_what_the_operator_creates(helm, name
             assert env["OTEL_RESOURCE_ATTRIBUTES"].endswith(f"fathom.model_service={ms['metadata']['name']}")
             if name != "namespaced":  # the bundled collector (everything-on) or no export
                 assert env.get("OTEL_TRACES_EXPORTER") in ("otlp", "none")
+        # the autoscaler (in the operator pod) reaches /metrics on the Serve port of the Ray pods
+        operator = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "fathom-operator")
+        op_labels = operator["spec"]["template"]["metadata"]["labels"]
+        assert any(8000 in {p["port"] for p in r.get("ports", [])} and any(
+            selects(peer.get("podSelector", {}), op_labels) for peer in r.get("from", [{}]))
+            for r in policy["spec"]["ingress"]), "the operator cannot reach the Serve port of Ray pods"
+        op_policy = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "fathom-operator")
+        assert any(8000 in {p["port"] for p in r["ports"]} and all(
+            selects(peer["podSelector"], pod_templates(ray_service)[0]["metadata"]["labels"]) for peer in r["to"])
+            for r in op_policy["spec"]["egress"] if "to" in r), "the operator's egress misses the Ray pods"
         intra = [r for r in policy["spec"]["ingress"] if "ports" not in r]
         assert all(selects(r["from"][0]["podSelector"], pod_templates(ray_service)[1]["metadata"]["labels"])
                    for r in intra), "Ray pods of one cluster must reach each other"
