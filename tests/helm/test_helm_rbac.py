@@ -46,10 +46,10 @@ def test_namespaced_rbac_is_one_role_per_watched_namespace(helm):
     objs = helm.template(NAMESPACED)
     cluster_roles = [o for o in objs if o["kind"] == "ClusterRole"]
     assert [flatten(r) for r in cluster_roles] == [DISCOVERY_RULES], "only CRD discovery stays cluster-wide"
-    roles = [o for o in objs if o["kind"] == "Role"]
+    roles = [o for o in objs if o["kind"] == "Role" and o["metadata"]["name"] == "fathom-operator"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["fathom", "research"]
     assert all(flatten(r) == OPERATOR_RULES for r in roles)
-    for b in (o for o in objs if o["kind"] == "RoleBinding"):
+    for b in (o for o in objs if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "fathom-operator"):
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fathom-operator"}
         assert b["subjects"][0]["namespace"] == "fathom"
 

@@ -46,9 +46,13 @@ def verb_of(method: str, path: str, query: dict) -> tuple[str, str, str] | None:
     return group, resource, verb
 
 
-def granted(objs: list[dict]) -> set[tuple[str, str, str]]:
+def granted(objs: list[dict], service_account: str = "fathom") -> set[tuple[str, str, str]]:
+    """What the roles bound to `service_account` allow, as (group, resource, verb)."""
+    bound = {(b["roleRef"]["kind"], b["metadata"].get("namespace"), b["roleRef"]["name"])
+             for b in objs if b["kind"] in ("ClusterRoleBinding", "RoleBinding")
+             if any(s["kind"] == "ServiceAccount" and s["name"] == service_account for s in b["subjects"])}
     out = set()
-    for role in (o for o in objs if o["kind"] in ("ClusterRole", "Role")):
+    for role in (o for o in objs if (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) in bound):
         for rule in role["rules"]:
             out |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     return out

@@ -152,8 +152,9 @@ def test_namespaced_mode_watches_only_its_namespaces(helm):
     (deploy,) = by_kind(objs, "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("--namespace")] == ["--namespace=fathom", "--namespace=research"]
-    assert {(r["metadata"]["namespace"]) for r in by_kind(objs, "Role")} == {"fathom", "research"}
-    assert len(by_kind(objs, "RoleBinding")) == 2
+    roles = [r for r in by_kind(objs, "Role") if r["metadata"]["name"] == "fathom-operator"]
+    assert {r["metadata"]["namespace"] for r in roles} == {"fathom", "research"}
+    assert len([b for b in by_kind(objs, "RoleBinding") if b["metadata"]["name"] == "fathom-operator"]) == 2
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
