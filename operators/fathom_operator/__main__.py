@@ -16,7 +16,8 @@ from fathom_operator.handlers import Config, build_registry
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fathom_operator", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m fathom_operator", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", "--namespace", action="append", default=[],
                    help="watch only this namespace (repeatable); default: all namespaces")
     p.add_argument("--resync-seconds", type=float, default=30.0,
@@ -42,6 +43,10 @@ async def run_operator(args: argparse.Namespace, *, stop_flag=None, ready_flag=N
     """Run until `stop_flag` is set (or forever); embeddable in an existing event loop."""
     config = Config(resync_seconds=args.resync_seconds, tenant_resync_seconds=args.tenant_resync_seconds,
                     metrics_url_template=args.metrics_url_template)
+    settings = settings or kopf.OperatorSettings()
+    if args.namespace and not any(set(ns) & set("*?[!,") for ns in args.namespace):
+        # Exact namespaces need no namespace listing (nor its cluster-wide RBAC): skip the scan.
+        settings.scanning.disabled = True
     await kopf.operator(
         registry=build_registry(config),
         clusterwide=not args.namespace,

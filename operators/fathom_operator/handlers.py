@@ -79,20 +79,24 @@ async def close(**_) -> None:
         await session.close()
 
 
+def _event(obj: dict, type_: str, reason: str, message: str) -> None:
+    kopf.event(obj, type=type_, reason=reason, message=message[:1000])
+
+
 async def model_service_changed(body: kopf.Body, **_) -> None:
-    await sync.sync_model_service(client(), _plain(body))
+    await sync.sync_model_service(client(), _plain(body), notify=_event)
 
 
 async def model_service_resync(body: kopf.Body, **_) -> None:
     """Level-based resync: picks up RayService status (readiness) and repairs drifted children."""
-    await sync.sync_model_service(client(), _plain(body))
+    await sync.sync_model_service(client(), _plain(body), notify=_event)
 
 
 def autoscaler_daemon(config: Config):
     async def model_service_autoscaler(name: str, namespace: str, stopped: kopf.DaemonStopped,
                                        logger: kopf.Logger, **_) -> None:
         def notify(obj: dict, reason: str, message: str) -> None:
-            kopf.event(obj, type="Normal", reason=reason, message=message)
+            _event(obj, "Normal", reason, message)
 
         await autoscaler.run(client(), namespace, name, stopped, notify=notify,
                              url_template=config.metrics_url_template, logger=logger)

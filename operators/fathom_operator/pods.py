@@ -22,9 +22,11 @@ def scale_quantity(quantity: int | str, factor: int) -> str:
     return f"{number.normalize():f}{suffix}"
 
 
-def model_volume(spec: ModelServiceSpec) -> dict:
+def model_volume(spec: ModelServiceSpec) -> dict | None:
     """The volume mounted at /models: the PVC, the hostPath, or an emptyDir the fetcher fills."""
     src = spec.model
+    if src is None:
+        return None  # the built-in demo model is generated in the pod
     if src.pvc is not None:
         return {"name": "model", "persistentVolumeClaim": {"claimName": src.pvc.claim_name, "readOnly": src.pvc.read_only}}
     if src.host_path is not None:
@@ -48,16 +50,20 @@ def fetch_command(uri: str, dest: str, *, tokenizer_only: bool) -> str:
             f"local_dir={json.dumps(dest)}, allow_patterns={patterns})"
         )
         return f"python -c {shlex.quote(script)}"
-    if scheme in ("s3", "gs"):
-        tool = "aws s3 cp --recursive" if scheme == "s3" else "gsutil -m cp -r"
-        exclude = (" --exclude '*.safetensors'" if scheme == "s3" else "") if tokenizer_only else ""
-        return f"{tool}{exclude} {shlex.quote(uri.rstrip('/') + '/')} {q_dest}/"
-    return f"mkdir -p {q_dest} && curl -fsSL {shlex.quote(uri)} | tar -xz -C {q_dest}"
+    src = shlex.quote(uri.rstrip("/") + "/")
+    if scheme == "s3":
+        exclude = " --exclude '*.safetensors' --exclude '*.bin'" if tokenizer_only else ""
+        return f"aws s3 sync{exclude} {src} {q_dest}/"
+    if scheme == "gs":
+        exclude = " -x '.*\\.(safetensors|bin)$'" if tokenizer_only else ""
+        return f"mkdir -p {q_dest} && gsutil -m rsync -r{exclude} {src} {q_dest}/"
+    flags = "-xz" if uri.endswith((".tar.gz", ".tgz")) else "-x"  # tar cannot sniff compression on a pipe
+    return f"mkdir -p {q_dest} && curl -fsSL {shlex.quote(uri)} | tar {flags} -C {q_dest}"
 
 
 def fetch_init_containers(spec: ModelServiceSpec, *, tokenizer_only: bool) -> list[dict]:
     """The init container that fetches a `uri` model source; none for volumes."""
-    if spec.model.uri is None:
+    if spec.model is None or spec.model.uri is None:
         return []
     command = fetch_command(spec.model.uri, MODEL_MOUNT_PATH, tokenizer_only=tokenizer_only)
     return [{
@@ -72,17 +78,18 @@ def fetch_init_containers(spec: ModelServiceSpec, *, tokenizer_only: bool) -> li
 
 def volumes(spec: ModelServiceSpec, *, shm: bool) -> list[dict]:
     vols = [model_volume(spec), {"name": "tenants", "secret": {"secretName": spec.tenants_secret, "optional": True}}]
+    vols = [v for v in vols if v is not None]
     if shm:  # NCCL and Ray's object store want a large /dev/shm on GPU nodes
         vols.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     return vols
 
 
 def volume_mounts(spec: ModelServiceSpec, *, shm: bool) -> list[dict]:
-    read_only = spec.model.uri is None and (spec.model.pvc is None or spec.model.pvc.read_only)
-    mounts = [
-        {"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": read_only},
-        {"name": "tenants", "mountPath": TENANTS_MOUNT_PATH, "readOnly": True},
-    ]
+    mounts = [{"name": "tenants", "mountPath": TENANTS_MOUNT_PATH, "readOnly": True}]
+    src = spec.model
+    if src is not None:
+        read_only = src.uri is None and (src.pvc is None or src.pvc.read_only)
+        mounts.insert(0, {"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": read_only})
     if shm:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     return mounts

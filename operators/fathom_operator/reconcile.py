@@ -92,7 +92,7 @@ def reconcile(obj: dict, observed: Observed) -> Result:
     status = _status(old, generation, observed.now, phase, conditions)
     status.update({
         "replicas": replicas, "readyReplicas": ready, "desiredReplicas": replicas,
-        "endpoint": render.endpoint(spec, owner), "selector": render.worker_selector(owner),
+        "endpoint": _endpoint(spec, owner, observed.service), "selector": render.worker_selector(owner),
         "rayService": owner.name,
     })
     if old.get("desiredReplicas") != replicas or not old.get("lastScaleTime"):
@@ -100,6 +100,16 @@ def reconcile(obj: dict, observed: Observed) -> Result:
     else:
         status["lastScaleTime"] = old["lastScaleTime"]
     return Result(children, status, spec)
+
+
+def _endpoint(spec: ModelServiceSpec, owner: render.Owner, service: dict | None) -> str:
+    """The load balancer's address once it has one, else the in-cluster Service URL."""
+    ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    if spec.service.type == "LoadBalancer" and ingress:
+        host = ingress[0].get("hostname") or ingress[0].get("ip")
+        if host:
+            return f"http://{host}:{spec.service.port}"
+    return render.endpoint(spec, owner)
 
 
 def _status(old: dict, generation: int | None, now: str, phase: str, values: dict) -> dict:

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import jsonpointer
@@ -36,6 +37,11 @@ def _now() -> str:
 class ApiServer(kmock.KubernetesEmulator):
     _versions: itertools.count = attrs.field(factory=lambda: itertools.count(1), init=False)
     status_subresource: set = attrs.field(factory=set, init=False)
+    _rv: int = attrs.field(default=0, init=False)
+
+    def _next_rv(self) -> str:
+        self._rv = next(self._versions)
+        return str(self._rv)
 
     def register(self, group: str, version: str, plural: str, kind: str, *, status: bool = False,
                  scale: bool = False, namespaced: bool = True) -> None:
@@ -45,6 +51,15 @@ class ApiServer(kmock.KubernetesEmulator):
             verbs={"get", "list", "watch", "create", "patch", "update", "delete"})
         if status:
             self.status_subresource.add((group, plural))
+
+    async def __call__(self, raw_request):
+        # kmock cannot parse the cluster-scoped /api/v1/namespaces; answer as an API server does
+        # to an operator without cluster-wide RBAC on namespaces (kopf then trusts --namespace).
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                                              "reason": "Forbidden", "code": 403,
+                                              "message": "namespaces is forbidden"}, status=403)
+        return await super().__call__(raw_request)
 
     def register_fathom(self) -> None:
         for crd in all_crds().values():
@@ -64,7 +79,7 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             meta.setdefault("namespace", request.namespace)
-            meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), generation=1,
+            meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_rv(), generation=1,
                         creationTimestamp=_now())
         elif request.resource is not None and request.action == enums.action.UPDATE and request.name:
             key = self._key(request)
@@ -101,7 +116,7 @@ class ApiServer(kmock.KubernetesEmulator):
             data.pop("status", None)
         if "spec" in data and patch_dict(current.get("spec") or {}, data["spec"] or {}) != (current.get("spec") or {}):
             meta["generation"] = current["metadata"].get("generation", 1) + 1
-        meta["resourceVersion"] = str(next(self._versions))
+        meta["resourceVersion"] = self._next_rv()
         data["metadata"] = meta
 
     def _prepare_json_patch(self, request: rendering.Request, current: dict) -> None:
@@ -110,17 +125,20 @@ class ApiServer(kmock.KubernetesEmulator):
             jsonpatch.apply_patch(current, request.data, in_place=False)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
-        request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": str(next(self._versions))})
+        request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": self._next_rv()})
 
     async def _serve_watch(self, request: rendering.Request):
         """As kmock's, but the bus is marked in the same critical section as the snapshot is taken,
         so a write landing between the initial replay and the live stream is not lost."""
         yield b""
         bus = self._buses[request.resource]
+        since = request.params.get("resourceVersion", "")
+        since = int(since) if since.isdigit() else 0  # as a real server: only what changed after the list
         async with self._lock:
             marker = await bus.mark()
             objs = [o for o in self._KubernetesEmulator__get_objs(request, strict=False) if not o.deleted]
-            events = [{"type": "ADDED", "object": o.raw} for o in objs]
+            events = [{"type": "ADDED", "object": o.raw} for o in objs
+                      if int(o.raw.get("metadata", {}).get("resourceVersion") or 0) > since]
         try:
             for event in events:
                 yield event
@@ -131,6 +149,13 @@ class ApiServer(kmock.KubernetesEmulator):
                     yield event
         finally:
             await bus.unmark(marker)
+
+    async def _serve_list(self, request: rendering.Request):
+        async with self._lock:
+            version = str(self._rv)
+        result = await super()._serve_list(request)
+        result["metadata"] = {"resourceVersion": version}
+        return result
 
     async def _serve_fetch(self, request: rendering.Request):
         obj = await super()._serve_fetch(request)
@@ -226,7 +251,7 @@ async def operator_running(*flags: str):
         raise errors[0]
 
 
-async def eventually(check, timeout: float = 15.0, interval: float = 0.05):
+async def eventually(check, timeout: float = 30.0, interval: float = 0.05):
     """Poll the async or sync `check` until it returns a truthy value; fail with its last value."""
     deadline = time.monotonic() + timeout
     while True:

@@ -110,3 +110,41 @@ def test_merge_keeps_foreign_fields_and_drops_only_ours():
     patch = merge_patch(observed, target)
     assert patch["metadata"]["labels"] == {"ours": "2", "old": None}
     assert merge_patch(target, merge(target, desired, desired)) == {}
+
+
+def test_scaling_changes_only_what_kuberay_and_serve_apply_in_place():
+    """Replica counts live in the worker group and the deployment override; the app args and the
+    rest of the cluster spec (KubeRay's hash) stay identical, so nothing restarts."""
+    spec = parse_spec({"engine": {"tensorParallelSize": 8}})
+    one, three = (render.ray_service(spec, render.Owner("m", "ns", "u"), n) for n in (1, 3))
+    apps = [yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0] for rs in (one, three)]
+    assert apps[0]["args"] == apps[1]["args"] and apps[0]["import_path"] == apps[1]["import_path"]
+    assert [[(d["name"], d["num_replicas"]) for d in a["deployments"]] for a in apps] == [[("model", 1)],
+                                                                                         [("model", 3)]]
+    assert apps[0]["deployments"][0]["ray_actor_options"] == apps[1]["deployments"][0]["ray_actor_options"]
+
+    def unscaled(rs):
+        cluster = copy.deepcopy(rs["spec"]["rayClusterConfig"])
+        for group in cluster["workerGroupSpecs"]:
+            for key in ("replicas", "minReplicas", "maxReplicas"):
+                group.pop(key)
+        return cluster
+    assert unscaled(one) == unscaled(three)
+
+
+def test_endpoint_is_the_load_balancer_once_it_has_one():
+    o = obj(service={"type": "LoadBalancer", "port": 80})
+    assert reconcile(o, Observed(now=NOW)).status["endpoint"] == "http://m-api.ns.svc:80"
+    lb = {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}
+    assert reconcile(o, Observed(service=lb, now=NOW)).status["endpoint"] == "http://203.0.113.7:80"
+
+
+@pytest.mark.parametrize("tp, gpus, cpus, want_gpus", [(1, 1, 0, 1), (8, 1, 0, 0), (1, 0, 1, 0), (2, 0, 0, 0)])
+def test_model_replicas_stay_off_the_head(tp, gpus, cpus, want_gpus):
+    spec = parse_spec({"engine": {"tensorParallelSize": tp}, "resources": {"gpus": gpus}})
+    options = render.model_actor_options(spec)
+    assert options == {"num_cpus": cpus, "num_gpus": want_gpus, "resources": {"fathom_worker": 1}}
+    worker = render.worker_group(spec, render.Owner("m", "ns", "u"), 1)
+    assert worker["rayStartParams"]["resources"] == '"{\\"fathom_worker\\": 1000}"'
+    head = render.head_group(spec, render.Owner("m", "ns", "u"))
+    assert "resources" not in head["rayStartParams"] and head["rayStartParams"]["num-cpus"] == "0"
