@@ -115,7 +115,7 @@ BAD_VALUES = [
     ({"operatr": {"enabled": False}}, ["operatr"]),  # a typo is an error, not a silent no-op
     ({"modelServices": [{"name": "Bad_Name", "spec": {"model": {"uri": "hf://a/b"}}}]}, ["modelServices", "name"]),
     ({"modelServices": [{"name": "m"}]}, ["modelServices", "spec"]),
-    ({"modelServices": [{"name": "m", "spec": {"engine": {}}}]}, ["modelServices", "model"]),
+    ({"modelServices": [{"name": "m", "spec": {"model": {"uri": "ftp://host/ckpt"}}}]}, ["modelServices", "uri"]),
     ({"modelServices": [{"name": "m", "spec": {"model": {"uri": "hf://a/b"},
                                                "service": {"type": "NodePort", "port": 8265}}}]},
      ["modelServices", "port"]),
