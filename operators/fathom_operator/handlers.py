@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import kopf
 
-from fathom_operator import autoscaler, sync
+from fathom_operator import autoscaler, kube, sync
 from fathom_operator.kube import KubeClient
 
 MS = ("fathom.dev", "v1alpha1", "modelservices")
@@ -40,6 +40,7 @@ def login(**kwargs) -> kopf.ConnectionInfo | None:
     official `kubernetes` client library when it is installed.
     """
     info = kopf.login_with_service_account(**kwargs)
+    _state["token_file"] = kube.SERVICE_ACCOUNT_TOKEN if info is not None else None
     if info is None:
         info = kopf.login_with_kubeconfig(**kwargs)
         if info is not None and not (info.token or info.certificate_path or info.certificate_data or info.username):
@@ -55,10 +56,14 @@ def login(**kwargs) -> kopf.ConnectionInfo | None:
 def client() -> KubeClient:
     """The operator's API client on kopf's login credentials (one per event loop, made on first use)."""
     loop = asyncio.get_running_loop()
-    if _state.get("client") is None or _state.get("loop") is not loop:
+    if _state.get("client") is None or _state.get("loop") is not loop or _state.get("for") is not _state.get("info"):
         if "info" not in _state:
             raise kopf.TemporaryError("not logged in yet", delay=1)
-        _state["client"], _state["loop"] = KubeClient(_state["info"]), loop
+        old = _state.get("client")
+        if old is not None and _state.get("loop") is loop:  # re-login (new credentials): retire the old session
+            loop.create_task(old.close())
+        _state["client"] = KubeClient(_state["info"], token_file=_state.get("token_file"))
+        _state["loop"], _state["for"] = loop, _state["info"]
     return _state["client"]
 
 

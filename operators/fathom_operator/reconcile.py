@@ -141,6 +141,10 @@ def _progress(spec: ModelServiceSpec, ray_service: dict | None, replicas: int) -
                                    "Degraded": (False, "AsExpected", "")}
     if app_status == "RUNNING" and ready >= replicas:
         msg = f"{ready}/{replicas} replicas ready"
+        if _kuberay_behind(ray_service):
+            return ready, "Ready", {"Ready": (True, "AllReplicasReady", msg),
+                                    "Progressing": (True, "RayServiceUpdating", "KubeRay is applying the new spec"),
+                                    "Degraded": (False, "AsExpected", "")}
         return ready, "Ready", {"Ready": (True, "AllReplicasReady", msg), "Progressing": (False, "Complete", msg),
                                 "Degraded": (False, "AsExpected", "")}
     waiting = f"{ready}/{replicas} replicas ready; Serve application {app_status}"
@@ -151,3 +155,10 @@ def _progress(spec: ModelServiceSpec, ray_service: dict | None, replicas: int) -
         "Progressing": (True, "Deploying" if not ready else "Scaling", waiting),
         "Degraded": (False, "AsExpected", ""),
     }
+
+
+def _kuberay_behind(ray_service: dict | None) -> bool:
+    """KubeRay has not yet observed the RayService's latest spec (its status is from before)."""
+    generation = ((ray_service or {}).get("metadata") or {}).get("generation")
+    observed = ((ray_service or {}).get("status") or {}).get("observedGeneration")
+    return generation is not None and observed is not None and observed < generation

@@ -148,3 +148,14 @@ def test_model_replicas_stay_off_the_head(tp, gpus, cpus, want_gpus):
     assert worker["rayStartParams"]["resources"] == '"{\\"fathom_worker\\": 1000}"'
     head = render.head_group(spec, render.Owner("m", "ns", "u"))
     assert "resources" not in head["rayStartParams"] and head["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_progressing_while_kuberay_catches_up():
+    rs = running(1)
+    rs["metadata"] = {"generation": 3}
+    rs["status"]["observedGeneration"] = 2
+    by_type = {c["type"]: c for c in reconcile(obj(), Observed(ray_service=rs, now=NOW)).status["conditions"]}
+    assert by_type["Ready"]["status"] == "True" and by_type["Progressing"]["reason"] == "RayServiceUpdating"
+    rs["status"]["observedGeneration"] = 3
+    by_type = {c["type"]: c for c in reconcile(obj(), Observed(ray_service=rs, now=NOW)).status["conditions"]}
+    assert by_type["Progressing"]["status"] == "False"
