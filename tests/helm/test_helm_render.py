@@ -128,6 +128,9 @@ def test_model_services_and_tenants_render_from_values(helm):
     fenced = {o["metadata"]["namespace"] for o in by_kind(objs, "NetworkPolicy")
               if o["metadata"]["name"] == "fathom-ray"}
     assert fenced == {"fathom", "research"}
+    objs = helm.template({**TWO_MODELS_WITH_TENANTS, "networkPolicy": {"extraNamespaces": ["serving", "fathom"]}})
+    assert {o["metadata"]["namespace"] for o in by_kind(objs, "NetworkPolicy")
+            if o["metadata"]["name"] == "fathom-ray"} == {"fathom", "research", "serving"}
 
 
 def test_image_digest_pins_the_platform_image(helm):

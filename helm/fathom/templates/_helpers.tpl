@@ -114,9 +114,11 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ join "," $attrs | quote }}
 {{- end }}
 
-{{/* Namespaces holding chart-rendered ModelServices (the release namespace when none say otherwise), unique, sorted. */}}
+{{/* Namespaces whose Fathom Ray pods the chart fences with a NetworkPolicy: those of chart-rendered
+     ModelServices, the operator's watched namespaces and networkPolicy.extraNamespaces (the
+     release namespace when that is all empty); unique, sorted. */}}
 {{- define "fathom.modelServiceNamespaces" -}}
-{{- $nss := list }}
+{{- $nss := concat .Values.operator.watchNamespaces .Values.networkPolicy.extraNamespaces }}
 {{- range .Values.modelServices }}
 {{- $nss = append $nss (default $.Release.Namespace .namespace) }}
 {{- end }}
