@@ -1,0 +1,32 @@
+{{/* The operator's rules on the objects it reconciles: exactly the verbs it uses.
+     - ModelService/Tenant: kopf lists and watches them and patches finalizers and its annotations;
+       the operator patches their status subresource (and reads ModelServices one by one).
+     - RayService (ray.io): one per ModelService, read, created and patched in place (merge patches
+       with resourceVersion); owner references let the garbage collector delete it.
+     - Service: the API Service of each ModelService (read, create, patch).
+     - Secret: reads the Secrets that Tenants reference for API keys; creates and patches the
+       hashed tenants Secret the ingress reads.
+     - Event (core v1): kopf and the autoscaler post Events on the objects they handle. */}}
+{{- define "fathom.operatorRules" -}}
+- apiGroups: ["fathom.dev"]
+  resources: ["modelservices"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["fathom.dev"]
+  resources: ["tenants"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["fathom.dev"]
+  resources: ["modelservices/status", "tenants/status"]
+  verbs: ["patch"]
+- apiGroups: ["ray.io"]
+  resources: ["rayservices"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
