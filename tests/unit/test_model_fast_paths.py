@@ -144,3 +144,14 @@ def test_set_fast_paths_rejects_a_bad_limit(model):
     for bad in (-1, True):
         with pytest.raises(ValueError, match="moe_dense_limit"):
             model.set_fast_paths(moe_dense_limit=bad)
+
+
+def test_decode_batch_layout():
+    meta = AttentionMetadata.build([1, 3, 1], [6, 3, 2], [[4, 1], [0], [2]], block_size=4)
+    dec = meta.decode_batch(4)
+    assert dec is meta.decode_batch(4)  # built once per step, shared by the layers
+    assert dec.seqs == [0, 2] and dec.rows.tolist() == [0, 4] and not dec.every_row
+    assert dec.block_tables.tolist() == [4, 1, 2, 0]  # cut to the longest context (2 blocks)
+    assert dec.valid.sum(dim=1).tolist() == [6, 2]
+    assert AttentionMetadata.build([2], [2], [[0]], 4).decode_batch(4) is None
+    assert AttentionMetadata.build([1, 1], [1, 5], [[0], [1, 2]], 4).decode_batch(4).every_row

@@ -25,7 +25,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # Long[T], flat cache slot of each new token
     query_lens: list[int]  # q_i, on the host
     seq_lens_list: list[int]  # seq_lens, on the host
-    _decodes: dict = field(default_factory=dict, compare=False, repr=False)  # block_size -> DecodeBatch
+    _decodes: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # memo by block_size
 
     @property
     def num_seqs(self) -> int:
