@@ -152,7 +152,7 @@ class MLAttention(nn.Module):
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # [h,nope,r], [h,v,r]
         q_lat = torch.einsum("bhd,hdr->bhr", q_nope, w_uk)  # [B,h,r]
         scores = torch.bmm(torch.cat([q_lat, q_pe], dim=-1), ctx.transpose(1, 2))  # [B,h,S]
-        scores = scores.float().masked_fill(~dec.valid[:, None, :], float("-inf"))
+        scores = torch.where(dec.valid[:, None, :], scores.float(), float("-inf"))
         p = torch.softmax(scores * self.scale, dim=-1).to(ctx.dtype)  # [B,h,S]
         o_lat = torch.bmm(p, ctx)[..., : self.rank_kv]  # [B,h,r]
         return torch.einsum("bhr,hvr->bhv", o_lat, w_uv)
