@@ -3,7 +3,9 @@
 Runs one attention layer with DeepSeek-V3's per-head dims (kv_lora_rank 512, rope 64, nope 128,
 v 128; fewer heads and a smaller hidden size so it runs on a laptop CPU) for a decode step
 (q = 1 per sequence) at several context lengths, both forms side by side in one process, and
-prints the time ratio. Usage: PYTHONPATH=platform python benchmarks/bench_mla_decode.py
+prints the time ratios; "batched" is the absorbed form with all the step's sequences in one
+attention (the model's decode path), "absorbed" attends them one at a time.
+Usage: PYTHONPATH=platform python benchmarks/bench_mla_decode.py
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ CONFIG = {
 }  # fmt: skip
 
 
-def time_step(attn: MLAttention, mode: str, x, cos_sin, rotary, cache, meta, reps: int) -> float:
-    attn.mode = mode
+def time_step(
+    attn: MLAttention, mode: str, batched: bool, x, cos_sin, rotary, cache, meta, reps: int
+) -> float:
+    attn.mode, attn.batch_decode = mode, batched
     attn(x, cos_sin, rotary, cache, meta)  # warm-up
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -43,7 +47,10 @@ def main() -> None:
     for p in attn.parameters():
         p.normal_(0, p.shape[-1] ** -0.5)
     rotary, batch, block = Rotary(config), 4, 64
-    print(f"{'context':>8} {'expanded ms':>12} {'absorbed ms':>12} {'expanded/absorbed':>18}")
+    print(
+        f"{'context':>8} {'expanded ms':>12} {'absorbed ms':>12} {'batched ms':>11} "
+        f"{'expanded/absorbed':>18} {'absorbed/batched':>17}"
+    )
     for ctx_len in (256, 1024, 4096):
         tables, n_blocks = contiguous_layout([ctx_len] * batch, block)
         (cache,) = allocate_kv_caches(config, n_blocks, block)
@@ -52,9 +59,13 @@ def main() -> None:
         x = torch.randn(batch, config.hidden_size)
         cos_sin = rotary.cos_sin(meta.positions())
         reps = max(3, 20000 // ctx_len)
-        exp = time_step(attn, "expand", x, cos_sin, rotary, cache, meta, reps)
-        absb = time_step(attn, "absorb", x, cos_sin, rotary, cache, meta, reps)
-        print(f"{ctx_len:>8} {exp * 1e3:>12.2f} {absb * 1e3:>12.2f} {exp / absb:>18.2f}")
+        exp = time_step(attn, "expand", False, x, cos_sin, rotary, cache, meta, reps)
+        absb = time_step(attn, "absorb", False, x, cos_sin, rotary, cache, meta, reps)
+        bat = time_step(attn, "absorb", True, x, cos_sin, rotary, cache, meta, reps)
+        print(
+            f"{ctx_len:>8} {exp * 1e3:>12.2f} {absb * 1e3:>12.2f} {bat * 1e3:>11.2f} "
+            f"{exp / absb:>18.2f} {absb / bat:>17.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -56,11 +56,12 @@ def test_sharded_model_matches_transformers(references, tmp_path, tp, ep):
     for j, (name, (_, logits, greedy, full)) in enumerate(references.items()):
         for r, results in enumerate(ranks):
             res = results[j]
-            for mode in ("expand", "absorb"):
+            for mode in ("expand", "absorb", "grouped"):  # grouped: MoE without the dense path
                 for ours, ref in zip(res[mode], logits):
                     err = float((ours - ref).abs().max())
                     assert err <= T.tolerance(ref), f"{name} rank {r} {mode}: max |diff| {err}"
             assert res["greedy"] == greedy, f"{name} rank {r}"
+            assert res["greedy_general"] == greedy, f"{name} rank {r} without batched decode / dense MoE"
             # memory: 1/TP of the head-split attention, 1/TP of the routed experts (1/EP per shard)
             assert res["params"]["attention_heads"] * tp == full["attention_heads"]
             assert res["params"]["routed_experts"] * tp == full["routed_experts"]

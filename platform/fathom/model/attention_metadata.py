@@ -10,7 +10,7 @@ new, ``seq_lens[i]`` tokens) is read back through ``block_tables[i]`` (padded wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # Long[T], flat cache slot of each new token
     query_lens: list[int]  # q_i, on the host
     seq_lens_list: list[int]  # seq_lens, on the host
+    _decodes: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # memo by block_size
 
     @property
     def num_seqs(self) -> int:
@@ -68,10 +69,47 @@ class AttentionMetadata:
             seq_lens_list=list(seq_lens),
         )
 
+    def decode_batch(self, block_size: int) -> DecodeBatch | None:
+        """The q_i = 1 sequences laid out for one batched attention (None if there are none).
+
+        Built once per step and cache block size, then shared by every layer."""
+        if block_size not in self._decodes:
+            self._decodes[block_size] = DecodeBatch.build(self, block_size)
+        return self._decodes[block_size]
+
     def positions(self) -> torch.Tensor:
         """Long[T]: the position of every new token (seq_lens[i] - q_i … seq_lens[i] - 1)."""
         pos = [p for q, s in zip(self.query_lens, self.seq_lens_list, strict=True) for p in range(s - q, s)]
         return torch.tensor(pos, dtype=torch.long, device=self.slot_mapping.device)
+
+
+@dataclass(frozen=True)
+class DecodeBatch:
+    """The B_dec sequences of a step with q_i = 1, each context gathered through its block table
+    cut to the longest one (n_blocks), so their attention runs as one padded, masked batch."""
+
+    seqs: list[int]  # indices of the decoding sequences
+    rows: torch.Tensor  # Long[B_dec], their (only) rows in the batch
+    block_tables: torch.Tensor  # Long[B_dec * n_blocks], flattened
+    valid: torch.Tensor  # Bool[B_dec, n_blocks * block_size], context position < seq_len
+    every_row: bool  # the step is pure decode: rows == 0 .. T-1
+
+    @classmethod
+    def build(cls, meta: AttentionMetadata, block_size: int) -> DecodeBatch | None:
+        seqs = [i for i, q in enumerate(meta.query_lens) if q == 1]
+        if not seqs:
+            return None
+        device = meta.block_tables.device
+        idx = torch.tensor(seqs, dtype=torch.long, device=device)
+        lens = meta.seq_lens[idx]  # [B_dec]
+        n_blocks = -(-max(meta.seq_lens_list[i] for i in seqs) // block_size)
+        return cls(
+            seqs=seqs,
+            rows=meta.query_start_loc[idx],
+            block_tables=meta.block_tables[idx, :n_blocks].reshape(-1),
+            valid=torch.arange(n_blocks * block_size, device=device)[None, :] < lens[:, None],
+            every_row=len(seqs) == meta.num_seqs,
+        )
 
 
 def contiguous_layout(seq_lens: Sequence[int], block_size: int) -> tuple[list[list[int]], int]:

@@ -92,3 +92,17 @@ class DeepseekForCausalLM(nn.Module):
             raise ValueError(f"attention mode must be one of {MODES}, got {mode!r}")
         for layer in self.model.layers:
             layer.self_attn.mode = mode
+
+    def set_fast_paths(self, *, batch_decode: bool | None = None, moe_dense_limit: int | None = None) -> None:
+        """Choose the small-batch code paths (defaults: on, 2048); tests force each to compare them.
+
+        ``batch_decode``: MLA attends all q_i = 1 sequences of a step in one batch (else one by one).
+        ``moe_dense_limit``: MoE layers run their routed experts dense when T × local experts is at
+        most this (0: always grouped by expert)."""
+        if moe_dense_limit is not None and (isinstance(moe_dense_limit, bool) or moe_dense_limit < 0):
+            raise ValueError(f"moe_dense_limit must be an int >= 0, got {moe_dense_limit!r}")
+        for layer in self.model.layers:
+            if batch_decode is not None:
+                layer.self_attn.batch_decode = bool(batch_decode)
+            if moe_dense_limit is not None and isinstance(layer.mlp, MoE):
+                layer.mlp.dense_limit = int(moe_dense_limit)

@@ -200,7 +200,8 @@ def run_rank(rank: int, world_size: int, ep_size: int, port: int, jobs: list[dic
     load each job's checkpoint, and save what it computed to ``out_dir/<rank>.pt``.
 
     A job is {"path", "prompts", "decode": n}; results per job: full-sequence logits in the expanded
-    and absorbed forms, n greedy tokens per prompt decoded over the paged cache, and the number of
+    and absorbed forms, n greedy tokens per prompt decoded over the paged cache, the logits and
+    greedy tokens again with the small-batch paths off ("grouped", "greedy_general"), the number of
     parameters this rank holds per kind (routed experts, head-split attention projections); plus,
     once, the sum of the member ranks of each process group (to check the group layout).
     """
@@ -220,6 +221,9 @@ def run_rank(rank: int, world_size: int, ep_size: int, port: int, jobs: list[dic
                 res[mode] = full_logits(model, job["prompts"], block_size=4)
             model.set_attention_mode("auto")
             res["greedy"] = greedy_decode(model, job["prompts"], job["decode"], block_size=3)
+            model.set_fast_paths(batch_decode=False, moe_dense_limit=0)  # the general paths
+            res["grouped"] = full_logits(model, job["prompts"], block_size=4)
+            res["greedy_general"] = greedy_decode(model, job["prompts"], job["decode"], block_size=3)
             results.append(res)
     finally:
         destroy_parallel()

@@ -9,6 +9,11 @@ cache. Each query then attends over its sequence's cached context in one of two 
   over the latent cache itself: score = (q_nope W_UK)·c_KV + q_pe·k_pe, out = (p·c_KV) W_UV^T.
   Nothing of size context × heads is materialised (DeepSeek-V3 inference/model.py "absorb").
 
+Sequences attend one at a time, except that at decode (q_i = 1, absorbed) every such sequence of
+the step attends in one batch: their contexts are gathered through their block tables padded to
+the longest and masked past each seq_len (``AttentionMetadata.decode_batch``), so a decode step is
+a few batched GEMMs per layer instead of B small ones (``batch_decode = False`` turns this off).
+
 Heads are split over the W ranks (q_b/q_proj and kv_b column-parallel by head, o_proj row-parallel
 then all-reduced); q_a and kv_a are replicated, so the cache is the same on every rank.
 """
@@ -20,7 +25,7 @@ from itertools import accumulate
 import torch
 from torch import nn
 
-from fathom.model.attention_metadata import AttentionMetadata
+from fathom.model.attention_metadata import AttentionMetadata, DecodeBatch
 from fathom.model.config import DeepseekConfig
 from fathom.model.layers.linear import column_parallel, replicated, row_parallel, split_size
 from fathom.model.layers.norm import RMSNorm
@@ -39,6 +44,7 @@ class MLAttention(nn.Module):
         self.rank_kv = c.kv_lora_rank
         self.scale = softmax_scale(c)
         self.mode = "auto"
+        self.batch_decode = True  # attend all q_i = 1 sequences of a step in one batch (absorbed)
         q_out, heads = c.num_attention_heads * c.qk_dim, "num_attention_heads"
         if c.q_lora_rank is None:
             self.q_proj = column_parallel(c.hidden_size, q_out, ctx, w, heads, dtype)
@@ -75,17 +81,28 @@ class MLAttention(nn.Module):
         flat = kv_cache.view(-1, kv_cache.shape[-1])
         flat[meta.slot_mapping] = torch.cat([c_kv, k_pe], dim=-1).to(flat.dtype)
 
+        dec = meta.decode_batch(kv_cache.shape[1]) if self.batch_decode and self._use_absorb(1) else None
+        if dec is not None and dec.every_row:  # pure decode step: one attention for the whole batch
+            return self.o_proj(self._decode_batched(q_nope, q_pe, kv_cache, dec).reshape(T, -1))
         out = x.new_empty(T, self.n_heads, self.v_dim)
+        if dec is not None:
+            out[dec.rows] = self._decode_batched(q_nope[dec.rows], q_pe[dec.rows], kv_cache, dec)
+        self._attend_per_sequence(out, q_nope, q_pe, kv_cache, meta, skip_decodes=dec is not None)
+        return self.o_proj(out.view(T, -1))
+
+    def _attend_per_sequence(self, out, q_nope, q_pe, kv_cache, meta, skip_decodes: bool) -> None:
+        """out[rows of seq i] = attention of seq i's queries over its cached context, one at a time."""
         block_size = kv_cache.shape[1]
         starts = [0, *accumulate(meta.query_lens)]
         for i, (q_len, s_len) in enumerate(zip(meta.query_lens, meta.seq_lens_list, strict=True)):
+            if skip_decodes and q_len == 1:
+                continue
             a, b = starts[i], starts[i] + q_len
             n_blocks = -(-s_len // block_size)
             ctx_lat = kv_cache[meta.block_tables[i, :n_blocks]].view(-1, kv_cache.shape[-1])[:s_len]
-            ctx_lat = ctx_lat.to(x.dtype)  # [S, r + rope]
+            ctx_lat = ctx_lat.to(out.dtype)  # [S, r + rope]
             attend = self._absorbed if self._use_absorb(q_len) else self._expanded
             out[a:b] = attend(q_nope[a:b], q_pe[a:b], ctx_lat[:, : self.rank_kv], ctx_lat[:, self.rank_kv :])
-        return self.o_proj(out.view(T, -1))
 
     def _use_absorb(self, q_len: int) -> bool:
         """Absorbed when cheaper: it saves S·r·h·(nope+v) of up-projection but attends over r dims."""
@@ -124,3 +141,18 @@ class MLAttention(nn.Module):
         p = self._softmax(scores, q_nope.shape[0], c_kv.shape[0]).to(c_kv.dtype)
         o_lat = torch.einsum("hqs,sr->qhr", p, c_kv)  # [q,h,r]
         return torch.einsum("qhr,hvr->qhv", o_lat, w_uv)
+
+    def _decode_batched(self, q_nope, q_pe, kv_cache, dec: DecodeBatch) -> torch.Tensor:
+        """Absorbed attention of B sequences' single queries at once, each over its own context
+        (padded to the longest, masked past seq_len): q_nope [B,h,nope], q_pe [B,h,rope] -> [B,h,v]."""
+        B = q_nope.shape[0]
+        ctx = kv_cache.index_select(0, dec.block_tables).view(B, dec.valid.shape[1], -1)  # [B,S,r+rope]
+        ctx = ctx.to(q_nope.dtype)
+        w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.rank_kv)
+        w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # [h,nope,r], [h,v,r]
+        q_lat = torch.einsum("bhd,hdr->bhr", q_nope, w_uk)  # [B,h,r]
+        scores = torch.bmm(torch.cat([q_lat, q_pe], dim=-1), ctx.transpose(1, 2))  # [B,h,S]
+        scores = torch.where(dec.valid[:, None, :], scores.float(), float("-inf"))
+        p = torch.softmax(scores * self.scale, dim=-1).to(ctx.dtype)  # [B,h,S]
+        o_lat = torch.bmm(p, ctx)[..., : self.rank_kv]  # [B,h,r]
+        return torch.einsum("bhr,hvr->bhv", o_lat, w_uv)

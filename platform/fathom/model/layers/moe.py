@@ -17,6 +17,13 @@ each expert's intermediate dim split over the W/EP ranks sharing the shard. A ra
 partial output of the tokens routed to its experts; one all-reduce over the W ranks combines the
 routed and shared partial sums. Because attention leaves the tokens replicated, this all-reduce is
 the all-to-all combine (dispatch is the identity); see docs/sharding.md.
+
+Two equal ways to run a rank's routed experts: grouped (tokens sorted by expert, one SwiGLU per
+local expert on its tokens: the work is T·k expert-tokens, but ~10 small ops per expert) and, for
+small batches (T × local experts ≤ ``dense_limit``, i.e. decode), dense: every local expert on
+every token as two batched GEMMs over the experts' stacked weights, weighted by the combine weights
+(zero where not routed). Dense does E/k times grouped's expert FLOPs, but a handful of ops in all
+instead of ~10 per expert, which is what a decode step's few dozen tokens are bound by.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from fathom.model.config import DeepseekConfig
 from fathom.model.layers.linear import column_parallel, row_parallel
 from fathom.parallel.comm import all_reduce
 from fathom.parallel.context import ParallelContext
+
+DENSE_LIMIT = 2048  # T × local experts up to which the routed experts run dense (see MoE)
 
 
 class MLP(nn.Module):
@@ -116,10 +125,22 @@ class MoE(nn.Module):
             shared = inter * c.n_shared_experts
             self.shared_experts = MLP(c.hidden_size, shared, ctx, ctx.world_size,
                                       "moe_intermediate_size * n_shared_experts", reduce=False, dtype=dtype)  # fmt: skip
+        self.dense_limit = DENSE_LIMIT
+        self._stack_experts()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, ids = self.gate(x)  # [T, k], [T, k] global expert ids
+        if x.shape[0] * len(self.experts) <= self.dense_limit:
+            y = self._routed_dense(x, weights, ids)
+        else:
+            y = self._routed_grouped(x, weights, ids)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        return all_reduce(y, self.ctx)  # routed + shared partial sums of every rank
+
+    def _routed_grouped(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """This rank's routed partial sum [T, H]: per local expert, only the tokens routed to it."""
         T, H = x.shape
-        weights, ids = self.gate(x)  # [T, k], [T, k]
         k = ids.shape[1]
         flat = ids.flatten()  # [T*k] one entry per (token, choice)
         order = flat.argsort(stable=True)  # choices grouped by expert
@@ -134,7 +155,29 @@ class MoE(nn.Module):
                 y_mine[a:b] = self.experts[j](x_mine[a:b])
         routed = x.new_zeros(T * k, H)
         routed[mine] = y_mine  # back to (token, choice) order; other ranks' choices stay 0
-        y = (routed.view(T, k, H) * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
-        if self.shared_experts is not None:
-            y = y + self.shared_experts(x)
-        return all_reduce(y, self.ctx)
+        return (routed.view(T, k, H) * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
+
+    def _routed_dense(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Same partial sum, every local expert on every token, weighted by the combine weights
+        (exact zeros where a token is not routed to the expert): two GEMMs for all the experts."""
+        if self.experts[0].gate_proj.weight.data_ptr() != self._gate_up.data_ptr():
+            self._stack_experts()  # the weights were moved or replaced since they were stacked
+        T, E, inter = x.shape[0], len(self.experts), self._down.shape[-1]
+        combine = x.new_zeros(T, self.gate.n_experts).scatter_(1, ids, weights.to(x.dtype))
+        combine = combine[:, self.local.start : self.local.stop]  # [T, E] this rank's experts
+        h = F.linear(x, self._gate_up.view(-1, x.shape[1])).view(T, E, 2 * inter)  # [T, E, 2I]
+        a = F.silu(h[..., :inter]) * h[..., inter:] * combine[..., None]  # [T, E, I]
+        return torch.bmm(a.transpose(0, 1), self._down.transpose(1, 2)).sum(dim=0)  # [E,T,H] -> [T,H]
+
+    def _stack_experts(self) -> None:
+        """Re-point each local expert's weights to views of [E, 2I, H] gate|up and [E, H, I] down
+        (one copy in memory; the loader fills them in place), the dense path's operands."""
+        with torch.inference_mode(False), torch.no_grad():
+            gate_up = torch.stack([torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in self.experts])
+            down = torch.stack([e.down_proj.weight for e in self.experts])
+            inter = down.shape[-1]
+            for j, e in enumerate(self.experts):
+                e.gate_proj.weight.data = gate_up[j, :inter]
+                e.up_proj.weight.data = gate_up[j, inter:]
+                e.down_proj.weight.data = down[j]
+        self._gate_up, self._down = gate_up, down

@@ -1,0 +1,157 @@
+"""The model's small-batch paths compute what its general paths compute, each path forced:
+batched MLA decode vs attending sequence by sequence, dense routed experts vs grouped by expert,
+on pure-decode and mixed decode + (chunked) prefill batches over scattered cache blocks."""
+
+import pytest
+import torch
+
+from fathom.model.attention_metadata import AttentionMetadata
+from fathom.model.kv_cache import allocate_kv_caches
+from fathom.model.layers.moe import MoE
+from fathom.model.loader import load_model
+from fathom.model.testing import save_reference
+
+BATCHES = [
+    ([1, 1, 1, 1], [5, 17, 9, 30]),  # pure decode
+    ([1, 6, 1, 3], [12, 6, 3, 20]),  # decodes mixed with (chunked) prefills
+    ([7, 4], [7, 9]),  # no decode at all
+]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("v3")
+    save_reference(path, "v3", seed=9)
+    m = load_model(path)
+    yield m
+    m.set_fast_paths(batch_decode=True, moe_dense_limit=2048)
+    m.set_attention_mode("auto")
+
+
+def run(model, query_lens, seq_lens, block_size=4, cache_dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    tables, nxt = [], 0
+    for s in seq_lens:
+        n = -(-s // block_size)
+        tables.append(list(range(nxt + n - 1, nxt - 1, -1)))  # scattered, reversed blocks
+        nxt += n
+    caches = allocate_kv_caches(model.config, nxt, block_size, cache_dtype)
+    for c in caches:
+        c.copy_(torch.randn(c.shape, generator=g))
+    meta = AttentionMetadata.build(query_lens, seq_lens, tables, block_size)
+    ids = torch.randint(0, model.config.vocab_size, (sum(query_lens),), generator=g)
+    return model(ids, meta.positions(), caches, meta), caches
+
+
+def compare(model, batch, fast: dict, slow: dict, **kw):
+    model.set_fast_paths(**slow)
+    ref, ref_caches = run(model, *batch, **kw)
+    model.set_fast_paths(**fast)
+    got, got_caches = run(model, *batch, **kw)
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), float((got - ref).abs().max())
+    # layer 0 writes the same latents; later layers' inputs differ by rounding only
+    assert torch.equal(ref_caches[0], got_caches[0])
+    assert all(
+        torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(ref_caches, got_caches, strict=True)
+    )
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("mode", ["auto", "absorb"])
+def test_batched_decode_equals_per_sequence_attention(model, batch, mode):
+    model.set_attention_mode(mode)
+    compare(model, batch, {"batch_decode": True}, {"batch_decode": False})
+    model.set_attention_mode("auto")
+
+
+def test_batched_decode_reads_a_lower_precision_cache(model):
+    compare(model, BATCHES[1], {"batch_decode": True}, {"batch_decode": False}, cache_dtype=torch.bfloat16)
+
+
+def test_batched_decode_follows_the_attention_mode(model):
+    """Forced 'expand' attends sequence by sequence, so batching is off (it is absorbed only)."""
+    model.set_attention_mode("expand")
+    compare(model, BATCHES[0], {"batch_decode": True}, {"batch_decode": False})
+    attn = model.model.layers[0].self_attn
+    calls = []
+    attn._decode_batched = lambda *a: calls.append(a)  # would break the forward if used
+    run(model, *BATCHES[0])
+    del attn._decode_batched
+    model.set_attention_mode("auto")
+    assert not calls
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_dense_experts_equal_grouped_experts(model, batch):
+    compare(model, batch, {"moe_dense_limit": 10**9}, {"moe_dense_limit": 0})
+
+
+def test_all_fast_paths_equal_all_general_paths(model):
+    on = {"batch_decode": True, "moe_dense_limit": 10**9}
+    off = {"batch_decode": False, "moe_dense_limit": 0}
+    for batch in BATCHES:
+        compare(model, batch, on, off)
+
+
+def test_dense_limit_picks_the_path(model):
+    """T × local experts <= limit runs dense, above it grouped (seen through which one is called)."""
+    moe = next(layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE))
+    x = torch.randn(4, model.config.hidden_size)
+    seen = []
+    for name in ("_routed_dense", "_routed_grouped"):
+        real = getattr(moe, name)
+        setattr(moe, name, lambda *a, _n=name, _f=real: seen.append(_n) or _f(*a))
+    E = len(moe.experts)
+    try:
+        with torch.inference_mode():
+            for limit in (4 * E, 4 * E - 1):
+                moe.dense_limit = limit
+                moe(x)
+    finally:
+        del moe._routed_dense, moe._routed_grouped
+        moe.dense_limit = 2048
+    assert seen == ["_routed_dense", "_routed_grouped"]
+
+
+def test_stacked_expert_weights_are_the_parameters(model):
+    """The dense path's stacked weights are the experts' own parameters, not a second copy."""
+    moe = next(layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE))
+    for j, e in enumerate(moe.experts):
+        assert e.gate_proj.weight.data_ptr() == moe._gate_up[j].data_ptr()
+        assert e.down_proj.weight.data_ptr() == moe._down[j].data_ptr()
+        assert torch.equal(moe._gate_up[j, e.gate_proj.weight.shape[0] :], e.up_proj.weight)
+
+
+def test_dense_path_restacks_weights_that_were_moved(model):
+    moe = next(layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE))
+    x = torch.randn(3, model.config.hidden_size, dtype=torch.float64)
+    moe.to(torch.float64)  # replaces every parameter: the stacked views are stale
+    try:
+        with torch.inference_mode():
+            moe.dense_limit = 10**9
+            dense = moe(x)
+            moe.dense_limit = 0
+            grouped = moe(x)
+        assert moe._gate_up.dtype == torch.float64
+        assert torch.allclose(dense, grouped, atol=1e-10)
+    finally:
+        moe.to(torch.float32)
+        moe.dense_limit = 2048
+
+
+def test_set_fast_paths_rejects_a_bad_limit(model):
+    for bad in (-1, True):
+        with pytest.raises(ValueError, match="moe_dense_limit"):
+            model.set_fast_paths(moe_dense_limit=bad)
+
+
+def test_decode_batch_layout():
+    meta = AttentionMetadata.build([1, 3, 1], [6, 3, 2], [[4, 1], [0], [2]], block_size=4)
+    dec = meta.decode_batch(4)
+    assert dec is meta.decode_batch(4)  # built once per step, shared by the layers
+    assert dec.seqs == [0, 2] and dec.rows.tolist() == [0, 4] and not dec.every_row
+    assert dec.block_tables.tolist() == [4, 1, 2, 0]  # cut to the longest context (2 blocks)
+    assert dec.valid.sum(dim=1).tolist() == [6, 2]
+    assert AttentionMetadata.build([2], [2], [[0]], 4).decode_batch(4) is None
+    assert AttentionMetadata.build([1, 1], [1, 5], [[0], [1, 2]], 4).decode_batch(4).every_row
