@@ -10,6 +10,14 @@ from decimal import Decimal
 from fathom.api.model_service import MODEL_MOUNT_PATH, ModelServiceSpec
 
 TENANTS_MOUNT_PATH = "/etc/fathom/tenants"
+# rayproject/ray images (and the platform image built on them) run as `ray`: uid 1000, group
+# `users` (gid 100), home /home/ray.
+RAY_UID, RAY_GID, RAY_HOME = 1000, 100, "/home/ray"
+# With a read-only root filesystem these are the places Ray and Fathom write, each an emptyDir:
+# /tmp holds Ray's session dir /tmp/ray (logs, sockets, spilled objects, runtime envs) and the
+# object store when /dev/shm is small; ~/.cache holds the demo checkpoint ($FATHOM_CACHE
+# default), Hugging Face and torch caches.
+SCRATCH_DIRS = {"tmp": "/tmp", "cache": f"{RAY_HOME}/.cache"}
 TENANTS_FILE = f"{TENANTS_MOUNT_PATH}/tenants.yaml"
 _SUFFIXES = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", "")
 
@@ -71,14 +79,37 @@ def fetch_init_containers(spec: ModelServiceSpec, *, tokenizer_only: bool) -> li
         "image": spec.model.fetch_image or spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["/bin/sh", "-c", f"set -eu; {command}"],
-        "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT_PATH}],
-        "env": env_vars(spec),
+        # HOME=/tmp: fetch images (aws-cli, cloud-sdk) keep config and state under $HOME, which
+        # for uid 1000 may not exist and is read-only anyway.
+        "env": env_vars(spec, defaults={"HOME": "/tmp"}),
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT_PATH},
+                         {"name": "tmp", "mountPath": SCRATCH_DIRS["tmp"]}],
+        "securityContext": container_security_context(),
     }]
+
+
+def pod_security_context() -> dict:
+    """Ray pods run as the image's unprivileged user under the runtime's default seccomp profile.
+
+    `fsGroup` makes a model PVC readable by that user; `OnRootMismatch` skips the recursive
+    chown of a volume already owned by it (a multi-hundred-GB checkpoint would stall each start).
+    """
+    return {"runAsNonRoot": True, "runAsUser": RAY_UID, "runAsGroup": RAY_GID, "fsGroup": RAY_GID,
+            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> dict:
+    """Every container of a Ray pod: no privilege escalation, no capabilities, read-only root.
+
+    KubeRay copies the Ray container's context onto the `wait-gcs-ready` init container it injects.
+    """
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def volumes(spec: ModelServiceSpec, *, shm: bool) -> list[dict]:
     vols = [model_volume(spec), {"name": "tenants", "secret": {"secretName": spec.tenants_secret, "optional": True}}]
-    vols = [v for v in vols if v is not None]
+    vols = [v for v in vols if v is not None] + [{"name": n, "emptyDir": {}} for n in SCRATCH_DIRS]
     if shm:  # NCCL and Ray's object store want a large /dev/shm on GPU nodes
         vols.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     return vols
@@ -90,12 +121,18 @@ def volume_mounts(spec: ModelServiceSpec, *, shm: bool) -> list[dict]:
     if src is not None:
         read_only = src.uri is None and (src.pvc is None or src.pvc.read_only)
         mounts.insert(0, {"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": read_only})
+    mounts += scratch_mounts()
     if shm:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     return mounts
 
 
-def env_vars(spec: ModelServiceSpec) -> list[dict]:
+def scratch_mounts() -> list[dict]:
+    """The writable emptyDirs (SCRATCH_DIRS) of a container with a read-only root."""
+    return [{"name": n, "mountPath": path} for n, path in SCRATCH_DIRS.items()]
+
+
+def env_vars(spec: ModelServiceSpec, defaults: dict[str, str] | None = None) -> list[dict]:
     """User env (e.g. OTEL_*) plus defaults the user did not set, sorted for stable diffs."""
-    env = {"OTEL_SERVICE_NAME": "fathom", **spec.env}
+    env = {"OTEL_SERVICE_NAME": "fathom", **(defaults or {}), **spec.env}
     return [{"name": k, "value": v} for k, v in sorted(env.items())]

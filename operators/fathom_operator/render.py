@@ -100,6 +100,7 @@ def _container(spec: ModelServiceSpec, name: str, resources: dict, *, shm: bool,
         "name": name, "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
         "resources": resources, "env": pods.env_vars(spec), "ports": ports,
         "volumeMounts": pods.volume_mounts(spec, shm=shm),
+        "securityContext": pods.container_security_context(),
     }
 
 
@@ -117,6 +118,7 @@ def head_group(spec: ModelServiceSpec, owner: Owner) -> dict:
                 "initContainers": pods.fetch_init_containers(spec, tokenizer_only=True),
                 "containers": [_container(spec, "ray-head", {"requests": res, "limits": res}, shm=False, ports=ports)],
                 "volumes": pods.volumes(spec, shm=False),
+                "securityContext": pods.pod_security_context(),
             },
         },
     }
@@ -133,6 +135,7 @@ def worker_group(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
         "containers": [_container(spec, "ray-worker", {"requests": requests, "limits": limits}, shm=bool(r.gpus),
                                   ports=[{"name": "serve", "containerPort": SERVE_PORT}])],
         "volumes": pods.volumes(spec, shm=bool(r.gpus)),
+        "securityContext": pods.pod_security_context(),
         "nodeSelector": dict(r.node_selector),
         "tolerations": [t.to_wire() for t in r.tolerations],
     }
@@ -162,7 +165,11 @@ def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
                 # The Ray autoscaler removes only idle worker pods when minReplicas drops, so a
                 # scale-down never kills a rank that still holds a live Serve replica.
                 "enableInTreeAutoscaling": True,
-                "autoscalerOptions": {"idleTimeoutSeconds": 60, "upscalingMode": "Default"},
+                # The autoscaler sidecar runs in the head pod, as locked down as the Ray container
+                # (KubeRay adds the shared /tmp/ray log volume to both).
+                "autoscalerOptions": {"idleTimeoutSeconds": 60, "upscalingMode": "Default",
+                                      "securityContext": pods.container_security_context(),
+                                      "volumeMounts": pods.scratch_mounts()},
                 "headGroupSpec": head_group(spec, owner),
                 "workerGroupSpecs": [worker_group(spec, owner, replicas)],
             },

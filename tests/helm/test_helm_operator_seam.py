@@ -110,9 +110,6 @@ def test_operator_parses_the_arguments_the_chart_gives_it(helm, values):
     assert args.namespace == ((values or {}).get("operator", {}).get("watchNamespaces") or [])
 
 
-@pytest.mark.xfail(strict=True, reason="fathom_operator.render does not yet set a securityContext on Ray "
-                   "containers (non-root uid 1000 of the ray image, no privilege escalation, drop ALL, "
-                   "RuntimeDefault seccomp, read-only root with an emptyDir /tmp); remove this mark when it does")
 def test_ray_containers_the_operator_renders_are_locked_down(helm):
     (ms, *_) = [o for o in helm.template(TWO_MODELS_WITH_TENANTS) if o["kind"] == "ModelService"]
     ray_service, _ = children_of(ms)
@@ -125,3 +122,9 @@ def test_ray_containers_the_operator_renders_are_locked_down(helm):
             assert ctx.get("capabilities", {}).get("drop") == ["ALL"], c["name"]
             assert ctx.get("seccompProfile", {}).get("type") == "RuntimeDefault", c["name"]
             assert ctx.get("readOnlyRootFilesystem") is True, c["name"]
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{c['name']}: Ray's session dir /tmp/ray needs a writable /tmp"
+        assert pod_ctx.get("runAsUser") == 1000, "the rayproject/ray image's user is uid 1000"
+    autoscaler = ray_service["spec"]["rayClusterConfig"]["autoscalerOptions"]
+    assert autoscaler["securityContext"]["readOnlyRootFilesystem"] is True
+    assert autoscaler["securityContext"]["capabilities"]["drop"] == ["ALL"]

@@ -10,7 +10,8 @@ from fathom_operator.metrics import Sample, derive, histogram_quantile, parse
 from fathom_operator.policy import asks, decide, recommend
 
 AUTO = Autoscaling(min_replicas=0, max_replicas=8, interval_seconds=10, scale_down_stabilization_seconds=60,
-                   scale_to_zero_after_seconds=120)
+                   scale_to_zero_after_seconds=120,  # the KV target pinned: the figures below divide by 0.8
+                   targets={"waitingRequestsPerReplica": 2, "kvCacheUtilization": 0.8})
 
 
 def series(*loads, start=0.0, step=10.0, **kw) -> list[Sample]:
@@ -53,6 +54,12 @@ def test_scale_down_waits_for_the_window():
     assert decide(history, AUTO, current=4).replicas == 4
     history = series(*[busy] * 3 + [light] * 7)  # dropped 60 s ago: the window holds only light
     assert decide(history, AUTO, current=4).replicas == 1
+
+
+def test_default_kv_target_keeps_headroom_for_a_burst():
+    s = Sample(t=0, waiting=0, running=0, kv_usage_sum=2.0, replicas=4)  # 4 replicas half full
+    assert Autoscaling().targets.kv_cache_utilization == 0.5  # benchmarks/autoscaler_sim.py: meets its target
+    assert recommend(s, Autoscaling()) == (4, "kvCacheUtilization")  # 2x burst room: no scale-up yet
 
 
 def test_scale_down_needs_a_full_window_of_history():

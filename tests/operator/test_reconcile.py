@@ -159,3 +159,27 @@ def test_progressing_while_kuberay_catches_up():
     rs["status"]["observedGeneration"] = 3
     by_type = {c["type"]: c for c in reconcile(obj(), Observed(ray_service=rs, now=NOW)).status["conditions"]}
     assert by_type["Progressing"]["status"] == "False"
+
+
+@pytest.mark.parametrize("source", [None, {"uri": "s3://bucket/dsv3"}, {"pvc": {"claimName": "weights"}}])
+def test_ray_pods_run_read_only_with_writable_scratch(source):
+    spec = parse_spec({"model": source, "resources": {"gpus": 1}} if source else {"resources": {"gpus": 1}})
+    cluster = render.ray_service(spec, render.Owner("m", "ns", "u"), 1)["spec"]["rayClusterConfig"]
+    head, worker = cluster["headGroupSpec"]["template"]["spec"], cluster["workerGroupSpecs"][0]["template"]["spec"]
+    for pod in (head, worker):
+        assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["fsGroup"] == 100
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            assert {m for m in mounts.values()} <= volumes.keys(), f"{c['name']} mounts a missing volume"
+            assert "emptyDir" in volumes[mounts["/tmp"]], c["name"]
+        ray = pod["containers"][0]
+        assert "emptyDir" in volumes[{m["mountPath"]: m["name"] for m in ray["volumeMounts"]}["/home/ray/.cache"]]
+        for c in pod.get("initContainers", []):  # the fetcher's tools keep state under $HOME
+            assert {"name": "HOME", "value": "/tmp"} in c["env"]
+    worker_mounts = {m["mountPath"]: m["name"] for m in worker["containers"][0]["volumeMounts"]}
+    assert {v["name"]: v for v in worker["volumes"]}[worker_mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+    autoscaler = cluster["autoscalerOptions"]
+    assert autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {m["name"] for m in autoscaler["volumeMounts"]} <= {v["name"] for v in head["volumes"]}

@@ -115,7 +115,7 @@ class AutoscalingTargets(Spec):
 
     waiting_requests_per_replica: float | None = Field(2.0, ge=0, description="Queued (not yet running) requests per replica (fathom_requests_waiting); 0 = off.")
     running_requests_per_replica: float | None = Field(None, ge=0, description="Running requests per replica (fathom_requests_running); 0 or unset = off.")
-    kv_cache_utilization: float | None = Field(0.8, ge=0, le=1, description="Mean KV cache usage ratio over replicas (fathom_kv_cache_usage_ratio); 0 = off.")
+    kv_cache_utilization: float | None = Field(0.5, ge=0, le=1, description="Mean KV cache usage ratio over replicas (fathom_kv_cache_usage_ratio); 0 = off. The default 0.5 leaves room for a 2x burst during a replica's cold start.")
     ttft_p95_seconds: float | None = Field(None, ge=0, description="p95 time to first token over the last interval (fathom_time_to_first_token_seconds); 0 or unset = off.")
     tokens_per_second_per_replica: float | None = Field(None, ge=0, description="Generated tokens per second per replica (fathom_generation_tokens_total); 0 or unset = off.")
 
