@@ -45,7 +45,7 @@ fi
 
 if [ "${BUILD_IMAGE:-0}" = 1 ]; then
   say "building $IMAGE"
-  docker build -t "$IMAGE" "$ROOT"
+  docker build -f "$ROOT/docker/platform.Dockerfile" -t "$IMAGE" "$ROOT"
   if [ "$RUNTIME" = k3d ]; then k3d image import "$IMAGE" -c "$CLUSTER"; else kind load docker-image "$IMAGE" --name "$CLUSTER"; fi
 fi
 
@@ -60,6 +60,9 @@ kubectl apply -f "$ROOT/helm/fathom/crds/"
 kubectl wait --for condition=established --timeout=60s crd/modelservices.fathom.dev crd/tenants.fathom.dev
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 if [ "${USE_CHART:-0}" = 1 ]; then
+  # the chart declares KubeRay as an optional dependency: helm needs it vendored even when off
+  helm dependency build "$ROOT/helm/fathom" >/dev/null
+  # the operator runs from an image: build docker/operator.Dockerfile and load it into the cluster first
   helm upgrade --install fathom "$ROOT/helm/fathom" --namespace fathom-system --create-namespace --wait
 else
   # From this checkout, outside the cluster: the autoscaler reads /metrics through a port-forward.
