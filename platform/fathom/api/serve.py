@@ -29,8 +29,11 @@ class ServeSettings(Spec):
     graceful_shutdown_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before the server exits."
     )
-    stream_batch_max_tokens: int = Field(
-        64, ge=1, description="Most tokens coalesced into one streamed chunk when a stream falls behind its client."
+    stream_chunks_per_s: float = Field(
+        500.0, gt=0, description=(
+            "Streamed chunks per second one model replica aims to send over all its streams; beyond it, "
+            "each chunk carries several tokens (one stream alone still gets every token as it comes)."
+        ),
     )
     tenants: str | None = Field(None, description="YAML file of Tenant manifests (API keys, limits, weights); None disables auth.")
     log_requests: bool = Field(False, description="Log one line per request at the ingress.")

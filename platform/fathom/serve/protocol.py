@@ -75,6 +75,7 @@ class _SamplingFields(_Request):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     logit_bias: dict[str, float] | None = None
+    skip_special_tokens: bool = True
     priority: int = 0
 
     @field_validator("stop")
@@ -111,7 +112,6 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    echo: bool = False
     store: bool | None = None
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
