@@ -10,16 +10,19 @@ in-flight requests get up to `graceful_shutdown_timeout_s` to finish, then Serve
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import ray
 from ray import serve
 from ray.serve.api import RunTarget
 
+import fathom
 from fathom.api.serve import ServeSettings
 from fathom.serve.app import APP_NAME, build_app
 
@@ -36,7 +39,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _export_source_root() -> None:
+    """Make `fathom` importable in Ray's worker processes even when it is not installed (a
+    source checkout): a local Ray instance inherits this process's environment."""
+    root = str(Path(fathom.__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+
+
 def start_ray(settings: ServeSettings) -> None:
+    """Join `settings.address`, or start a private local Ray instance (loopback, no dashboard)."""
     if ray.is_initialized():
         return
     if settings.address:
@@ -44,6 +57,7 @@ def start_ray(settings: ServeSettings) -> None:
         ray.init(address=settings.address, logging_level=logging.WARNING, log_to_driver=False)
         return
     _say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
+    _export_source_root()
     ray.init(
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

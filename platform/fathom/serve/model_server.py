@@ -75,11 +75,12 @@ class ModelServer:
         self.strings = TokenStrings(self.engine.tokenizer)
         self.reasoning_parser = self.settings.engine.reasoning_parser
         self.active_streams = 0
+        self.generated_tokens = 0  # cumulative over every engine request, aborted ones included
         logger.info("model %s loaded in %.1fs", self.model_name, time.monotonic() - t0)
 
     # ------------------------------------------------------------------ backend contract
 
-    async def ready(self) -> dict:
+    async def ready(self, routing_key: int | None = None) -> dict:
         return {"root": self.settings.engine.model or "fathom-demo", "max_model_len": self.max_model_len}
 
     async def complete(self, kind: str, req: Any, routing_key: int | None = None) -> dict | APIError:
@@ -115,10 +116,13 @@ class ModelServer:
                 task.cancel()
             await self._abort(r)
 
-    async def stats(self) -> dict:
+    async def stats(self, routing_key: int | None = None) -> dict:
+        """This replica's engine snapshot (`routing_key` lets a caller aim at the replica that
+        prefix affinity picks for a prompt)."""
         s = self.engine.stats()
         return {"num_running": s.num_running, "num_waiting": s.num_waiting, "kv_cache_usage": s.kv_cache_usage,
-                "active_streams": self.active_streams, "healthy": s.healthy}
+                "active_streams": self.active_streams, "generated_tokens": self.generated_tokens,
+                "healthy": s.healthy}
 
     def check_health(self) -> None:
         """Ray Serve's health check: a dead engine makes Serve replace this replica."""
@@ -161,6 +165,7 @@ class ModelServer:
             logger.exception("engine call failed")
             r.error = r.error or APIError(500, f"generation failed ({type(e).__name__})", code="internal_error")
         finally:
+            self.generated_tokens += r.usage[i][2]
             r.pending -= 1
             r.wake.set()
 
