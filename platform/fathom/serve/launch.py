@@ -27,6 +27,7 @@ from fathom.api.serve import ServeSettings
 from fathom.serve.app import APP_NAME, build_app
 
 POLL_S = 0.5
+SHUTDOWN_SLACK_S = 30.0  # for Serve and Ray to stop after the grace period
 
 
 def _say(msg: str) -> None:
@@ -70,6 +71,7 @@ def start_ray(settings: ServeSettings) -> None:
 def deploy(settings: ServeSettings, show_progress: bool = True):
     """Start Serve's proxy on host:port and deploy the app; return the ingress handle once
     it is running (raises RuntimeError with Serve's message if the deployment fails)."""
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our own progress lines instead
     serve.start(http_options={"host": settings.host, "port": settings.port},
                 proxy_location="HeadOnly" if not settings.address else "EveryNode")
     gpus = 1.0 if settings.engine.tensor_parallel_size == 1 and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -145,9 +147,6 @@ def serve_forever(settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     if settings.port == 0:
         settings = settings.model_copy(update={"port": free_port(settings.host)})
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         start_ray(settings)
         handle = deploy(settings)
@@ -155,13 +154,30 @@ def serve_forever(settings: ServeSettings) -> int:
         print(f"fathom serve: error: {e}", file=sys.stderr)
         _shutdown()
         return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own SIGTERM handler
+        signal.signal(sig, lambda *_: stop.set())
     print(banner(settings), flush=True)
     while not stop.wait(1.0):
         pass
     _say("shutting down: no new requests; finishing in-flight ones")
+    _watchdog(settings.graceful_shutdown_timeout_s + SHUTDOWN_SLACK_S)
     drain(handle, settings.graceful_shutdown_timeout_s)
     _shutdown()
     return 0
+
+
+def _watchdog(seconds: float) -> None:
+    """Exit hard if shutdown hangs (e.g. SIGTERM went to the whole process group and Ray's own
+    processes are already gone, so calls into Ray never return)."""
+
+    def expire() -> None:
+        print("fathom: shutdown timed out; exiting", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def _shutdown() -> None:
