@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from fathom.api.serve import ServeSettings  # noqa: E402
+from fathom.api.serve import ServeSettings
 
 
 def prompt(i: int) -> str:
