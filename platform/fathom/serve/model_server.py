@@ -43,7 +43,7 @@ class _Request:
                 parser = make_parser(server.reasoning_parser, call.prompt_text) if kind == "chat" else None
                 echo = call.prompt_text if getattr(req, "echo", False) else ""
                 self.choices.append(Choice(call.choice_offset + j, kind == "chat", server.strings, parser,
-                                           echo, call.params.logprobs is not None))
+                                           echo, call.params.logprobs is not None, req.return_tokens_as_token_ids))
         self.usage = [(len(c.prompt_ids), 0, 0) for c in calls]  # (prompt, cached, completion) per call
         self.first_token_at: float | None = None
         self.error: APIError | None = None
@@ -123,6 +123,15 @@ class ModelServer:
         return {"num_running": s.num_running, "num_waiting": s.num_waiting, "kv_cache_usage": s.kv_cache_usage,
                 "active_streams": self.active_streams, "generated_tokens": self.generated_tokens,
                 "healthy": s.healthy}
+
+    async def placement(self, routing_key: int | None = None) -> list[str]:
+        """Ray node id of each rank of this instance (rank 0 first; W=1 runs in this replica)."""
+        import ray
+
+        workers = getattr(getattr(self.engine.engine, "executor", None), "workers", None)
+        if not workers:
+            return [ray.get_runtime_context().get_node_id()]
+        return list(await asyncio.gather(*(w.node_id.remote() for w in workers)))
 
     def check_health(self) -> None:
         """Ray Serve's health check: a dead engine makes Serve replace this replica."""
