@@ -93,10 +93,13 @@ def requirement_closure(requirements: list[str]) -> set[str]:
 IMPORT_EVERYTHING = """
 import importlib, json, pkgutil, sys
 before = set(sys.modules)  # what the interpreter loads at startup (site, .pth hooks)
+# kopf imports the `kubernetes` client only if it happens to be installed (for its optional
+# piggybacking login); the image does not ship it, so hide it as the image would.
+sys.modules["kubernetes"] = None
 import fathom_operator
 for m in pkgutil.walk_packages(fathom_operator.__path__, "fathom_operator."):
     importlib.import_module(m.name)
-print(json.dumps(sorted({n.split(".")[0] for n in set(sys.modules) - before})))
+print(json.dumps(sorted({n.split(".")[0] for n, mod in sys.modules.items() if n not in before and mod is not None})))
 """
 
 
