@@ -94,7 +94,7 @@ class MetricsPusher:
         self._stop.set()
         try:
             ray.get(self.push_now(), timeout=5)
-            self.hub.forget.remote(self.source)
+            ray.get(self.hub.forget.remote(self.source), timeout=5)
         except Exception:
             logger.warning("final metrics push failed", exc_info=True)
 
