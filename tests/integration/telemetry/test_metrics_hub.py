@@ -1,7 +1,5 @@
 """Fleet /metrics across real Ray processes: every replica's numbers, summed in one scrape."""
 
-import os
-
 import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,23 +30,10 @@ class FakeReplica:
         self.pusher.stop()
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={
-            "env_vars": {
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in __import__("sys").path if p.endswith(("platform", "operators"))
-                )
-            }
-        },
-    )
-    yield
+@pytest.fixture
+def hub(ray_cluster):
+    yield get_hub()
     ray.kill(ray.get_actor(HUB_NAME, namespace=HUB_NAMESPACE))
-    ray.shutdown()
 
 
 def samples(text: bytes) -> dict:
@@ -59,7 +44,7 @@ def samples(text: bytes) -> dict:
     }
 
 
-def test_one_scrape_sums_every_replica(ray_cluster):
+def test_one_scrape_sums_every_replica(hub):
     a, b = FakeReplica.remote("a"), FakeReplica.remote("b")
     ray.get([a.serve.remote(3, 4), b.serve.remote(2, 1)])
     s = samples(render_fleet_metrics())
@@ -71,4 +56,4 @@ def test_one_scrape_sums_every_replica(ray_cluster):
     s = samples(render_fleet_metrics())
     assert ("fathom_requests_running", (("model", "demo"), ("replica", "b"))) not in s
     assert s[("fathom_requests_total", (("model", "demo"), ("status", "200"), ("tenant", "acme")))] == 5
-    assert len(ray.get(get_hub().sources.remote())) == 2
+    assert len(ray.get(hub.sources.remote())) == 2
