@@ -14,7 +14,7 @@ Nothing here imports ray except ``fathom.telemetry.hub``, so the engine may use 
 
 from fathom.telemetry.http import TracingMiddleware, note_request
 from fathom.telemetry.logs import install_log_correlation
-from fathom.telemetry.metrics import EngineStats, FathomMetrics, process_metrics
+from fathom.telemetry.metrics import FathomMetrics, process_metrics
 from fathom.telemetry.propagation import attached, extract, inject, traceparent
 from fathom.telemetry.spans import (
     RequestTrace,
@@ -36,7 +36,6 @@ from fathom.telemetry.tracing import (
 )
 
 __all__ = [
-    "EngineStats",
     "FathomMetrics",
     "RequestTrace",
     "TracingMiddleware",

@@ -8,9 +8,12 @@ Per HTTP request it provides:
   native telemetry (plain Starlette, older FastAPI) it opens the same span itself;
 - the trace id in the response: ``traceparent`` and, unless the app or Ray Serve set one,
   ``x-request-id`` (the trace id), so users can quote it;
-- the request's metrics: ``fathom_requests_total`` by model/tenant/status and, for
-  successes, ``fathom_e2e_request_latency_seconds``, once the last byte is sent. Model and
-  tenant come from ``note_request(model=..., tenant=...)`` (``route_span``/``set_tenant`` call it).
+- optionally (``metrics=FathomMetrics``, for apps that do not count requests themselves; the
+  Fathom ingress counts in its frontend, which knows about in-stream failures) the request's
+  ``fathom_requests_total`` by model/tenant/status and, for successes,
+  ``fathom_e2e_request_latency_seconds``, once the last byte is sent. Model and tenant come
+  from ``note_request(model=..., tenant=...)`` (``route_span``/``set_tenant`` call it), which
+  also puts them on the SERVER span.
 
 Per the HTTP semantic conventions 5xx responses set ERROR status and ``error.type``; 4xx do
 not (the child span that refused the request, e.g. ``fathom.auth``, carries the error).
@@ -28,7 +31,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from fathom.telemetry import attributes as A
-from fathom.telemetry.metrics import FathomMetrics, process_metrics
+from fathom.telemetry.metrics import FathomMetrics
 from fathom.telemetry.propagation import extract, trace_id_hex, traceparent
 from fathom.telemetry.tracing import get_tracer
 
@@ -152,10 +155,9 @@ class TracingMiddleware:
             if state["done"]:
                 return
             state["done"] = True
-            status = state["status"] or 500
-            (self.metrics or process_metrics()).request_finished(
-                record.model, record.tenant, status, time.perf_counter() - started
-            )
+            if self.metrics is not None:
+                status = state["status"] or 500
+                self.metrics.request_finished(record.model, record.tenant, status, time.perf_counter() - started)
             if error is not None:
                 _record_error(s, error)
             if native is None:

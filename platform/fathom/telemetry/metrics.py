@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -135,16 +135,15 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] =
 _PROM_TYPES = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
 
-@dataclass(frozen=True)
-class EngineStats:
-    """One replica's engine state, as ``AsyncEngine.stats()`` reports it (cumulative counters)."""
+class EngineStatsLike(Protocol):
+    """What ``fathom.engine.outputs.EngineStats`` (``AsyncEngine.stats()``) carries; counters cumulative."""
 
-    running: int
-    waiting: int
+    num_running: int
+    num_waiting: int
     kv_blocks_used: int
     kv_blocks_total: int
-    prefix_queried_tokens: int = 0
-    prefix_hit_tokens: int = 0
+    prefix_cache_queried_tokens: int
+    prefix_cache_hit_tokens: int
 
 
 class FathomMetrics:
@@ -218,27 +217,24 @@ class FathomMetrics:
         self._inc("fathom_generation_tokens_total", completion_tokens, model=model, tenant=tenant)
         self._inc("fathom_cost_total", cost, model=model, tenant=tenant)
 
-    def engine_stats(self, model: str, replica: str, stats: EngineStats) -> None:
+    def engine_stats(self, model: str, replica: str, stats: EngineStatsLike) -> None:
         """A replica's gauges, and its cumulative prefix-cache counters turned into increments."""
         labels = {"model": model, "replica": replica}
-        self._set("fathom_requests_running", stats.running, **labels)
-        self._set("fathom_requests_waiting", stats.waiting, **labels)
-        self._set("fathom_kv_cache_blocks_used", stats.kv_blocks_used, **labels)
-        self._set("fathom_kv_cache_blocks_total", stats.kv_blocks_total, **labels)
-        ratio = stats.kv_blocks_used / stats.kv_blocks_total if stats.kv_blocks_total else 0.0
-        self._set("fathom_kv_cache_usage_ratio", ratio, **labels)
+        used, total = stats.kv_blocks_used, stats.kv_blocks_total
+        self._set("fathom_requests_running", stats.num_running, **labels)
+        self._set("fathom_requests_waiting", stats.num_waiting, **labels)
+        self._set("fathom_kv_cache_blocks_used", used, **labels)
+        self._set("fathom_kv_cache_blocks_total", total, **labels)
+        self._set("fathom_kv_cache_usage_ratio", used / total if total else 0.0, **labels)
+        queried, hit = stats.prefix_cache_queried_tokens, stats.prefix_cache_hit_tokens
         with self._lock:
             q0, h0 = self._prefix_seen.get((model, replica), (0, 0))
-            self._prefix_seen[(model, replica)] = (stats.prefix_queried_tokens, stats.prefix_hit_tokens)
-        # A restarted engine starts its counters at 0 again: count from there.
-        dq = (
-            stats.prefix_queried_tokens - q0
-            if stats.prefix_queried_tokens >= q0
-            else stats.prefix_queried_tokens
+            self._prefix_seen[(model, replica)] = (queried, hit)
+        # A restarted engine starts its counters at 0 again: count on from there.
+        self._inc(
+            "fathom_prefix_cache_queried_tokens_total", queried - q0 if queried >= q0 else queried, **labels
         )
-        dh = stats.prefix_hit_tokens - h0 if stats.prefix_hit_tokens >= h0 else stats.prefix_hit_tokens
-        self._inc("fathom_prefix_cache_queried_tokens_total", dq, **labels)
-        self._inc("fathom_prefix_cache_hit_tokens_total", dh, **labels)
+        self._inc("fathom_prefix_cache_hit_tokens_total", hit - h0 if hit >= h0 else hit, **labels)
 
 
 class _OtelMirror:

@@ -18,12 +18,13 @@ class FakeReplica:
         self.pusher = start_metrics_pusher("replica")
 
     def serve(self, requests: int, running: int) -> None:
-        from fathom.telemetry import EngineStats, process_metrics
+        from fathom.engine.outputs import EngineStats
+        from fathom.telemetry import process_metrics
 
         m = process_metrics()
         for _ in range(requests):
             m.request_finished("demo", "acme", 200, e2e_seconds=0.2)
-        m.engine_stats("demo", self.name, EngineStats(running, 0, running, 10, 100, 25))
+        m.engine_stats("demo", self.name, EngineStats(running, 0, running, 10, 100, 25, 0))
         ray.get(self.pusher.push_now())
 
     def stop(self) -> None:

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fathom.telemetry import EngineStats, FathomMetrics
+from fathom.engine.outputs import EngineStats
+from fathom.telemetry import FathomMetrics
 from fathom.telemetry.aggregate import MetricsAggregator, snapshot
 from fathom.telemetry.metrics import METRICS
 
@@ -44,30 +45,8 @@ def test_recorded_values_come_out_under_the_documented_names():
     m.request_finished("demo", "acme", 429)
     m.request_timing("demo", ttft=0.05, tpot=0.01, queue_time=0.002)
     m.usage("demo", "acme", prompt_tokens=100, completion_tokens=20, cached_tokens=64, cost=0.5)
-    m.engine_stats(
-        "demo",
-        "r0",
-        EngineStats(
-            running=3,
-            waiting=2,
-            kv_blocks_used=25,
-            kv_blocks_total=100,
-            prefix_queried_tokens=100,
-            prefix_hit_tokens=64,
-        ),
-    )
-    m.engine_stats(
-        "demo",
-        "r0",
-        EngineStats(
-            running=1,
-            waiting=0,
-            kv_blocks_used=10,
-            kv_blocks_total=100,
-            prefix_queried_tokens=150,
-            prefix_hit_tokens=64,
-        ),
-    )
+    m.engine_stats("demo", "r0", EngineStats(3, 2, 25, 100, 100, 64, 0))  # running, waiting, kv used/total,
+    m.engine_stats("demo", "r0", EngineStats(1, 0, 10, 100, 150, 64, 0))  # prefix queried/hit, preemptions
     r = m.registry.get_sample_value
     assert r("fathom_requests_total", {"model": "demo", "tenant": "acme", "status": "429"}) == 1
     assert r("fathom_e2e_request_latency_seconds_count", {"model": "demo"}) == 1  # the 429 is not timed
@@ -78,7 +57,7 @@ def test_recorded_values_come_out_under_the_documented_names():
     assert r("fathom_requests_running", replica) == 1 and r("fathom_kv_cache_usage_ratio", replica) == 0.1
     assert r("fathom_prefix_cache_queried_tokens_total", replica) == 150  # cumulative stats, counted once
     assert r("fathom_prefix_cache_hit_tokens_total", replica) == 64
-    m.engine_stats("demo", "r0", EngineStats(0, 0, 0, 100, prefix_queried_tokens=10, prefix_hit_tokens=5))
+    m.engine_stats("demo", "r0", EngineStats(0, 0, 0, 100, 10, 5, 0))
     assert r("fathom_prefix_cache_queried_tokens_total", replica) == 160  # engine restarted: counts on
     families = exposition(m)
     assert set(families) == {
@@ -92,7 +71,7 @@ def _source(requests: int, running: int, replica: str) -> list:
     m = FathomMetrics()
     for _ in range(requests):
         m.request_finished("demo", "acme", 200, e2e_seconds=1.0)
-    m.engine_stats("demo", replica, EngineStats(running, 0, 1, 10))
+    m.engine_stats("demo", replica, EngineStats(running, 0, 1, 10, 0, 0, 0))
     return snapshot(m.registry)
 
 

@@ -10,7 +10,8 @@ import pytest
 from fathom.telemetry.receiver import OtlpReceiver, span_tree
 
 CHILD = """
-from fathom.telemetry import (EngineStats, FathomMetrics, configure_tracing, flush_tracing, forward_step_span,
+from fathom.engine.outputs import EngineStats
+from fathom.telemetry import (FathomMetrics, configure_tracing, flush_tracing, forward_step_span,
                               get_tracer, inject, start_request_trace)
 configure_tracing("replica")
 with get_tracer().start_as_current_span("POST /v1/chat/completions"):
@@ -26,7 +27,7 @@ failed.fail(RuntimeError("step failed"))
 flush_tracing()
 m = FathomMetrics()
 m.request_finished("demo", "acme", 200, e2e_seconds=0.5)
-m.engine_stats("demo", "r0", EngineStats(2, 1, 5, 10))
+m.engine_stats("demo", "r0", EngineStats(2, 1, 5, 10, 0, 0, 0))
 """
 
 
