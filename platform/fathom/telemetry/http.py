@@ -157,7 +157,9 @@ class TracingMiddleware:
             state["done"] = True
             if self.metrics is not None:
                 status = state["status"] or 500
-                self.metrics.request_finished(record.model, record.tenant, status, time.perf_counter() - started)
+                self.metrics.request_finished(
+                    record.model, record.tenant, status, time.perf_counter() - started
+                )
             if error is not None:
                 _record_error(s, error)
             if native is None:

@@ -10,6 +10,7 @@ data (picklable, JSON-able) and empty when there is no active span.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Mapping
 
 from opentelemetry import context as otel_context
@@ -43,8 +44,19 @@ def attached(carrier: Mapping[str, str] | None) -> Iterator[Context]:
 
 
 def span_context_of(carrier: Mapping[str, str] | None) -> trace.SpanContext | None:
-    """The remote span context in ``carrier`` (for span links), or None if it holds none."""
+    """The remote span context in ``carrier`` (for span links), or None if it holds none.
+    Parsed once per traceparent: a request's carrier is looked at every engine step."""
+    if not carrier:
+        return None
+    if len(carrier) == 1 and "traceparent" in carrier:
+        return _parse_traceparent(carrier["traceparent"])
     sc = trace.get_current_span(extract(carrier)).get_span_context()
+    return sc if sc.is_valid else None
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_traceparent(value: str) -> trace.SpanContext | None:
+    sc = trace.get_current_span(propagate.extract({"traceparent": value})).get_span_context()
     return sc if sc.is_valid else None
 
 

@@ -10,7 +10,7 @@ The span tree of one request (names are stable; tests and dashboards rely on the
         ├── fathom.queue                          replica  arrival -> first scheduled
         ├── fathom.prefill                        replica  events: prefill_chunk (num_tokens)
         ├── fathom.decode                         replica  fathom.decode.tokens
-        └── fathom.detokenize                     replica  busy time over the stream
+        └── fathom.detokenize                     replica  aggregated: duration = summed detokenising time
     fathom.forward (one per engine step)  INTERNAL rank     LINKED to every `chat` span in the batch
 
 Children of ``chat {model}`` are created when the request ends, from the timestamps it
@@ -84,9 +84,11 @@ class RequestTrace:
     """One generation request inside a model replica: the ``{operation} {model}`` span and, at
     the end, its queue / prefill / decode / detokenize children.
 
-    Feed it what the replica observes: ``scheduled()`` when the engine first schedules the
-    request, ``prefill_chunk()`` per chunk, ``first_token()``, ``tokens(n)`` per delta,
-    ``detokenize()`` around detokenisation, then ``finish()`` or ``fail()`` (idempotent).
+    Feed it what the replica observes: ``tokens(n)`` per delta and, at the end,
+    ``observe_engine(output.metrics)`` (the engine's own stamps of scheduling, prefill chunks,
+    first token and detokenising); or, for callers without them, ``scheduled()``,
+    ``prefill_chunk()``, ``first_token()`` and ``with detokenize():``. Then ``finish()`` or
+    ``fail()`` (idempotent).
     ``carrier`` is this span's W3C context: give it to the engine so forward steps link to it.
     """
 
@@ -99,7 +101,6 @@ class RequestTrace:
     chunks: list[tuple[float, int]] = field(default_factory=list)
     preemptions: list[float] = field(default_factory=list)
     detok_first: float | None = None
-    detok_last: float | None = None
     detok_busy: float = 0.0
     ended: bool = False
 
@@ -134,7 +135,21 @@ class RequestTrace:
         finally:
             end = time.time()
             self.detok_first = start if self.detok_first is None else self.detok_first
-            self.detok_last, self.detok_busy = end, self.detok_busy + (end - start)
+            self.detok_busy += end - start
+
+    def observe_engine(self, metrics: Any) -> None:
+        """Take the engine's own stamps (``fathom.engine.outputs.RequestMetrics``: monotonic
+        seconds, prefill chunks, detokenising time), converted to wall-clock time."""
+        shift = time.time() - time.monotonic()
+        if metrics.first_scheduled_time is not None:
+            self.scheduled_at = metrics.first_scheduled_time + shift
+        if metrics.first_token_time is not None:
+            self.first_token_at = metrics.first_token_time + shift
+        self.chunks = [(t + shift, n) for t, n in getattr(metrics, "prefill_chunks", ())]
+        busy = getattr(metrics, "detokenize_time", 0.0)
+        if busy:
+            self.detok_busy = busy
+            self.detok_first = self.detok_first or self.first_token_at
 
     @property
     def ttft(self) -> float | None:
@@ -216,14 +231,14 @@ class RequestTrace:
                 attributes={A.FATHOM_DECODE_TOKENS: self.output_tokens},
             )
             decode.end(_ns(end))
-        if self.detok_first is not None:
+        if self.detok_first is not None:  # one aggregated span, not one per token
             detok = tracer.start_span(
                 "fathom.detokenize",
                 parent,
                 start_time=_ns(self.detok_first),
                 attributes={"fathom.detokenize.busy_seconds": self.detok_busy},
             )
-            detok.end(_ns(self.detok_last))
+            detok.end(_ns(self.detok_first + self.detok_busy))
 
 
 def start_request_trace(

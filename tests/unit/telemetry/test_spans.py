@@ -157,3 +157,27 @@ def test_forward_step_of_unsampled_requests_is_not_recorded(by_name, spans):
     with forward_step_span([], rank=0, world_size=1) as s:
         assert not s.is_recording()
     assert spans.get_finished_spans() == ()
+
+
+def test_engine_stamps_become_the_children(spans, by_name):
+    """observe_engine takes RequestMetrics (monotonic stamps) and places them on the wall clock."""
+    from fathom.engine.outputs import RequestMetrics
+
+    now = time.monotonic()
+    m = RequestMetrics(arrival_time=now - 0.5, first_scheduled_time=now - 0.4, first_token_time=now - 0.2)
+    m.prefill_chunks = [(now - 0.4, 16), (now - 0.3, 8)]
+    m.detokenize_time = 0.01
+    rt = start_request_trace(None, model="demo", arrival=time.time() - 0.5)
+    rt.tokens(3)
+    rt.observe_engine(m)
+    rt.finish(["stop"], input_tokens=24)
+    finished = spans.get_finished_spans()
+    q, p, d, k = (
+        by_name(finished, n) for n in ("fathom.queue", "fathom.prefill", "fathom.decode", "fathom.detokenize")
+    )
+    assert (q.end_time - q.start_time) / 1e9 == pytest.approx(0.1, abs=0.02)
+    assert (p.end_time - p.start_time) / 1e9 == pytest.approx(0.2, abs=0.02)
+    assert [e.attributes["num_tokens"] for e in p.events] == [16, 8]
+    assert p.events[1].timestamp - p.events[0].timestamp == pytest.approx(0.1e9, rel=0.01)
+    assert k.start_time == d.start_time and (k.end_time - k.start_time) / 1e9 == pytest.approx(0.01, abs=1e-6)
+    assert by_name(finished, "chat demo").attributes["fathom.ttft"] == pytest.approx(0.3, abs=0.02)
