@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from fathom.serve.errors import APIError
 from fathom.serve.frontend import NOT_READY_RETRY_AFTER_S, Frontend
 from fathom.serve.protocol import ModelCard, ModelList
+from fathom.telemetry.http import TracingMiddleware, fastapi_kwargs
 
 logger = logging.getLogger("fathom.serve")
 
@@ -30,7 +31,7 @@ def error_response(err: APIError) -> JSONResponse:
 
 
 def build_api(frontend: Frontend) -> FastAPI:
-    app = FastAPI(title="Fathom", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Fathom", docs_url=None, redoc_url=None, openapi_url=None, **fastapi_kwargs())
     app.state.frontend = frontend
     app.state.model_info = None
     created = int(time.time())
@@ -67,9 +68,10 @@ def build_api(frontend: Frontend) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(frontend.metrics.render(), media_type=frontend.metrics.content_type)
+        return Response(await frontend.metrics.render(), media_type=frontend.metrics.content_type)
 
     _add_error_handlers(app, frontend)
+    app.add_middleware(TracingMiddleware)  # SERVER span enrichment, traceparent in responses
     return app
 
 

@@ -25,6 +25,10 @@ from fathom.serve.preprocess import EngineCall, engine_error, prepare
 from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
 from fathom.serve.responses import Choice, TokenStrings
+from fathom.telemetry.generation import OPERATIONS, traced_outputs
+from fathom.telemetry.metrics import process_metrics
+from fathom.telemetry.runtime import replica_name, start_telemetry
+from fathom.telemetry.spans import RequestTrace, start_request_trace
 
 logger = logging.getLogger("fathom.serve")
 
@@ -46,6 +50,7 @@ class _Request:
                                            echo, call.params.logprobs is not None))
         self.usage = [(len(c.prompt_ids), 0, 0) for c in calls]  # (prompt, cached, completion) per call
         self.first_token_at: float | None = None
+        self.trace_context: dict | None = None  # the ingress's W3C carrier (fathom.telemetry)
         self.error: APIError | None = None
         self.pending = len(calls)
         self.wake = asyncio.Event()
@@ -75,6 +80,8 @@ class ModelServer:
         self.strings = TokenStrings(self.engine.tokenizer)
         self.reasoning_parser = self.settings.engine.reasoning_parser
         self.active_streams = 0
+        self.replica = replica_name()
+        start_telemetry("replica", before_push=self._record_engine_stats)
         logger.info("model %s loaded in %.1fs", self.model_name, time.monotonic() - t0)
 
     # ------------------------------------------------------------------ backend contract
@@ -82,11 +89,13 @@ class ModelServer:
     async def ready(self) -> dict:
         return {"root": self.settings.engine.model or "fathom-demo", "max_model_len": self.max_model_len}
 
-    async def complete(self, kind: str, req: Any, routing_key: int | None = None) -> dict | APIError:
+    async def complete(self, kind: str, req: Any, routing_key: int | None = None,
+                       trace_context: dict | None = None) -> dict | APIError:
         try:
             r = self._start(kind, req)
         except APIError as e:
             return e
+        r.trace_context = trace_context
         try:
             await self._run(r)
         finally:
@@ -98,12 +107,14 @@ class ModelServer:
                 "usage": r.usage_dict(), "system_fingerprint": None}
         return body
 
-    async def stream(self, kind: str, req: Any, routing_key: int | None = None) -> AsyncIterator[Any]:
+    async def stream(self, kind: str, req: Any, routing_key: int | None = None,
+                     trace_context: dict | None = None) -> AsyncIterator[Any]:
         try:
             r = self._start(kind, req)
         except APIError as e:
             yield e
             return
+        r.trace_context = trace_context
         self.active_streams += 1
         pumps = [asyncio.create_task(self._pump(r, i)) for i in range(len(r.calls))]
         try:
@@ -141,8 +152,10 @@ class ModelServer:
         """Feed engine call i's deltas into the request's choices."""
         call = r.calls[i]
         try:
-            gen = self.engine.generate(r.engine_ids[i], call.prompt_ids, call.params,
-                                       priority=r.req.priority, fairness_key=r.req.user)
+            rt = self._trace(r, i)
+            gen = traced_outputs(self.engine.generate(r.engine_ids[i], call.prompt_ids, call.params,
+                                                      priority=r.req.priority, fairness_key=r.req.user,
+                                                      trace_context=rt.carrier), rt)
             async for out in gen:
                 if r.first_token_at is None and out.outputs:
                     r.first_token_at = time.time()
@@ -163,6 +176,17 @@ class ModelServer:
         finally:
             r.pending -= 1
             r.wake.set()
+
+    def _trace(self, r: _Request, i: int) -> RequestTrace:
+        """The span of engine call i, under the ingress's route span (fathom.telemetry)."""
+        p = r.calls[i].params
+        return start_request_trace(r.trace_context, model=self.model_name, operation=OPERATIONS[r.kind],
+                                   request_id=r.engine_ids[i], replica=self.replica,
+                                   max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
+                                   prompt=r.calls[i].prompt_text)
+
+    def _record_engine_stats(self) -> None:
+        process_metrics().engine_stats(self.model_name, self.replica, self.engine.stats())
 
     async def _abort(self, r: _Request) -> None:
         for rid in r.engine_ids:

@@ -7,7 +7,9 @@ Per HTTP request it provides:
   middleware then enriches that span instead of nesting a second one. Under an app without
   native telemetry (plain Starlette, older FastAPI) it opens the same span itself;
 - the trace id in the response: ``traceparent`` and, unless the app or Ray Serve set one,
-  ``x-request-id`` (the trace id), so users can quote it;
+  ``x-request-id`` (the trace id), so users can quote it. Behind Ray Serve the proxy sets
+  ``x-request-id`` itself (the client's, or a fresh id) on request and response: that id is
+  then recorded on the SERVER span as ``fathom.request_id``, so either value finds the trace;
 - optionally (``metrics=FathomMetrics``, for apps that do not count requests themselves; the
   Fathom ingress counts in its frontend, which knows about in-stream failures) the request's
   ``fathom_requests_total`` by model/tenant/status and, for successes,
@@ -168,7 +170,7 @@ class TracingMiddleware:
         async def send_traced(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = int(message["status"])
-                _on_response_start(s, message, own=native is None)
+                _on_response_start(s, message, own=native is None, request_id="x-request-id" in headers)
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 done()
@@ -185,7 +187,7 @@ class TracingMiddleware:
             _record.reset(token)
 
 
-def _on_response_start(s: trace.Span, message: Message, own: bool) -> None:
+def _on_response_start(s: trace.Span, message: Message, own: bool, request_id: bool) -> None:
     status = int(message["status"])
     if own:
         s.set_attribute(A.HTTP_RESPONSE_STATUS_CODE, status)
@@ -198,7 +200,7 @@ def _on_response_start(s: trace.Span, message: Message, own: bool) -> None:
     if tp is not None:
         if b"traceparent" not in names:
             headers.append((b"traceparent", tp.encode()))
-        if b"x-request-id" not in names:
+        if b"x-request-id" not in names and not request_id:  # else the proxy answers with that id
             headers.append((b"x-request-id", trace_id_hex(s).encode()))
     message["headers"] = headers
 

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 
 import ray
 
@@ -66,11 +67,13 @@ class MetricsPusher:
         metrics: FathomMetrics | None = None,
         interval: float | None = None,
         hub: ray.actor.ActorHandle | None = None,
+        before_push: Callable[[], None] | None = None,
     ) -> None:
         self.source = f"{component}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.metrics = metrics or process_metrics()
         self.interval = float(os.environ.get(PUSH_INTERVAL_ENV, "2")) if interval is None else interval
         self.hub = hub or get_hub()
+        self.before_push = before_push
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fathom-metrics-pusher", daemon=True)
 
@@ -80,6 +83,8 @@ class MetricsPusher:
 
     def push_now(self) -> ray.ObjectRef:
         """Send the current snapshot (returns the call's ref: ``ray.get`` it to wait)."""
+        if self.before_push is not None:
+            self.before_push()
         return self.hub.push.remote(self.source, snapshot(self.metrics.registry))
 
     def _run(self) -> None:
@@ -103,13 +108,18 @@ _pusher: MetricsPusher | None = None
 _pusher_lock = threading.Lock()
 
 
-def start_metrics_pusher(component: str) -> MetricsPusher:
+def start_metrics_pusher(component: str, before_push: Callable[[], None] | None = None) -> MetricsPusher:
     """Start this process's pusher once (call at actor start, next to ``configure_tracing``)."""
     global _pusher
     with _pusher_lock:
         if _pusher is None:
-            _pusher = MetricsPusher(component).start()
+            _pusher = MetricsPusher(component, before_push=before_push).start()
         return _pusher
+
+
+def pusher() -> MetricsPusher | None:
+    """This process's pusher, if ``start_metrics_pusher`` ran."""
+    return _pusher
 
 
 def render_fleet_metrics(timeout: float = 10.0) -> bytes:

@@ -184,6 +184,10 @@ class FathomMetrics:
         if e2e_seconds is not None and status < 400:
             self._observe("fathom_e2e_request_latency_seconds", e2e_seconds, model=model)
 
+    def e2e_latency(self, model: str, seconds: float) -> None:
+        """Arrival to last byte of one successful request."""
+        self._observe("fathom_e2e_request_latency_seconds", seconds, model=model)
+
     def request_timing(
         self,
         model: str,

@@ -20,11 +20,12 @@ Timestamps are ``time.time()`` seconds (wall clock; spans need epoch nanoseconds
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -64,6 +65,44 @@ def route_span(model: str, operation: str = "chat") -> contextlib.AbstractContex
     return span("fathom.route", {A.GEN_AI_REQUEST_MODEL: model, A.GEN_AI_OPERATION_NAME: operation})
 
 
+@dataclass
+class RouteSpan:
+    """``fathom.route`` for a call that outlives the current context (a streamed handle call):
+    not made current, so it can end in another task; ``carrier`` goes with the call."""
+
+    span: trace.Span
+    carrier: Carrier
+
+    def reject(self, status_code: int, message: str) -> None:
+        reject(self.span, status_code, message)
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the span; ``error`` (not a cancellation: the client left) is recorded on it."""
+        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+            self.span.add_event("cancelled")
+        elif error is not None:
+            self.span.record_exception(error)
+            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            self.span.set_attribute(A.ERROR_TYPE, type(error).__qualname__)
+        self.span.end()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end(exc)
+
+
+def open_route_span(model: str, operation: str = "chat") -> RouteSpan:
+    """Start ``fathom.route`` under the current span (end it with ``.end()``); labels the HTTP
+    request's metrics and SERVER span with ``model``."""
+    note_request(model=model)
+    s = get_tracer().start_span(
+        "fathom.route", attributes={A.GEN_AI_REQUEST_MODEL: model, A.GEN_AI_OPERATION_NAME: operation}
+    )
+    return RouteSpan(s, inject(trace.set_span_in_context(s)))
+
+
 def set_tenant(s: trace.Span, tenant: str) -> None:
     """Record the authenticated tenant on ``s`` and on the HTTP request (span and metrics)."""
     s.set_attribute(A.FATHOM_TENANT, tenant)
@@ -95,6 +134,7 @@ class RequestTrace:
     span: trace.Span
     arrival: float
     carrier: Carrier
+    model: str = "unknown"
     scheduled_at: float | None = None
     first_token_at: float | None = None
     output_tokens: int = 0
@@ -255,7 +295,8 @@ def start_request_trace(
     prompt: str | None = None,
     arrival: float | None = None,
 ) -> RequestTrace:
-    """Open ``{operation} {model}`` under the caller's carried context (see ``RequestTrace``)."""
+    """Open ``{operation} {model}`` under the caller's carried context (see ``RequestTrace``);
+    ``carrier=None`` means under the current span (caller in the same process and task)."""
     arrival = time.time() if arrival is None else arrival
     attrs: dict[str, Any] = {
         A.GEN_AI_OPERATION_NAME: operation,
@@ -274,10 +315,9 @@ def start_request_trace(
     attrs.update({k: v for k, v in optional.items() if v is not None})
     if prompt is not None and A.record_content_enabled():
         attrs[A.GEN_AI_PROMPT] = prompt
-    s = get_tracer().start_span(
-        f"{operation} {model}", extract(carrier), attributes=attrs, start_time=_ns(arrival)
-    )
-    return RequestTrace(span=s, arrival=arrival, carrier=inject(trace.set_span_in_context(s)))
+    parent = None if carrier is None else extract(carrier)  # None: under the current span (in-process)
+    s = get_tracer().start_span(f"{operation} {model}", parent, attributes=attrs, start_time=_ns(arrival))
+    return RequestTrace(span=s, arrival=arrival, carrier=inject(trace.set_span_in_context(s)), model=model)
 
 
 @contextlib.contextmanager

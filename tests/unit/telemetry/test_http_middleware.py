@@ -172,3 +172,11 @@ def test_health_is_not_traced(base_url, spans):
     r = httpx.get(f"{base_url}/health")
     assert r.status_code == 200 and "traceparent" not in r.headers
     assert spans.get_finished_spans() == ()
+
+
+def test_a_given_request_id_is_recorded_not_replaced(base_url, spans, by_name):
+    r = httpx.get(f"{base_url}/v1/models/demo", headers={"x-request-id": "req-42"})
+    server = by_name(spans.get_finished_spans(), "GET /v1/models/{model}")
+    assert server.attributes["fathom.request_id"] == "req-42"
+    assert "x-request-id" not in r.headers  # Ray Serve's proxy echoes it; we add no second one
+    assert r.headers["traceparent"].split("-")[1] == f"{server.context.trace_id:032x}"
