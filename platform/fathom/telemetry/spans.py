@@ -234,9 +234,11 @@ class RequestTrace:
             self.span.set_attribute(A.ERROR_TYPE, "error")
             message = exc
         self.span.set_status(Status(StatusCode.ERROR, message))
-        self._end(time.time() if t is None else t)
+        # Without the engine's stamps (it failed before reporting any) the stages are unknown:
+        # record none rather than a queue span that would claim the whole time was waiting.
+        self._end(time.time() if t is None else t, stages_known=self.scheduled_at is not None)
 
-    def _end(self, end: float) -> None:
+    def _end(self, end: float, stages_known: bool = True) -> None:
         self.ended = True
         if self.ttft is not None:
             self.span.set_attribute(A.FATHOM_TTFT, self.ttft)
@@ -244,7 +246,8 @@ class RequestTrace:
             self.span.set_attribute(A.FATHOM_QUEUE_TIME, self.scheduled_at - self.arrival)
         for t in self.preemptions:
             self.span.add_event("preempted", timestamp=_ns(t))
-        self._children(end)
+        if stages_known:
+            self._children(end)
         self.span.end(end_time=_ns(end))
 
     def _children(self, end: float) -> None:

@@ -3,8 +3,10 @@ import sys
 
 import pytest
 import ray
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from fathom.telemetry import with_tracing_env
+from fathom.telemetry import configure_tracing, with_tracing_env
 from fathom.telemetry.receiver import OtlpReceiver
 
 TRACING_ENV = (
@@ -43,3 +45,32 @@ def ray_cluster(receiver):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _memory_exporter():
+    """One in-memory exporter on this process's (idempotent) provider, whoever configured it."""
+    provider = configure_tracing("test")
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture
+def spans(_memory_exporter):
+    """The in-memory exporter, emptied before the test."""
+    _memory_exporter.clear()
+    yield _memory_exporter
+    _memory_exporter.clear()
+
+
+def _by_name(finished, name):
+    found = [s for s in finished if s.name == name]
+    assert len(found) == 1, f"expected one span {name!r}, got {[s.name for s in finished]}"
+    return found[0]
+
+
+@pytest.fixture
+def by_name():
+    """``by_name(finished_spans, name)``: the one span of that name (fails naming what exists)."""
+    return _by_name

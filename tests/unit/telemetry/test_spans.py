@@ -125,6 +125,9 @@ def test_failed_request_closes_every_span_with_the_error(by_name, spans):
     assert req.attributes["error.type"] == "RuntimeError"
     assert [e.name for e in req.events] == ["exception"]
     assert {s.name for s in finished} == {"text_completion demo", "fathom.queue", "fathom.prefill"}
+    unknown = start_request_trace(None, model="demo")
+    unknown.fail("rank worker 1 died")  # no stamps at all: no made-up stages
+    assert [s.name for s in spans.get_finished_spans()].count("fathom.queue") == 1
 
 
 def test_aborted_in_queue_has_only_a_queue_span(by_name, spans):
