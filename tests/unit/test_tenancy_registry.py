@@ -6,8 +6,6 @@ import time
 import pytest
 import yaml
 
-pytest.importorskip("fathom.api.tenant", reason="Tenant spec lands with the operator branch")
-
 from fathom.tenancy.keys import digest
 from fathom.tenancy.policy import OPEN_POLICY, Limits
 from fathom.tenancy.registry import (
