@@ -1,0 +1,57 @@
+"""Serve-level settings: one model behind an HTTP API. The same fields are `fathom serve`
+flags (kebab-case), `--config FILE` (YAML, camelCase or snake_case) and the Serve app config.
+
+`engine` embeds the per-instance `EngineSettings`; everything else here is about the
+server around it: where it listens, how many model instances, how much it queues.
+"""
+
+from pydantic import Field, model_validator
+
+from fathom.api.base import Spec
+from fathom.api.engine import EngineSettings
+
+
+class ServeSettings(Spec):
+    """One served model: its engine settings plus the HTTP server and Ray Serve around it."""
+
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="Settings of each model instance.")
+    host: str = Field("127.0.0.1", description="Interface the HTTP API binds; loopback unless you opt in (0.0.0.0).")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port of the API (0 picks a free one).")
+    num_replicas: int = Field(1, ge=1, le=4096, description="Independent model instances (Ray Serve replicas of the model deployment).")
+    address: str | None = Field(None, description="Ray cluster to join (e.g. `auto`, `ray://head:10001`); None starts a local Ray instance.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests one model replica serves at once (running + waiting in its engine).")
+    max_queued_requests: int = Field(
+        256, ge=0, description="Requests queued in front of the model replicas (per ingress) before the API answers 429."
+    )
+    max_request_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest accepted HTTP request body; larger bodies get 413 before parsing."
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before the server exits."
+    )
+    stream_chunks_per_s: float = Field(
+        500.0, gt=0, description=(
+            "Streamed chunks per second one model replica aims to send over all its streams; beyond it, "
+            "each chunk carries several tokens (one stream alone still gets every token as it comes)."
+        ),
+    )
+    tenants: str | None = Field(None, description="YAML file of Tenant manifests (API keys, limits, weights); None disables auth.")
+    log_requests: bool = Field(False, description="Log one line per request at the ingress.")
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> "ServeSettings":
+        if self.max_ongoing_requests < self.engine.max_num_seqs:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least "
+                f"engine.max_num_seqs ({self.engine.max_num_seqs}) or the engine never fills a batch"
+            )
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The id in /v1/models: served_model_name, else the checkpoint directory name, else `fathom-demo`."""
+        if self.engine.served_model_name:
+            return self.engine.served_model_name
+        if self.engine.model:
+            return self.engine.model.rstrip("/").rsplit("/", 1)[-1] or self.engine.model
+        return "fathom-demo"

@@ -1,0 +1,205 @@
+"""The synchronous engine: `step()` = schedule -> execute -> update.
+
+Owns requests, the scheduler and block manager (plain Python) and an `Executor` that runs
+the model (in this process for W=1, Ray rank workers for W>1). Single-threaded by contract:
+`AsyncEngine` calls it from one step-loop thread."""
+
+import random
+import time
+from dataclasses import dataclass
+
+from fathom.engine.block_manager import BlockManager
+from fathom.engine.errors import InvalidRequestError, PromptTooLongError
+from fathom.engine.executor import Executor
+from fathom.engine.output_processor import OutputProcessor
+from fathom.engine.outputs import EngineStats, RequestMetrics, RequestOutput
+from fathom.engine.policy import SchedulingPolicy
+from fathom.engine.sampling_params import SamplingParams
+from fathom.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from fathom.engine.sequence import Request, Sequence, SequenceStatus
+from fathom.engine.step_input import SamplingSpec, StepInput, StepOutput
+from fathom.engine.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Hot-path settings (derived from `fathom.api.engine.EngineSettings`)."""
+
+    max_model_len: int
+    block_size: int = 16
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
+                f"({self.max_model_len}) when enable_chunked_prefill is false")
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, executor: Executor, tokenizer: Tokenizer | None = None,
+                 eos_token_ids: set[int] | None = None, policy: SchedulingPolicy | None = None):
+        self.config = config
+        self.executor = executor
+        self.tokenizer = tokenizer
+        self.blocks = BlockManager(executor.num_kv_blocks, config.block_size)
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill),
+            self.blocks, policy)
+        self.outputs = OutputProcessor(tokenizer, set(eos_token_ids or ()))
+        self.requests: dict[str, Request] = {}
+        self._rng = random.Random(config.seed)
+        self._next_seq_id = 0
+        self._freed_seq_ids: list[int] = []
+        self._spec_sent: set[int] = set()
+        self._dirty: dict[str, Request] = {}  # requests with news since the last step()
+
+    # ----- requests
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None,
+                    *, priority: int = 0, fairness_key: str | None = None, cache_salt: str | None = None,
+                    arrival_time: float | None = None) -> Request:
+        """Queue a request. Raises InvalidRequestError / PromptTooLongError before queueing."""
+        params = params or SamplingParams()
+        prompt = self._check_prompt(request_id, prompt_token_ids, params)
+        salt = cache_salt if self.config.enable_prefix_caching else f"\0request:{request_id}:{self._next_seq_id}"
+        capacity = self.blocks.num_blocks * self.config.block_size
+        max_total = min(self.config.max_model_len, capacity, len(prompt) + (params.max_tokens or 1 << 62))
+        req = Request(request_id, prompt, params, RequestMetrics(arrival_time or time.monotonic()),
+                      priority=priority, fairness_key=fairness_key, hash_salt=salt, max_total_tokens=max_total)
+        for i in range(params.n):
+            req.seqs.append(Sequence(self._next_seq_id, req, i, list(prompt)))
+            self._next_seq_id += 1
+        self.scheduler.add(req.seqs[0])
+        req.pending_samples = req.seqs[1:]
+        self.requests[request_id] = req
+        return req
+
+    def _check_prompt(self, request_id: str, prompt_token_ids, params: SamplingParams) -> list[int]:
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in flight")
+        prompt = list(prompt_token_ids)
+        vocab = self.executor.vocab_size
+        if not prompt:
+            raise InvalidRequestError("prompt is empty: at least one token is needed")
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
+            raise InvalidRequestError(f"prompt token ids must be integers in [0, {vocab})")
+        if len(prompt) >= self.config.max_model_len:
+            raise PromptTooLongError(
+                f"prompt has {len(prompt)} tokens but max_model_len is {self.config.max_model_len} "
+                "(at least one token must be left to generate)")
+        capacity = self.blocks.num_blocks * self.config.block_size
+        if len(prompt) >= capacity:
+            raise PromptTooLongError(
+                f"prompt has {len(prompt)} tokens but the KV cache holds only {capacity}")
+        return prompt
+
+    def abort_request(self, request_id: str) -> None:
+        """Finish every sample of the request with finish_reason 'abort' and free its blocks now."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return
+        for seq in req.seqs:
+            if seq.status is not SequenceStatus.FINISHED:
+                seq.finish_reason = seq.finish_reason or "abort"
+                self._finish(seq)
+        self._dirty[request_id] = req
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ----- the step
+    def step(self) -> list[RequestOutput]:
+        """Run one engine step; return a delta for every request that made progress."""
+        batch = self.scheduler.schedule()
+        if batch.chunks:
+            result = self.executor.execute(self._step_input(batch))
+            self._update(batch, result)
+        return self._collect()
+
+    def _step_input(self, batch: SchedulerOutput) -> StepInput:
+        step = StepInput([], [], [], [], [], [], freed_seq_ids=self._freed_seq_ids)
+        self._freed_seq_ids = []
+        now = time.monotonic()
+        for row, chunk in enumerate(batch.chunks):
+            seq = chunk.seq
+            step.seq_ids.append(seq.seq_id)
+            step.token_ids += seq.token_ids[chunk.start:chunk.start + chunk.num_tokens]
+            step.starts.append(chunk.start)
+            step.query_lens.append(chunk.num_tokens)
+            step.block_tables.append(seq.block_table)
+            if seq.request.metrics.first_scheduled_time is None:
+                seq.request.metrics.first_scheduled_time = now
+            if chunk.samples:
+                step.sample_rows.append(row)
+                if seq.seq_id not in self._spec_sent:
+                    step.new_specs.append(self._spec(seq))
+                    self._spec_sent.add(seq.seq_id)
+        return step
+
+    def _spec(self, seq: Sequence) -> SamplingSpec:
+        p = seq.request.params
+        seed = self._rng.getrandbits(63) if p.seed is None else (p.seed * 1_000_003 + seq.index) % (1 << 63)
+        suppress = sorted(set(p.stop_token_ids) | (set() if p.ignore_eos else self.outputs.eos_token_ids))
+        prompt = seq.request.prompt_token_ids if p.repetition_penalty != 1.0 else None
+        return SamplingSpec(seq.seq_id, p, seed, prompt, suppress if p.min_tokens else [])
+
+    def _update(self, batch: SchedulerOutput, result: StepOutput) -> None:
+        sampled = iter(range(len(result.token_ids)))
+        now = time.monotonic()
+        for chunk in batch.chunks:
+            seq, req = chunk.seq, chunk.seq.request
+            self.scheduler.on_computed(chunk)
+            if req.pending_samples and seq.num_computed_tokens >= seq.prompt_len:
+                for child in req.pending_samples:
+                    self.scheduler.add(child)
+                req.pending_samples = []
+            if not chunk.samples:
+                continue
+            j = next(sampled)
+            self.outputs.append(seq, result.token_ids[j], result.logprobs[j], result.top_logprobs[j])
+            req.metrics.first_token_time = req.metrics.first_token_time or now
+            self._dirty[req.request_id] = req
+            if seq.finish_reason is not None:
+                self._finish(seq)
+
+    def _finish(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        if seq in seq.request.pending_samples:
+            seq.request.pending_samples.remove(seq)
+        if seq.seq_id in self._spec_sent:
+            self._spec_sent.discard(seq.seq_id)
+            self._freed_seq_ids.append(seq.seq_id)
+
+    def _collect(self) -> list[RequestOutput]:
+        outs = []
+        for req in self._dirty.values():
+            out = self.outputs.delta(req)
+            if req.finished:
+                req.metrics.finished_time = time.monotonic()
+                self.requests.pop(req.request_id, None)
+            if out.outputs or out.finished:
+                outs.append(out)
+        self._dirty = {}
+        return outs
+
+    def fail_all(self) -> list[Request]:
+        """Drop every request (the executor died); returns them for the caller to notify."""
+        reqs = list(self.requests.values())
+        for req in reqs:
+            for seq in req.seqs:
+                if seq.status is not SequenceStatus.FINISHED:
+                    self.scheduler.finish(seq)
+        self.requests.clear()
+        return reqs
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(len(s.running), len(s.waiting) + sum(len(r.pending_samples) for r in self.requests.values()),
+                           self.blocks.num_used, self.blocks.num_blocks, s.prefix_stats.queried_tokens,
+                           s.prefix_stats.hit_tokens, s.num_preemptions)

@@ -1,0 +1,46 @@
+"""Runs one engine step on one rank: StepInput lists -> tensors + AttentionMetadata -> model
+forward over the paged latent KV cache -> last-token logits -> sampled tokens.
+
+Every rank of a model instance runs the same forward (the batch is replicated over TP ranks);
+only the driver rank (rank 0) samples and returns tokens."""
+
+import torch
+
+from fathom.engine.sampler import Sampler
+from fathom.engine.step_input import StepInput, StepOutput
+from fathom.model.attention_metadata import AttentionMetadata
+from fathom.model.kv_cache import allocate_kv_caches
+
+
+class ModelRunner:
+    def __init__(self, model, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
+                 samples: bool = True):
+        self.model = model
+        self.device = model.ctx.device
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.kv_caches = allocate_kv_caches(model.config, num_blocks, block_size, kv_dtype or model.dtype,
+                                            self.device)
+        self.samples = samples
+        self.sampler = Sampler(self.device)
+
+    @torch.inference_mode()
+    def execute(self, step: StepInput) -> StepOutput | None:
+        """Forward the step's tokens; return sampled tokens (driver rank) or None (other ranks)."""
+        for seq_id in step.freed_seq_ids:
+            self.sampler.free(seq_id)
+        if self.samples:
+            for spec in step.new_specs:
+                self.sampler.add(spec)
+        seq_lens = [s + q for s, q in zip(step.starts, step.query_lens)]
+        meta = AttentionMetadata.build(step.query_lens, seq_lens, step.block_tables, self.block_size, self.device)
+        input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=self.device)  # [T]
+        hidden = self.model(input_ids, meta.positions(), self.kv_caches, meta)  # [T, H]
+        if not step.sample_rows:
+            return StepOutput([], [], []) if self.samples else None
+        rows = torch.tensor(step.sample_rows, dtype=torch.long, device=self.device)
+        last = meta.query_start_loc[1:][rows] - 1  # [S] index of each sampled row's last token
+        logits = self.model.compute_logits(hidden[last])  # [S, V] float32
+        if not self.samples:
+            return None
+        return self.sampler.sample(logits, [step.seq_ids[r] for r in step.sample_rows])

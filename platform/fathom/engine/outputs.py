@@ -1,0 +1,86 @@
+"""What the engine hands back: per-request deltas (streaming) or whole results (`fathom.LLM`).
+
+See docs/architecture.md ("Engine outputs and errors") for the contract."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass
+class TokenLogprob:
+    """Logprob of one generated token and of the `logprobs` most likely tokens (best first)."""
+
+    token_id: int
+    logprob: float
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class CompletionOutput:
+    """One sample (choice) of a request: the new tokens/text of this delta, or all of them."""
+
+    index: int
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class Usage:
+    """Cumulative token counts (OpenAI `usage`; cached_tokens = prompt_tokens_details.cached_tokens)."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class RequestMetrics:
+    """time.monotonic() stamps of a request's life (None until they happen)."""
+
+    arrival_time: float
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+
+@dataclass
+class RequestOutput:
+    """Progress of one request in one engine step: `outputs` holds only samples with news."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool
+    usage: Usage
+    metrics: RequestMetrics
+
+
+@dataclass
+class EngineStats:
+    """A snapshot for /metrics and the autoscaler (counters are cumulative)."""
+
+    num_running: int
+    num_waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    prefix_cache_queried_tokens: int
+    prefix_cache_hit_tokens: int
+    num_preemptions: int
+    healthy: bool = True
+
+    @property
+    def kv_cache_usage(self) -> float:
+        return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0

@@ -1,0 +1,127 @@
+"""Turns the last-token logits of a batch into tokens, one torch.Generator per sequence.
+
+Rows are processed independently (penalties, temperature, top-k / top-p / min-p), and each
+random row draws its noise from its own generator (Gumbel-max via exponential race: argmax
+p / q with q ~ Exp(1)), so a seeded sequence samples the same tokens whatever else is in
+the batch. Logprobs are of the raw model distribution (as vLLM returns them by default).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from fathom.engine.step_input import SamplingSpec, StepOutput
+
+
+@dataclass
+class SeqSamplingState:
+    spec: SamplingSpec
+    generator: torch.Generator
+    output_ids: list[int] = field(default_factory=list)
+
+
+class Sampler:
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.states: dict[int, SeqSamplingState] = {}
+
+    def add(self, spec: SamplingSpec) -> None:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(spec.seed)
+        self.states[spec.seq_id] = SeqSamplingState(spec, gen)
+
+    def free(self, seq_id: int) -> None:
+        self.states.pop(seq_id, None)
+
+    def sample(self, logits: torch.Tensor, seq_ids: list[int]) -> StepOutput:
+        """logits: float32 [B, V], row j belongs to seq_ids[j]."""
+        states = [self.states[s] for s in seq_ids]
+        raw_logprobs = None
+        if any(st.spec.params.logprobs is not None for st in states):
+            raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = self._apply_penalties(logits, states)
+        tokens = torch.empty(len(states), dtype=torch.long, device=logits.device)
+        greedy = [j for j, st in enumerate(states) if st.spec.params.greedy]
+        random = [j for j, st in enumerate(states) if not st.spec.params.greedy]
+        if greedy:
+            tokens[greedy] = logits[greedy].argmax(dim=-1)
+        if random:
+            tokens[random] = self._sample_random(logits[random], [states[j] for j in random])
+        token_list = tokens.tolist()
+        for st, t in zip(states, token_list):
+            st.output_ids.append(t)
+        return self._with_logprobs(token_list, raw_logprobs, states)
+
+    def _apply_penalties(self, logits: torch.Tensor, states: list[SeqSamplingState]) -> torch.Tensor:
+        rows = [j for j, st in enumerate(states) if st.spec.params.has_penalties
+                or len(st.output_ids) < st.spec.params.min_tokens]
+        if not rows:
+            return logits
+        logits = logits.clone()
+        vocab = logits.shape[-1]
+        for j in rows:
+            st, p, row = states[j], states[j].spec.params, logits[j]
+            out = torch.tensor(st.output_ids, dtype=torch.long, device=logits.device)
+            if p.repetition_penalty != 1.0:
+                seen = torch.tensor(st.spec.prompt_token_ids or [], dtype=torch.long, device=logits.device)
+                seen = torch.cat([seen, out]).unique()
+                vals = row[seen]
+                row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+            if (p.presence_penalty or p.frequency_penalty) and len(out):
+                counts = torch.bincount(out, minlength=vocab)[:vocab].to(row.dtype)
+                row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
+            if len(st.output_ids) < p.min_tokens and st.spec.min_tokens_suppress:
+                row[st.spec.min_tokens_suppress] = float("-inf")
+        return logits
+
+    def _sample_random(self, logits: torch.Tensor, states: list[SeqSamplingState]) -> torch.Tensor:
+        """logits [R, V] -> tokens [R]."""
+        params = [st.spec.params for st in states]
+        temp = torch.tensor([p.temperature for p in params], device=logits.device, dtype=logits.dtype)
+        logits = logits / temp[:, None]
+        if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+            logits = _top_k_top_p(logits, params)
+        probs = torch.softmax(logits, dim=-1)
+        if any(p.min_p > 0 for p in params):
+            min_p = torch.tensor([p.min_p for p in params], device=probs.device, dtype=probs.dtype)
+            probs = probs.masked_fill(probs < min_p[:, None] * probs.amax(-1, keepdim=True), 0.0)
+        noise = torch.stack([
+            torch.empty(probs.shape[-1], device=probs.device, dtype=probs.dtype).exponential_(generator=st.generator)
+            for st in states
+        ])
+        return (probs / noise).argmax(dim=-1)
+
+    @staticmethod
+    def _with_logprobs(tokens: list[int], raw: torch.Tensor | None, states) -> StepOutput:
+        n = len(tokens)
+        logprobs: list[float | None] = [None] * n
+        tops: list[list[tuple[int, float]] | None] = [None] * n
+        if raw is None:
+            return StepOutput(tokens, logprobs, tops)
+        want = [j for j, st in enumerate(states) if st.spec.params.logprobs is not None]
+        k = max(states[j].spec.params.logprobs for j in want)
+        rows = raw[want]
+        chosen = rows.gather(1, torch.tensor([[tokens[j]] for j in want], device=rows.device))[:, 0].tolist()
+        top_vals, top_ids = rows.topk(k, dim=-1) if k else (rows[:, :0], rows[:, :0].long())
+        top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
+        for r, j in enumerate(want):
+            kj = states[j].spec.params.logprobs
+            logprobs[j] = chosen[r]
+            tops[j] = list(zip(top_ids[r][:kj], top_vals[r][:kj]))
+        return StepOutput(tokens, logprobs, tops)
+
+
+def _top_k_top_p(logits: torch.Tensor, params) -> torch.Tensor:
+    """Mask logits outside each row's top-k and top-p nucleus (always keeps the best token)."""
+    vocab = logits.shape[-1]
+    k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=logits.device)
+    top_p = torch.tensor([p.top_p for p in params], device=logits.device, dtype=logits.dtype)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    drop = ranks >= k[:, None]
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    drop = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p[:, None]  # mass before this token
+    drop[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)

@@ -1,0 +1,91 @@
+"""Sampling parameters as OpenAI (and vLLM) users know them, validated on construction."""
+
+import math
+from dataclasses import dataclass, field
+
+from fathom.engine.errors import InvalidRequestError
+
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one request. Every bad value raises `InvalidRequestError` naming the field.
+
+    `temperature=0` is greedy. `top_k=-1` and `top_p=1` are off. `logprobs=k` returns, for each
+    sampled token, its logprob and the k most likely tokens' (raw model distribution, before
+    temperature and penalties). `seed` makes sample i of the request reproducible whatever
+    else is in the batch. Presence/frequency penalties apply to generated tokens (OpenAI);
+    `repetition_penalty` (>1 discourages) to prompt and generated tokens (CTRL / HF).
+    """
+
+    n: int = 1
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] | str | None = field(default_factory=list)
+    stop_token_ids: list[int] | None = field(default_factory=list)
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "stop_token_ids", list(self.stop_token_ids or []))
+        self._validate()
+
+    def _validate(self) -> None:
+        _check(_is_int(self.n) and 1 <= self.n <= 128, "n", "an integer in [1, 128]", self.n)
+        _check(self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1),
+               "max_tokens", "a positive integer or None", self.max_tokens)
+        _check(_is_int(self.min_tokens) and self.min_tokens >= 0, "min_tokens", ">= 0", self.min_tokens)
+        if self.max_tokens is not None:
+            _check(self.min_tokens <= self.max_tokens, "min_tokens", "<= max_tokens", self.min_tokens)
+        _check(_is_num(self.temperature) and 0 <= self.temperature <= 100, "temperature",
+               "a number in [0, 100]", self.temperature)
+        _check(_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
+        _check(_is_int(self.top_k) and (self.top_k == -1 or self.top_k >= 1), "top_k",
+               "-1 (off) or a positive integer", self.top_k)
+        _check(_is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p", "a number in [0, 1]", self.min_p)
+        _check(self.seed is None or _is_int(self.seed), "seed", "an integer or None", self.seed)
+        _check(all(isinstance(s, str) and s for s in self.stop), "stop", "non-empty strings", self.stop)
+        _check(len(self.stop) <= 16, "stop", "at most 16 strings", len(self.stop))
+        _check(all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
+               "non-negative integers", self.stop_token_ids)
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(_is_num(value) and -2 <= value <= 2, name, "a number in [-2, 2]", value)
+        _check(_is_num(self.repetition_penalty) and 0 < self.repetition_penalty <= 10,
+               "repetition_penalty", "a number in (0, 10]", self.repetition_penalty)
+        _check(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
+               "logprobs", f"None or an integer in [0, {MAX_LOGPROBS}]", self.logprobs)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def has_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(ok: bool, name: str, expected: str, got) -> None:
+    if not ok:
+        raise InvalidRequestError(f"sampling parameter `{name}` must be {expected}, got {got!r}")

@@ -1,0 +1,171 @@
+"""Continuous batching: each step mixes decodes and (chunked) prefills within a token budget.
+
+Order of business each step:
+1. running sequences, highest priority first, get their next tokens (1 for a decode, a chunk
+   of the remaining prompt while prefilling); when KV blocks run out, the lowest-priority
+   running sequence is preempted (blocks freed, recomputed later) until the current fits;
+2. if nothing was preempted, waiting sequences are admitted in policy order while the
+   budget, `max_num_seqs` and free blocks allow, reusing prefix-cached blocks.
+Plain Python, no torch; `BlockManager` owns the block accounting.
+"""
+
+from dataclasses import dataclass, field
+
+from fathom.engine.block_manager import BlockManager, block_hash
+from fathom.engine.policy import FcfsPolicy, SchedulingPolicy
+from fathom.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    enable_chunked_prefill: bool = True
+
+
+@dataclass
+class ScheduledChunk:
+    """`num_tokens` new tokens of `seq`, starting at position `start`."""
+
+    seq: Sequence
+    start: int
+    num_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """True when the chunk reaches the end of the sequence, so its last logits are sampled."""
+        return self.start + self.num_tokens == len(self.seq.token_ids)
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+
+@dataclass
+class PrefixStats:
+    queried_tokens: int = 0
+    hit_tokens: int = 0
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager, policy: SchedulingPolicy | None = None):
+        self.config = config
+        self.blocks = blocks
+        self.policy = policy or FcfsPolicy()
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.prefix_stats = PrefixStats()
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        if not out.preempted:
+            self._admit_waiting(out, budget)
+        for chunk in out.chunks:
+            self.policy.on_scheduled(chunk.seq, chunk.num_tokens)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        self.running.sort(key=lambda s: s.priority_key)
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed, budget)
+            if n < seq.num_uncomputed and not self.config.enable_chunked_prefill:
+                i += 1
+                continue
+            if not self._grow_or_preempt(seq, n, out):
+                break  # seq itself was preempted: everything after it is lower priority
+            out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+            budget -= n
+            i += 1
+        return budget
+
+    def _grow_or_preempt(self, seq: Sequence, n: int, out: SchedulerOutput) -> bool:
+        """Allocate blocks for n more tokens of seq, preempting from the back of `running`."""
+        need = self.blocks.blocks_needed(seq.num_computed_tokens + n) - len(seq.block_table)
+        while need > self.blocks.num_free:
+            victim = self.running[-1]
+            self.preempt(victim)
+            out.preempted.append(victim)
+            if victim is seq:
+                return False
+        seq.block_table += self.blocks.allocate(max(need, 0))
+        return True
+
+    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        self.waiting.sort(key=self.policy.key)
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            hits, hashes = self.blocks.match_prefix(seq.token_ids, seq.request.hash_salt)
+            computed = len(hits) * self.blocks.block_size
+            n = min(len(seq.token_ids) - computed, budget)
+            if n < len(seq.token_ids) - computed and not self.config.enable_chunked_prefill:
+                break
+            new_blocks = self.blocks.blocks_needed(computed + n) - len(hits)
+            if not self.blocks.can_take(hits, new_blocks):
+                break
+            self.blocks.take(hits)
+            seq.block_table = hits + self.blocks.allocate(new_blocks)
+            seq.block_hashes, seq.num_computed_tokens = hashes, computed
+            self._count_prefix_hit(seq, computed)
+            self.waiting.pop(0)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.chunks.append(ScheduledChunk(seq, computed, n))
+            budget -= n
+
+    def _count_prefix_hit(self, seq: Sequence, computed: int) -> None:
+        if seq.admitted_once:
+            return
+        seq.admitted_once = True
+        if seq.index == 0:
+            self.prefix_stats.queried_tokens += seq.prompt_len
+            self.prefix_stats.hit_tokens += computed
+            seq.request.num_cached_tokens = computed
+
+    def preempt(self, seq: Sequence) -> None:
+        """Recompute-style preemption: drop the KV blocks and put the sequence back in line."""
+        self.running.remove(seq)
+        self._release(seq)
+        self.num_preemptions += 1
+        self.add(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a finished or aborted sequence and free its blocks at once."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING and seq in self.waiting:
+            self.waiting.remove(seq)
+        self._release(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def _release(self, seq: Sequence) -> None:
+        self.blocks.free(seq.block_table)
+        seq.block_table, seq.block_hashes, seq.num_computed_tokens = [], [], 0
+
+    def on_computed(self, chunk: ScheduledChunk) -> None:
+        """After a step: advance the sequence and publish its newly full blocks to the cache."""
+        seq = chunk.seq
+        seq.num_computed_tokens = chunk.start + chunk.num_tokens
+        bs = self.blocks.block_size
+        while (len(seq.block_hashes) + 1) * bs <= seq.num_computed_tokens:
+            i = len(seq.block_hashes)
+            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            h = block_hash(parent, seq.request.hash_salt, seq.token_ids[i * bs:(i + 1) * bs])
+            seq.block_hashes.append(h)
+            self.blocks.register(seq.block_table[i], h)

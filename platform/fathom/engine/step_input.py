@@ -1,0 +1,45 @@
+"""What the driver sends to the executor each step and what comes back: plain lists, cheap
+to pickle to Ray rank workers (no torch tensors)."""
+
+from dataclasses import dataclass, field
+
+from fathom.engine.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Sent once per sequence, the first time a worker samples it."""
+
+    seq_id: int
+    params: SamplingParams
+    seed: int  # seeds this sequence's own torch.Generator
+    prompt_token_ids: list[int] | None = None  # only when repetition_penalty != 1
+    min_tokens_suppress: list[int] = field(default_factory=list)  # EOS + stop ids while < min_tokens
+
+
+@dataclass
+class StepInput:
+    """One forward over B sequences flattened to T tokens.
+
+    Sequence i contributes `query_lens[i]` new tokens (its slice of `token_ids`) at positions
+    `starts[i] ...`; its KV blocks are `block_tables[i]`. Rows listed in `sample_rows` have
+    their last token's logits sampled, in that order."""
+
+    seq_ids: list[int]
+    token_ids: list[int]
+    starts: list[int]
+    query_lens: list[int]
+    block_tables: list[list[int]]
+    sample_rows: list[int]
+    new_specs: list[SamplingSpec] = field(default_factory=list)
+    freed_seq_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepOutput:
+    """Sampled tokens for `StepInput.sample_rows`, in order. `logprobs[j]` is None unless that
+    sequence asked for logprobs; then `top_logprobs[j]` lists (token, logprob) best first."""
+
+    token_ids: list[int]
+    logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]] | None]

@@ -1,0 +1,94 @@
+"""DeepSeek-V2/V3/R1 decoder: embeddings, L × (MLA + dense MLP or DeepSeekMoE), final norm, LM head.
+
+Parameter names mirror the Hugging Face checkpoints (``model.layers.3.self_attn.kv_b_proj.weight``)
+except that routed experts are numbered locally on each rank; which slice of each checkpoint tensor
+a rank holds is declared in ``fathom.model.weights.sharding``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fathom.model.attention_metadata import AttentionMetadata
+from fathom.model.config import DeepseekConfig
+from fathom.model.layers.attention import MODES, MLAttention
+from fathom.model.layers.moe import MLP, MoE
+from fathom.model.layers.norm import RMSNorm
+from fathom.model.layers.rotary import Rotary
+from fathom.model.layers.vocab import ParallelLMHead, VocabParallelEmbedding
+from fathom.parallel.context import ParallelContext
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, idx: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        c = config
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(ctx.device, dtype)
+        self.self_attn = MLAttention(c, ctx, dtype)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(ctx.device, dtype)
+        if c.is_moe_layer(idx):
+            self.mlp: nn.Module = MoE(c, ctx, dtype)
+        else:
+            self.mlp = MLP(c.hidden_size, c.intermediate_size, ctx, ctx.world_size, "intermediate_size",
+                           reduce=True, dtype=dtype)  # fmt: skip
+
+    def forward(self, x, cos_sin, rotary, kv_cache, meta) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos_sin, rotary, kv_cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DeepseekModel(nn.Module):
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype) -> None:
+        super().__init__()
+        c = config
+        self.embed_tokens = VocabParallelEmbedding(c.vocab_size, c.hidden_size, ctx, dtype)
+        self.layers = nn.ModuleList(DecoderLayer(c, ctx, i, dtype) for i in range(c.num_hidden_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(ctx.device, dtype)
+
+
+class DeepseekForCausalLM(nn.Module):
+    """One rank's shard of the model. Construct empty, then fill with ``fathom.model.loader``."""
+
+    def __init__(
+        self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__()
+        self.config, self.ctx, self.dtype = config, ctx, dtype
+        self.model = DeepseekModel(config, ctx, dtype)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, ctx, dtype)
+        self.rotary = Rotary(config, ctx.device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # Long[T]
+        positions: torch.Tensor,  # Long[T]
+        kv_caches: list[torch.Tensor],  # per layer [num_blocks, block_size, r + rope]
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Hidden states [T, hidden_size] after the final norm; writes the new tokens' latents.
+
+        Every rank must call this with the same inputs (the batch is replicated over TP ranks).
+        """
+        if len(kv_caches) != self.config.num_hidden_layers:
+            raise ValueError(f"expected {self.config.num_hidden_layers} kv caches, got {len(kv_caches)}")
+        if input_ids.shape != positions.shape or input_ids.shape[0] != meta.slot_mapping.shape[0]:
+            raise ValueError("input_ids, positions and meta.slot_mapping must all have T entries")
+        cos_sin = self.rotary.cos_sin(positions)
+        x = self.model.embed_tokens(input_ids)  # [T, H]
+        for layer, cache in zip(self.model.layers, kv_caches, strict=True):
+            x = layer(x, cos_sin, self.rotary, cache, meta)
+        return self.model.norm(x)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden_size] -> float32 logits [N, vocab_size], full vocab on every rank."""
+        return self.lm_head(hidden)
+
+    def set_attention_mode(self, mode: str) -> None:
+        """'auto' (cost-based per sequence), or force 'expand' / 'absorb' MLA (tests, benchmarks)."""
+        if mode not in MODES:
+            raise ValueError(f"attention mode must be one of {MODES}, got {mode!r}")
+        for layer in self.model.layers:
+            layer.self_attn.mode = mode

@@ -1,0 +1,185 @@
+"""The built-in demo model: a small random DeepSeek-V3-architecture checkpoint with a byte-level
+BPE tokenizer, generated deterministically from a seed (``fathom serve`` with no ``--model``).
+
+It is a real MoE (16 routed experts, top-4 of 2-of-4 groups with noaux_tc routing, a shared expert,
+one leading dense layer, YaRN rope) in the published checkpoints' config spelling, about 5 MB
+of bfloat16. Weights are drawn at a scale where logits spread widely, so greedy outputs are
+stable and depend on the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+DEMO_VERSION = 1
+BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+SPECIAL_TOKENS = [BOS, EOS, "<think>", "</think>", "<｜User｜>", "<｜Assistant｜>",
+                  "<｜place▁holder▁no▁0｜>", "<｜place▁holder▁no▁1｜>"]  # fmt: skip
+# Frequent English pairs, as byte-level BPE merges ("Ġ" is the space byte).
+MERGES = ["Ġt", "he", "in", "er", "an", "Ġa", "on", "re", "Ġs", "at", "en", "nd", "Ġw", "or", "es", "Ġo", "ti", "Ġc", "ed", "is", "it", "ou", "ar", "Ġb", "al", "Ġf", "Ġp", "te", "ng", "Ġm", "le", "st", "Ġd", "as", "ve", "ic", "ro", "me", "Ġh", "se", "ll", "Ġi", "Ġn", "de", "ne", "hi", "ea", "ra", "co", "ce", "li", "ri", "ch", "io", "ly", "ut"]  # fmt: skip
+
+CHAT_TEMPLATE = (
+    "{%- if add_generation_prompt is not defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{{- bos_token }}"
+    "{%- for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    "{%- for m in messages %}"
+    "{%- if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+    "{%- elif m['role'] == 'assistant' %}{{ '<｜Assistant｜>' + m['content'] + eos_token }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+)
+
+DEMO_CONFIG = {
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "model_type": "deepseek_v3",
+    "vocab_size": 256 + len(MERGES) + len(SPECIAL_TOKENS),
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "moe_intermediate_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "q_lora_rank": 128,
+    "kv_lora_rank": 64,
+    "qk_nope_head_dim": 32,
+    "qk_rope_head_dim": 16,
+    "v_head_dim": 32,
+    "first_k_dense_replace": 1,
+    "moe_layer_freq": 1,
+    "n_routed_experts": 16,
+    "n_shared_experts": 1,
+    "num_experts_per_tok": 4,
+    "n_group": 4,
+    "topk_group": 2,
+    "topk_method": "noaux_tc",
+    "scoring_func": "sigmoid",
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 2.5,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "rope_scaling": {
+        "type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 512,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    },
+    "tie_word_embeddings": False,
+    "num_nextn_predict_layers": 0,
+    "bos_token_id": 256 + len(MERGES),
+    "eos_token_id": 256 + len(MERGES) + 1,
+    "torch_dtype": "bfloat16",
+}
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map used by byte-level BPE."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = list(bs), 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
+
+
+def write_tokenizer(path: Path) -> None:
+    """tokenizer.json (byte-level BPE: 256 byte tokens, MERGES, special tokens) + tokenizer_config.json."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {ch: b for b, ch in bytes_to_unicode().items()}
+    for i, m in enumerate(MERGES):
+        vocab[m] = 256 + i
+    merges = [(m[0], m[1:]) for m in MERGES]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKENS])
+    tok.save(str(path / "tokenizer.json"))
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "model_max_length": DEMO_CONFIG["max_position_embeddings"],
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+
+
+def demo_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Deterministic random weights for DEMO_CONFIG, by Hugging Face tensor name."""
+    from fathom.model.config import DeepseekConfig
+    from fathom.model.deepseek import DeepseekForCausalLM
+    from fathom.parallel.context import ParallelContext
+
+    shapes = DeepseekForCausalLM(DeepseekConfig.from_dict(DEMO_CONFIG), ParallelContext.single())
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, p in shapes.named_parameters():
+        if name.endswith("norm.weight") or "layernorm" in name:
+            t = 1 + 0.1 * torch.randn(p.shape, generator=g)
+        elif name.endswith("e_score_correction_bias"):
+            t = 0.05 * torch.randn(p.shape, generator=g)
+        elif "embed_tokens" in name:
+            t = torch.randn(p.shape, generator=g)
+        elif name == "lm_head.weight":
+            t = torch.randn(p.shape, generator=g) * 4 / math.sqrt(p.shape[-1])
+        else:
+            t = torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1])
+        keep_fp32 = name.endswith("e_score_correction_bias")
+        out[name] = t.contiguous() if keep_fp32 else t.to(torch.bfloat16).contiguous()
+    return out
+
+
+def write_demo_checkpoint(path: str | Path, seed: int = 0) -> Path:
+    """Write config.json, model.safetensors, generation_config.json and the tokenizer into ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(DEMO_CONFIG, indent=2))
+    gen = {"bos_token_id": DEMO_CONFIG["bos_token_id"], "eos_token_id": DEMO_CONFIG["eos_token_id"]}
+    (path / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    save_file(demo_state_dict(seed), str(path / "model.safetensors"), metadata={"format": "pt"})
+    write_tokenizer(path)
+    return path
+
+
+def demo_checkpoint_dir(seed: int = 0) -> Path:
+    """The demo checkpoint, generated once into $FATHOM_CACHE (default ~/.cache/fathom).
+
+    Safe when several processes call it at once: each writes a private temporary directory and
+    renames it into place; the first rename wins and the others discard their copy.
+    """
+    root = Path(os.environ.get("FATHOM_CACHE") or Path.home() / ".cache" / "fathom")
+    final = root / f"demo-v{DEMO_VERSION}-seed{seed}"
+    if (final / "model.safetensors").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    try:
+        write_demo_checkpoint(tmp, seed)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,1 @@
+"""Building blocks of the DeepSeek architecture (RMSNorm, rotary/YaRN, parallel linears, MLA, MoE)."""

@@ -1,0 +1,128 @@
+"""DeepSeekMoE (DeepSeek-V2 §2.2, V3 §2.1.2): a gate, routed experts and shared experts.
+
+Routing (``Gate``), per token, over E routed experts in ``n_group`` groups:
+
+* scores: softmax (V2) or sigmoid (V3) of x·W_gate^T, in float32;
+* greedy: top-k scores;
+* group_limited_greedy (V2): keep the ``topk_group`` groups with the highest max score;
+* noaux_tc (V3): choose with score + e_score_correction_bias, groups ranked by the sum of their
+  top-2 biased scores; weights are the unbiased scores of the chosen experts;
+* weights: sigmoid -> renormalised if ``norm_topk_prob``, then × ``routed_scaling_factor``;
+  softmax -> renormalised if ``norm_topk_prob`` and top-k > 1, else × ``routed_scaling_factor``
+  (as DeepSeek's own V2 and V3 code do).
+
+Parallelism: every rank holds the whole (replicated) batch, the gate and its own slice of the
+shared experts (split over W), plus expert shard ``ctx.ep_rank`` (experts E/EP × ep_rank …) with
+each expert's intermediate dim split over the W/EP ranks sharing the shard. A rank computes the
+partial output of the tokens routed to its experts; one all-reduce over the W ranks combines the
+routed and shared partial sums. Because attention leaves the tokens replicated, this all-reduce is
+the all-to-all combine (dispatch is the identity); see docs/sharding.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fathom.model.config import DeepseekConfig
+from fathom.model.layers.linear import column_parallel, row_parallel
+from fathom.parallel.comm import all_reduce
+from fathom.parallel.context import ParallelContext
+
+
+class MLP(nn.Module):
+    """SwiGLU MLP, intermediate dim split in ``parts``: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, inter: int, ctx: ParallelContext, parts: int, what: str,
+                 *, reduce: bool, dtype: torch.dtype) -> None:  # fmt: skip
+        super().__init__()
+        self.gate_proj = column_parallel(hidden, inter, ctx, parts, what, dtype)
+        self.up_proj = column_parallel(hidden, inter, ctx, parts, what, dtype)
+        self.down_proj = row_parallel(inter, hidden, ctx, parts, what, reduce=reduce, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Gate(nn.Module):
+    """Routes tokens: x [T, H] -> (weights float32 [T, k], expert ids Long[T, k])."""
+
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype) -> None:
+        super().__init__()
+        c = config
+        self.top_k, self.n_experts = c.num_experts_per_tok, c.n_routed_experts
+        self.n_group, self.topk_group = c.num_groups, c.topk_groups
+        self.method, self.scoring = c.routing_method, c.gate_scoring
+        self.norm_topk_prob, self.scaling = c.norm_topk_prob, c.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(c.n_routed_experts, c.hidden_size, dtype=dtype,
+                                               device=ctx.device), requires_grad=False)  # fmt: skip
+        if self.method == "noaux_tc":
+            bias = torch.zeros(c.n_routed_experts, dtype=torch.float32, device=ctx.device)
+            self.e_score_correction_bias = nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = F.linear(x.float(), self.weight.float())  # [T, E]
+        scores = logits.sigmoid() if self.scoring == "sigmoid" else logits.softmax(dim=-1)
+        if self.method == "greedy":
+            ids = scores.topk(self.top_k, dim=-1, sorted=False)[1]
+        elif self.method == "group_limited_greedy":
+            group_score = scores.view(-1, self.n_group, self.n_experts // self.n_group).amax(dim=-1)
+            ids = self._topk_in_groups(scores, group_score, fill=0.0)
+        else:  # noaux_tc
+            biased = scores + self.e_score_correction_bias.float()
+            grouped = biased.view(-1, self.n_group, self.n_experts // self.n_group)
+            group_score = grouped.topk(2, dim=-1)[0].sum(dim=-1)
+            ids = self._topk_in_groups(biased, group_score, fill=float("-inf"))
+        weights = scores.gather(1, ids)  # [T, k]
+        if self.scoring == "sigmoid":
+            if self.norm_topk_prob:
+                weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+            weights = weights * self.scaling
+        elif self.norm_topk_prob and self.top_k > 1:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        else:
+            weights = weights * self.scaling
+        return weights, ids
+
+    def _topk_in_groups(self, choice: torch.Tensor, group_score: torch.Tensor, fill: float) -> torch.Tensor:
+        """Top-k of ``choice`` [T, E] among the ``topk_group`` best groups by ``group_score`` [T, G]."""
+        group_idx = group_score.topk(self.topk_group, dim=-1, sorted=False)[1]
+        keep = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, group_idx, True)
+        keep = keep.unsqueeze(-1).expand(-1, -1, self.n_experts // self.n_group).reshape(-1, self.n_experts)
+        return choice.masked_fill(~keep, fill).topk(self.top_k, dim=-1, sorted=False)[1]
+
+
+class MoE(nn.Module):
+    """Shared + routed experts; x [T, H] -> [T, H] (already combined over all ranks)."""
+
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype) -> None:
+        super().__init__()
+        c = config
+        self.ctx = ctx
+        self.gate = Gate(c, ctx, dtype)
+        self.local = ctx.local_experts(c.n_routed_experts)
+        inter = c.moe_intermediate_size
+        self.experts = nn.ModuleList(
+            MLP(
+                c.hidden_size, inter, ctx, ctx.moe_tp_size, "moe_intermediate_size", reduce=False, dtype=dtype
+            )
+            for _ in self.local
+        )
+        self.shared_experts = None
+        if c.n_shared_experts:
+            shared = inter * c.n_shared_experts
+            self.shared_experts = MLP(c.hidden_size, shared, ctx, ctx.world_size,
+                                      "moe_intermediate_size * n_shared_experts", reduce=False, dtype=dtype)  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, ids = self.gate(x)  # [T, k], [T, k]
+        y = self.shared_experts(x) if self.shared_experts is not None else torch.zeros_like(x)
+        counts = torch.bincount(ids.flatten(), minlength=self.gate.n_experts).tolist()
+        for j, e in enumerate(self.local):
+            if counts[e] == 0:
+                continue
+            tok, slot = torch.where(ids == e)
+            out = self.experts[j](x[tok]) * weights[tok, slot, None].to(x.dtype)
+            y.index_add_(0, tok, out)
+        return all_reduce(y, self.ctx)

@@ -1,0 +1,154 @@
+"""Helpers for tests and benchmarks: tiny reference checkpoints saved by Hugging Face transformers,
+and whole-sequence / token-by-token runs of a Fathom model over a temporary paged cache.
+
+``transformers`` (a dev dependency) is imported lazily, only by the reference helpers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fathom.model.attention_metadata import AttentionMetadata, contiguous_layout
+from fathom.model.deepseek import DeepseekForCausalLM
+from fathom.model.kv_cache import allocate_kv_caches
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32,
+        "beta_slow": 1, "mscale": 0.8, "mscale_all_dim": 0.6, "rope_theta": 10000.0}  # fmt: skip
+
+
+def tiny_v3_kwargs(**overrides: Any) -> dict[str, Any]:
+    """A small DeepSeek-V3 (sigmoid, noaux_tc, q_lora, YaRN) that splits over 4 ranks and EP 2."""
+    kw = {
+        "vocab_size": 256,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "moe_intermediate_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "n_routed_experts": 8,
+        "num_experts_per_tok": 3,
+        "n_group": 4,
+        "topk_group": 2,
+        "n_shared_experts": 1,
+        "first_k_dense_replace": 1,
+        "kv_lora_rank": 32,
+        "q_lora_rank": 48,
+        "qk_rope_head_dim": 16,
+        "qk_nope_head_dim": 16,
+        "v_head_dim": 24,
+        "routed_scaling_factor": 2.5,
+        "norm_topk_prob": True,
+        "rope_parameters": dict(YARN),
+        "max_position_embeddings": 128,
+        "rope_interleave": True,
+    }
+    kw.update(overrides)
+    return kw
+
+
+def tiny_v2_kwargs(**overrides: Any) -> dict[str, Any]:
+    """A small V2-Lite-style model: softmax gate, q_lora_rank=None, group-limited greedy."""
+    kw = tiny_v3_kwargs(q_lora_rank=None, topk_method="group_limited_greedy", routed_scaling_factor=1.5,
+                        norm_topk_prob=False)  # fmt: skip
+    kw.pop("rope_interleave")
+    kw.update(overrides)
+    return kw
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int) -> None:
+    """Re-draw every weight at a scale where logits spread widely (greedy steps are not near-ties)
+    and routing is decisive: linear weights ~ N(0, 1/in), embeddings ~ N(0, 1), norms ~ 1 ± 0.2,
+    gate correction biases ~ N(0, 0.05^2) (nonzero)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or "layernorm" in name:
+            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+        elif "embed_tokens" in name:
+            p.copy_(torch.randn(p.shape, generator=g))
+        elif name == "lm_head.weight":
+            p.copy_(torch.randn(p.shape, generator=g) * 3 / math.sqrt(p.shape[-1]))
+        else:
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            b.copy_(torch.randn(b.shape, generator=g) * 0.05)
+
+
+def save_reference(path: str | Path, kind: str = "v3", seed: int = 0, **overrides: Any):
+    """Build a random transformers DeepSeek-V3 (``kind='v3'``) or V2 (``'v2'``) model, save it with
+    ``save_pretrained`` into ``path``, and return it (float32, eval mode)."""
+    import transformers as tf
+
+    if kind == "v3":
+        model = tf.DeepseekV3ForCausalLM(tf.DeepseekV3Config(**tiny_v3_kwargs(**overrides)))
+    elif kind == "v2":
+        model = tf.DeepseekV2ForCausalLM(tf.DeepseekV2Config(**tiny_v2_kwargs(**overrides)))
+    else:
+        raise ValueError(f"kind must be 'v3' or 'v2', got {kind!r}")
+    randomize_(model, seed)
+    model.eval()
+    model.save_pretrained(str(path))
+    return model
+
+
+@torch.no_grad()
+def reference_logits(hf_model, ids: list[int]) -> torch.Tensor:
+    """transformers' float32 logits [T, vocab] for one sequence."""
+    return hf_model(torch.tensor([ids])).logits[0].float()
+
+
+@torch.no_grad()
+def reference_greedy(hf_model, ids: list[int], n: int) -> list[int]:
+    """n greedy tokens by re-running the full sequence each step (no cache: the plainest reference)."""
+    seq = list(ids)
+    for _ in range(n):
+        seq.append(int(reference_logits(hf_model, seq)[-1].argmax()))
+    return seq[len(ids) :]
+
+
+def full_logits(model: DeepseekForCausalLM, seqs: list[list[int]], block_size: int = 4) -> list[torch.Tensor]:
+    """Prefill every sequence of ``seqs`` in one batch over a fresh paged cache -> logits [T_i, vocab]."""
+    lens = [len(s) for s in seqs]
+    tables, n_blocks = contiguous_layout(lens, block_size)
+    caches = allocate_kv_caches(model.config, n_blocks, block_size, model.dtype, model.ctx.device)
+    meta = AttentionMetadata.build(lens, lens, tables, block_size, model.ctx.device)
+    ids = torch.tensor([t for s in seqs for t in s], device=model.ctx.device)
+    logits = model.compute_logits(model(ids, meta.positions(), caches, meta))
+    return list(logits.split(lens))
+
+
+def greedy_decode(model: DeepseekForCausalLM, prompts: list[list[int]], n: int,
+                  block_size: int = 4) -> list[list[int]]:  # fmt: skip
+    """Prefill all prompts in one batch, then decode n tokens per prompt one step at a time (q_i = 1)
+    over the paged cache, all sequences batched; each sequence's blocks are scattered (reversed)."""
+    total = [len(p) + n for p in prompts]
+    tables, n_blocks = contiguous_layout(total, block_size)
+    tables = [list(reversed(t)) for t in tables]
+    caches = allocate_kv_caches(model.config, n_blocks, block_size, model.dtype, model.ctx.device)
+    dev = model.ctx.device
+    seqs = [list(p) for p in prompts]
+    q_lens = [len(p) for p in prompts]
+    for _ in range(n):
+        s_lens = [len(s) for s in seqs]
+        meta = AttentionMetadata.build(q_lens, s_lens, tables, block_size, dev)
+        ids = torch.tensor(
+            [t for s, q in zip(seqs, q_lens, strict=True) for t in s[len(s) - q :]], device=dev
+        )
+        hidden = model(ids, meta.positions(), caches, meta)
+        last = meta.query_start_loc[1:] - 1
+        nxt = model.compute_logits(hidden[last]).argmax(dim=-1).tolist()
+        for s, t in zip(seqs, nxt, strict=True):
+            s.append(int(t))
+        q_lens = [1] * len(seqs)
+    return [s[len(p) :] for s, p in zip(seqs, prompts, strict=True)]
+
+
+def tolerance(reference: torch.Tensor) -> float:
+    """The acceptance bound: 1e-4 × max(1, max |logit|)."""
+    return 1e-4 * max(1.0, float(reference.abs().max()))

@@ -1,0 +1,1 @@
+"""Checkpoint weights: the sharding table, FP8 block dequantisation, safetensors reading."""

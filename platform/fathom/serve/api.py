@@ -1,0 +1,95 @@
+"""The HTTP surface (FastAPI): OpenAI routes, health, readiness, metrics, and error mapping.
+
+Routes:
+- `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`: OpenAI's API.
+- `GET /health`: liveness, 200 while the ingress runs (503 once draining on shutdown).
+- `GET /health/ready`: readiness, 503 until a model replica has loaded its model, then 200
+  with the model's id and max_model_len (Kubernetes readinessProbe, load balancers).
+- `GET /metrics`: Prometheus text.
+Every error, including unknown routes and internal failures, is OpenAI's error JSON; no
+stack trace reaches a client.
+"""
+
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from fathom.serve.errors import APIError
+from fathom.serve.frontend import NOT_READY_RETRY_AFTER_S, Frontend
+from fathom.serve.protocol import ModelCard, ModelList
+
+logger = logging.getLogger("fathom.serve")
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+
+
+def build_api(frontend: Frontend) -> FastAPI:
+    app = FastAPI(title="Fathom", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.frontend = frontend
+    app.state.model_info = None
+    created = int(time.time())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await frontend.openai("chat", request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await frontend.openai("completion", request)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        info = app.state.model_info or {}
+        card = ModelCard(id=frontend.model_name, created=created, root=info.get("root"),
+                         max_model_len=info.get("max_model_len"))
+        return JSONResponse(ModelList(data=[card]).model_dump())
+
+    @app.get("/health")
+    async def health() -> Response:
+        if frontend.draining:
+            return error_response(APIError(503, "shutting down", retry_after=NOT_READY_RETRY_AFTER_S))
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/health/ready")
+    async def ready() -> Response:
+        if app.state.model_info is None and not frontend.draining:
+            app.state.model_info = await frontend.backend.ready()
+        if app.state.model_info is None or frontend.draining:
+            msg = "shutting down" if frontend.draining else "model is loading"
+            return error_response(APIError(503, msg, code="not_ready", retry_after=NOT_READY_RETRY_AFTER_S))
+        return JSONResponse({"status": "ready", "model": frontend.model_name, **app.state.model_info})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(frontend.metrics.render(), media_type=frontend.metrics.content_type)
+
+    _add_error_handlers(app, frontend)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, frontend: Frontend) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, err: APIError) -> Response:
+        frontend.metrics.request_done(err.status)
+        return error_response(err)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        msg = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(APIError(exc.status_code, msg, code=str(exc.status_code)))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(APIError(422, str(exc.errors()[0].get("msg", "invalid request"))))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s", request.url.path)
+        frontend.metrics.request_done(500)
+        return error_response(APIError(500, f"internal error ({type(exc).__name__})", code="internal_error"))

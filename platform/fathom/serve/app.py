@@ -1,0 +1,118 @@
+"""The Ray Serve application: `ingress` (FastAPI, OpenAI routes) -> `model` (ModelServer replicas).
+
+    HTTP -> Serve proxy -> ingress replica -> DeploymentHandle (stream) -> model replica -> AsyncEngine
+
+Ray is a thin shell here: the ingress wraps `Frontend`/`build_api`, the model deployment wraps
+`ModelServer`; both are plain classes tested without Ray. Each model replica is one model
+instance; `num_replicas` of them are independent. The ingress reaches them through one
+handle whose request router (`FathomRequestRouter`) prefers the replica that has the
+request's prompt prefix cached unless it is much busier. `max_ongoing_requests` bounds each
+replica's concurrency; beyond it, up to `max_queued_requests` wait in the ingress, and the
+next one is refused with 429 + Retry-After.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.config import RequestRouterConfig
+from ray.serve.exceptions import BackPressureError, RayServeException
+from ray.serve.handle import DeploymentHandle
+
+from fathom.api.serve import ServeSettings
+from fathom.serve.api import build_api
+from fathom.serve.errors import APIError
+from fathom.serve.frontend import OVERLOAD_RETRY_AFTER_S, Frontend
+from fathom.serve.model_server import ModelServer
+
+APP_NAME = "fathom"
+READY_PROBE_TIMEOUT_S = 2.0
+
+
+def _overloaded(e: BackPressureError) -> APIError:
+    return APIError(
+        429, "the model replicas are at capacity and their queues are full; retry later",
+        code="overloaded", retry_after=OVERLOAD_RETRY_AFTER_S,
+    )
+
+
+class HandleBackend:
+    """The frontend's backend over a Ray Serve handle to the model deployment."""
+
+    def __init__(self, handle: DeploymentHandle):
+        self._unary = handle
+        self._streaming = handle.options(stream=True)
+
+    async def complete(self, kind: str, req: Any, routing_key: int | None) -> dict | APIError:
+        try:
+            return await self._unary.complete.remote(kind, req, routing_key=routing_key)
+        except BackPressureError as e:
+            return _overloaded(e)
+
+    async def stream(self, kind: str, req: Any, routing_key: int | None) -> AsyncIterator[Any]:
+        gen = self._streaming.stream.remote(kind, req, routing_key=routing_key)
+        try:
+            async for item in gen:
+                yield item
+        except BackPressureError as e:
+            yield _overloaded(e)
+        finally:
+            gen.cancel()  # no-op once finished; on client disconnect it aborts the engine request
+
+    async def ready(self) -> dict | None:
+        """Model info once a replica has loaded its model; None while none has (or on timeout)."""
+        response = self._unary.ready.remote()
+        try:
+            return await asyncio.wait_for(_awaited(response), READY_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            response.cancel()
+            return None
+        except (RayError, RayServeException):  # replicas not up yet, or being replaced
+            return None
+
+
+async def _awaited(response):
+    return await response
+
+
+@serve.ingress()
+class Ingress:
+    def __init__(self, model: DeploymentHandle, settings: dict):
+        self.frontend = Frontend(HandleBackend(model), ServeSettings.model_validate(settings))
+
+    def __serve_build_asgi_app__(self):
+        return build_api(self.frontend)
+
+    async def drain(self) -> int:
+        """Stop accepting (503, /health 503); return the requests still in flight."""
+        self.frontend.draining = True
+        return self.frontend.inflight
+
+
+def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.Application:
+    """The bound application (deploy with `serve.run(app, name=APP_NAME, route_prefix="/")`)."""
+    wire = settings.model_dump(mode="json")
+    model = serve.deployment(ModelServer).options(
+        name="model",
+        num_replicas=settings.num_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        max_queued_requests=settings.max_queued_requests,
+        graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+        health_check_period_s=10.0,
+        health_check_timeout_s=60.0,
+        ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica},
+        request_router_config=RequestRouterConfig(
+            request_router_class="fathom.serve.router.FathomRequestRouter",
+        ),
+    )
+    ingress_capacity = settings.num_replicas * (settings.max_ongoing_requests + settings.max_queued_requests) + 64
+    ingress = serve.deployment(Ingress).options(
+        name="ingress",
+        num_replicas=1,
+        max_ongoing_requests=ingress_capacity,
+        graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
+        ray_actor_options={"num_cpus": 0},
+    )
+    return ingress.bind(model.bind(wire), wire)

@@ -1,0 +1,169 @@
+"""The ingress request path: body limit, JSON, schema, model name, routing key, backend call,
+SSE relay, metrics. Transport-agnostic: `backend` is the model deployment behind a Ray Serve
+handle in production (`HandleBackend`) and can be any object with the same two methods.
+
+Backend contract (the model deployment's methods, see `fathom.serve.model_server`):
+- `complete(kind, request, routing_key) -> dict | APIError` (the whole response body);
+- `stream(kind, request, routing_key) -> AsyncIterator[str | APIError | StreamEnd]`: the first
+  item is an APIError (nothing was started) or SSE text; then SSE text, each item possibly
+  several coalesced events; the last item is a `StreamEnd` with the usage (not sent on).
+Errors travel as values, not exceptions, so they keep their status across Ray.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from fathom.api.serve import ServeSettings
+from fathom.serve.errors import APIError, body_too_large, from_validation_error, parse_json_body
+from fathom.serve.metrics import ServeMetrics
+from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
+from fathom.serve.router import chat_prefix_text, prefix_key
+
+logger = logging.getLogger("fathom.serve")
+
+REQUEST_TYPES = {"chat": ChatCompletionRequest, "completion": CompletionRequest}
+OVERLOAD_RETRY_AFTER_S = 1.0
+NOT_READY_RETRY_AFTER_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """Last item of a backend stream: the request's usage, for metrics."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    first_token_at: float | None = None  # time.time() of the first token, for TTFT
+
+
+class Backend(Protocol):
+    async def complete(self, kind: str, request: Any, routing_key: int | None) -> dict | APIError: ...
+    def stream(self, kind: str, request: Any, routing_key: int | None) -> AsyncIterator[Any]: ...
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refusing (413) anything over `max_bytes` before buffering it all."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise body_too_large(max_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise body_too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def routing_key(kind: str, req: Any) -> int | None:
+    if kind == "chat":
+        return prefix_key(chat_prefix_text([(m.role, m.text()) for m in req.messages]))
+    return prefix_key(req.prompts()[0])
+
+
+def parse_request(kind: str, raw: bytes, max_bytes: int) -> Any:
+    body = parse_json_body(raw, max_bytes)
+    try:
+        return REQUEST_TYPES[kind].model_validate(body)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+
+
+def sse_error(err: APIError) -> str:
+    return f"data: {json.dumps(err.body())}\n\ndata: [DONE]\n\n"
+
+
+class Frontend:
+    def __init__(self, backend: Backend, settings: ServeSettings, metrics: ServeMetrics | None = None):
+        self.backend = backend
+        self.settings = settings
+        self.model_name = settings.model_name
+        self.metrics = metrics or ServeMetrics(self.model_name)
+        self.draining = False
+        self.inflight = 0  # requests accepted and not yet answered in full (graceful shutdown waits)
+
+    async def openai(self, kind: str, http: Request) -> Response:
+        """Serve one /v1/chat/completions or /v1/completions request."""
+        self.inflight += 1
+        streaming = False
+        try:
+            response = await self._openai(kind, http)
+            streaming = isinstance(response, StreamingResponse)
+            return response
+        finally:
+            if not streaming:
+                self.inflight -= 1
+
+    async def _openai(self, kind: str, http: Request) -> Response:
+        started = time.time()
+        if self.draining:
+            raise APIError(503, "server is shutting down", code="shutting_down", retry_after=NOT_READY_RETRY_AFTER_S)
+        raw = await read_body(http, self.settings.max_request_body_bytes)
+        req = parse_request(kind, raw, self.settings.max_request_body_bytes)
+        if req.model != self.model_name:
+            raise APIError(
+                404, f"The model `{req.model}` does not exist; this server serves `{self.model_name}`.",
+                param="model", code="model_not_found",
+            )
+        key = routing_key(kind, req)
+        if not req.stream:
+            result = await self.backend.complete(kind, req, key)
+            if isinstance(result, APIError):
+                raise result
+            usage = result["usage"]
+            self._finished(200, started, usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
+                           usage["completion_tokens"], None)
+            return Response(json.dumps(result), media_type="application/json")
+        stream = self.backend.stream(kind, req, key)
+        first = await anext(stream)
+        if isinstance(first, APIError):
+            await stream.aclose()
+            raise first
+        return StreamingResponse(
+            self._relay(first, stream, started), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _relay(self, first: str, stream: AsyncIterator[Any], started: float) -> AsyncIterator[str]:
+        """Forward SSE text; swallow the StreamEnd into metrics. A client that goes away
+        cancels this generator, which closes `stream` and so aborts the request upstream."""
+        status = 200
+        try:
+            yield first
+            async for item in stream:
+                if isinstance(item, StreamEnd):
+                    self._finished(200, started, item.prompt_tokens, item.cached_tokens,
+                                   item.completion_tokens, item.first_token_at)
+                elif isinstance(item, APIError):
+                    status = item.status
+                    yield sse_error(item)
+                else:
+                    yield item
+        except asyncio.CancelledError:
+            status = 499  # client closed the connection (nginx's convention)
+            raise
+        except Exception as e:  # replica died mid-stream: tell the client in-band
+            logger.exception("stream failed")
+            status = 500
+            yield sse_error(APIError(500, f"generation failed: {type(e).__name__}", code="internal_error"))
+        finally:
+            self.inflight -= 1
+            await stream.aclose()
+            if status != 200:
+                self.metrics.request_done(status)
+
+    def _finished(self, status, started, prompt, cached, completion, first_token_at) -> None:
+        m = self.metrics
+        m.request_done(status)
+        m.usage(prompt, cached, completion)
+        ttft = first_token_at - started if first_token_at else None
+        m.latency(time.time() - started, ttft, completion)

@@ -1,0 +1,158 @@
+"""`fathom serve`: start (or join) Ray, deploy the app, show progress, serve until SIGTERM.
+
+Secure defaults: the API binds 127.0.0.1 unless `--host`; a local Ray instance runs without
+its dashboard (and so without the job-submission API) and with every Ray socket on
+127.0.0.1. The only socket of ours is the HTTP API, which parses JSON and nothing else.
+
+Shutdown (SIGTERM or Ctrl-C): the ingress stops accepting (503 + Retry-After, /health 503),
+in-flight requests get up to `graceful_shutdown_timeout_s` to finish, then Serve and Ray stop.
+"""
+
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+
+import ray
+from ray import serve
+from ray.serve.api import RunTarget
+
+from fathom.api.serve import ServeSettings
+from fathom.serve.app import APP_NAME, build_app
+
+POLL_S = 0.5
+
+
+def _say(msg: str) -> None:
+    print(f"fathom: {msg}", flush=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_ray(settings: ServeSettings) -> None:
+    if ray.is_initialized():
+        return
+    if settings.address:
+        _say(f"joining Ray cluster at {settings.address}")
+        ray.init(address=settings.address, logging_level=logging.WARNING, log_to_driver=False)
+        return
+    _say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
+    ray.init(
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        namespace=APP_NAME,
+    )
+
+
+def deploy(settings: ServeSettings, show_progress: bool = True):
+    """Start Serve's proxy on host:port and deploy the app; return the ingress handle once
+    it is running (raises RuntimeError with Serve's message if the deployment fails)."""
+    serve.start(http_options={"host": settings.host, "port": settings.port},
+                proxy_location="HeadOnly" if not settings.address else "EveryNode")
+    gpus = 1.0 if settings.engine.tensor_parallel_size == 1 and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    what = settings.engine.model or "the built-in demo model"
+    _say(f"loading {what} as `{settings.model_name}` (TP={settings.engine.tensor_parallel_size}, "
+         f"EP={settings.engine.expert_parallel_size}, replicas={settings.num_replicas})")
+    [handle] = serve.run_many([RunTarget(build_app(settings, gpus), name=APP_NAME, route_prefix="/")],
+                              wait_for_applications_running=False)
+    wait_running(show_progress)
+    return handle
+
+
+def wait_running(show_progress: bool) -> None:
+    t0, last = time.monotonic(), ""
+    while True:
+        app = serve.status().applications.get(APP_NAME)
+        status = app.status if app else "NOT_STARTED"
+        if status == "RUNNING":
+            _say(f"model ready in {time.monotonic() - t0:.1f}s")
+            return
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(_failure_message(app))
+        line = _progress_line(app)
+        if show_progress and line != last:
+            _say(f"{line} ({time.monotonic() - t0:.0f}s)")
+            last = line
+        time.sleep(POLL_S)
+
+
+def _progress_line(app) -> str:
+    if app is None:
+        return "deploying"
+    parts = []
+    for name, d in sorted(app.deployments.items()):
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(d.replica_states.items()))
+        parts.append(f"{name}: {counts or d.status.lower()}")
+    return "; ".join(parts) or "deploying"
+
+
+def _failure_message(app) -> str:
+    msgs = [app.message] if app.message else []
+    for name, d in app.deployments.items():
+        if d.message:
+            msgs.append(f"{name}: {d.message}")
+    return "deployment failed: " + ("\n".join(msgs) or "see the Ray logs")
+
+
+def banner(settings: ServeSettings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}"
+    body = json.dumps({"model": settings.model_name, "messages": [{"role": "user", "content": "Hello!"}],
+                       "max_tokens": 32})
+    return (
+        f"serving `{settings.model_name}` at {url}/v1 (OpenAI API; readiness {url}/health/ready, "
+        f"metrics {url}/metrics)\n"
+        f"try:\n  curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'\n"
+        "Ctrl-C or SIGTERM stops the server (in-flight requests finish first)."
+    )
+
+
+def drain(handle, grace_s: float) -> None:
+    """Stop accepting, then wait up to `grace_s` for in-flight requests."""
+    deadline = time.monotonic() + grace_s
+    try:
+        while (left := handle.drain.remote().result(timeout_s=5)) and time.monotonic() < deadline:
+            _say(f"waiting for {left} in-flight request(s)")
+            time.sleep(POLL_S)
+    except Exception as e:  # noqa: BLE001 - the ingress may already be gone; shut down regardless
+        _say(f"drain skipped ({type(e).__name__})")
+
+
+def serve_forever(settings: ServeSettings) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit status."""
+    if settings.port == 0:
+        settings = settings.model_copy(update={"port": free_port(settings.host)})
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        start_ray(settings)
+        handle = deploy(settings)
+    except RuntimeError as e:
+        print(f"fathom serve: error: {e}", file=sys.stderr)
+        _shutdown()
+        return 1
+    print(banner(settings), flush=True)
+    while not stop.wait(1.0):
+        pass
+    _say("shutting down: no new requests; finishing in-flight ones")
+    drain(handle, settings.graceful_shutdown_timeout_s)
+    _shutdown()
+    return 0
+
+
+def _shutdown() -> None:
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        _say("stopped")

@@ -1,0 +1,206 @@
+"""The model replica: one `AsyncEngine` (one model instance, its W rank workers) behind the
+OpenAI protocol. Plain class; `fathom.serve.app` makes it a Ray Serve deployment, and tests
+or benchmarks may use it in-process. Implements the backend contract of
+`fathom.serve.frontend` (`complete`, `stream`, `ready`).
+
+Streaming is coalesced: each stream emits at most one chunk per `min_interval` seconds, where
+min_interval = active streams / `stream_chunks_per_s`. With few streams every token is its own
+chunk; when many streams would exceed what Ray Serve's streaming path carries (~1-2k chunks/s
+per process), each chunk carries the several tokens that arrived meanwhile. The engine never
+waits for a client: tokens accumulate in the stream's `Choice`s until taken.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fathom.api.serve import ServeSettings
+from fathom.engine.errors import EngineDeadError, InvalidRequestError
+from fathom.serve.errors import APIError
+from fathom.serve.frontend import StreamEnd
+from fathom.serve.preprocess import EngineCall, engine_error, prepare
+from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
+from fathom.serve.reasoning import make_parser
+from fathom.serve.responses import Choice, TokenStrings
+
+logger = logging.getLogger("fathom.serve")
+
+
+class _Request:
+    """The engine calls of one API request and their choices, filled by pump tasks."""
+
+    def __init__(self, server: "ModelServer", kind: str, req: Any, calls: list[EngineCall]):
+        self.kind, self.req, self.calls = kind, req, calls
+        self.id = new_id("chatcmpl" if kind == "chat" else "cmpl")
+        self.created = now()
+        self.engine_ids = [f"{self.id}-{i}" for i in range(len(calls))]
+        self.choices: list[Choice] = []
+        for call in calls:
+            for j in range(call.params.n):
+                parser = make_parser(server.reasoning_parser, call.prompt_text) if kind == "chat" else None
+                echo = call.prompt_text if getattr(req, "echo", False) else ""
+                self.choices.append(Choice(call.choice_offset + j, kind == "chat", server.strings, parser,
+                                           echo, call.params.logprobs is not None))
+        self.usage = [(len(c.prompt_ids), 0, 0) for c in calls]  # (prompt, cached, completion) per call
+        self.first_token_at: float | None = None
+        self.error: APIError | None = None
+        self.pending = len(calls)
+        self.wake = asyncio.Event()
+
+    def usage_dict(self) -> dict:
+        prompt = sum(u[0] for u in self.usage)
+        cached = sum(u[1] for u in self.usage)
+        completion = sum(u[2] for u in self.usage)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+class ModelServer:
+    """One model instance serving OpenAI requests. `engine_factory(EngineSettings)` builds the
+    engine (default: `AsyncEngine.from_settings`); it is injected so the shell stays thin."""
+
+    def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
+        self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
+        if engine_factory is None:
+            from fathom.engine.async_engine import AsyncEngine
+
+            engine_factory = AsyncEngine.from_settings
+        t0 = time.monotonic()
+        self.engine = engine_factory(self.settings.engine)
+        self.model_name = self.settings.model_name
+        self.max_model_len = self.engine.max_model_len
+        self.strings = TokenStrings(self.engine.tokenizer)
+        self.reasoning_parser = self.settings.engine.reasoning_parser
+        self.active_streams = 0
+        logger.info("model %s loaded in %.1fs", self.model_name, time.monotonic() - t0)
+
+    # ------------------------------------------------------------------ backend contract
+
+    async def ready(self) -> dict:
+        return {"root": self.settings.engine.model or "fathom-demo", "max_model_len": self.max_model_len}
+
+    async def complete(self, kind: str, req: Any, routing_key: int | None = None) -> dict | APIError:
+        try:
+            r = self._start(kind, req)
+        except APIError as e:
+            return e
+        try:
+            await self._run(r)
+        finally:
+            await self._abort(r)
+        if r.error is not None:
+            return r.error
+        body = {"id": r.id, "object": "chat.completion" if kind == "chat" else "text_completion",
+                "created": r.created, "model": self.model_name, "choices": [c.result() for c in r.choices],
+                "usage": r.usage_dict(), "system_fingerprint": None}
+        return body
+
+    async def stream(self, kind: str, req: Any, routing_key: int | None = None) -> AsyncIterator[Any]:
+        try:
+            r = self._start(kind, req)
+        except APIError as e:
+            yield e
+            return
+        self.active_streams += 1
+        pumps = [asyncio.create_task(self._pump(r, i)) for i in range(len(r.calls))]
+        try:
+            async for item in self._chunks(r):
+                yield item
+        finally:
+            self.active_streams -= 1
+            for task in pumps:
+                task.cancel()
+            await self._abort(r)
+
+    async def stats(self) -> dict:
+        s = self.engine.stats()
+        return {"num_running": s.num_running, "num_waiting": s.num_waiting, "kv_cache_usage": s.kv_cache_usage,
+                "active_streams": self.active_streams, "healthy": s.healthy}
+
+    def check_health(self) -> None:
+        """Ray Serve's health check: a dead engine makes Serve replace this replica."""
+        if not getattr(self.engine, "healthy", True):
+            raise RuntimeError("engine is dead")
+
+    async def shutdown(self) -> None:
+        await self.engine.shutdown()
+
+    # ------------------------------------------------------------------ internals
+
+    def _start(self, kind: str, req: Any) -> _Request:
+        skip = req.skip_special_tokens and not (kind == "chat" and self.reasoning_parser != "none")
+        calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip)
+        return _Request(self, kind, req, calls)
+
+    async def _run(self, r: _Request) -> None:
+        await asyncio.gather(*(self._pump(r, i) for i in range(len(r.calls))))
+
+    async def _pump(self, r: _Request, i: int) -> None:
+        """Feed engine call i's deltas into the request's choices."""
+        call = r.calls[i]
+        try:
+            gen = self.engine.generate(r.engine_ids[i], call.prompt_ids, call.params,
+                                       priority=r.req.priority, fairness_key=r.req.user)
+            async for out in gen:
+                if r.first_token_at is None and out.outputs:
+                    r.first_token_at = time.time()
+                for o in out.outputs:
+                    r.choices[call.choice_offset + o.index].add(o)
+                u = out.usage
+                r.usage[i] = (u.prompt_tokens, u.cached_tokens, u.completion_tokens)
+                r.wake.set()
+        except InvalidRequestError as e:
+            r.error = r.error or engine_error(e)
+        except EngineDeadError as e:
+            r.error = r.error or APIError(503, f"model replica failed: {e}", code="engine_dead", retry_after=5)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            logger.exception("engine call failed")
+            r.error = r.error or APIError(500, f"generation failed ({type(e).__name__})", code="internal_error")
+        finally:
+            r.pending -= 1
+            r.wake.set()
+
+    async def _abort(self, r: _Request) -> None:
+        for rid in r.engine_ids:
+            res = self.engine.abort(rid)
+            if asyncio.iscoroutine(res):
+                await res
+
+    def _min_interval(self) -> float:
+        return self.active_streams / self.settings.stream_chunks_per_s
+
+    async def _chunks(self, r: _Request) -> AsyncIterator[Any]:
+        """SSE text as the pumps make progress, coalesced; first item may be an APIError."""
+        make = chat_chunk if r.kind == "chat" else completion_chunk
+        include_usage = r.req.include_usage()
+        sent_any, last = False, 0.0
+        while True:
+            await r.wake.wait()
+            wait = last + self._min_interval() - time.monotonic()
+            if sent_any and wait > 0 and r.pending:
+                await asyncio.sleep(wait)  # let more tokens gather into this chunk
+            r.wake.clear()
+            if r.error is not None:
+                yield r.error if not sent_any else _sse(r.error.body()) + "data: [DONE]\n\n"
+                return
+            parts = [c.take() for c in r.choices if c.has_news]
+            text = _sse(make(r.id, r.created, self.model_name, parts)) if parts else ""
+            if not r.pending:
+                if include_usage:
+                    text += _sse(make(r.id, r.created, self.model_name, [], r.usage_dict()))
+                yield text + "data: [DONE]\n\n"
+                p, c, g = (sum(u[k] for u in r.usage) for k in range(3))
+                yield StreamEnd(p, c, g, r.first_token_at)
+                return
+            if text:
+                sent_any, last = True, time.monotonic()
+                yield text
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"

@@ -1,0 +1,119 @@
+"""OpenAI request -> engine calls: chat template, tokenisation, length limits, SamplingParams.
+
+Runs in the model replica (it owns the tokenizer). Every refusal is an `APIError` naming the
+field; the engine's own checks (`InvalidRequestError`) are mapped the same way.
+"""
+
+from dataclasses import dataclass
+
+import jinja2
+
+from fathom.engine.errors import InvalidRequestError, PromptTooLongError
+from fathom.engine.sampling_params import SamplingParams
+from fathom.engine.tokenizer import Tokenizer
+from fathom.serve.errors import APIError
+from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCall:
+    """One engine request: a prompt and its n samples, which are choices
+    `choice_offset .. choice_offset + n - 1` of the API response."""
+
+    prompt_ids: list[int]
+    prompt_text: str
+    params: SamplingParams
+    choice_offset: int
+
+
+def check_length(prompt_len: int, max_new: int | None, max_model_len: int) -> None:
+    """400 (OpenAI's `context_length_exceeded`) when the prompt, or prompt + max_tokens, does not fit."""
+    head = f"This model's maximum context length is {max_model_len} tokens"
+    if prompt_len >= max_model_len:
+        raise APIError(400, f"{head}, but the prompt has {prompt_len} tokens.", param="prompt",
+                       code="context_length_exceeded")
+    if max_new is not None and prompt_len + max_new > max_model_len:
+        raise APIError(
+            400, f"{head}, but {prompt_len} prompt tokens + max_tokens {max_new} = {prompt_len + max_new}.",
+            param="max_tokens", code="context_length_exceeded",
+        )
+
+
+def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_special_tokens: bool) -> SamplingParams:
+    try:
+        return SamplingParams(
+            n=req.n,
+            max_tokens=req.max_new_tokens(),
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=-1 if req.top_k in (None, 0) else req.top_k,
+            min_p=req.min_p or 0.0,
+            seed=req.seed,
+            stop=req.stop_list(),
+            stop_token_ids=req.stop_token_ids or [],
+            ignore_eos=req.ignore_eos,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            repetition_penalty=req.repetition_penalty or 1.0,
+            logprobs=req.num_top_logprobs(),
+            skip_special_tokens=skip_special_tokens,
+        )
+    except InvalidRequestError as e:
+        raise engine_error(e) from None
+
+
+def engine_error(e: InvalidRequestError) -> APIError:
+    code = "context_length_exceeded" if isinstance(e, PromptTooLongError) else "invalid_parameter"
+    return APIError(400, str(e), code=code)
+
+
+def render_chat(req: ChatCompletionRequest, tokenizer: Tokenizer) -> str:
+    """The prompt text of a chat request (checkpoint's chat template).
+
+    `continue_final_message`: the last (assistant) message is left open so the model continues
+    it (DeepSeek's "prefix completion"), by cutting the render right after its content.
+    """
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt)
+    except (jinja2.TemplateError, ValueError, TypeError) as e:  # raise_exception(), no template, bad data
+        raise APIError(400, f"cannot apply the chat template: {e}", param="messages", code="chat_template") from None
+    if req.continue_final_message:
+        last = messages[-1]["content"]
+        cut = text.rfind(last)
+        if cut < 0:
+            raise APIError(400, "cannot locate the final message in the rendered prompt", param="messages")
+        text = text[: cut + len(last)]
+    return text
+
+
+def prepare(
+    kind: str, req: ChatCompletionRequest | CompletionRequest, tokenizer: Tokenizer, max_model_len: int,
+    skip_special_tokens: bool = True,
+) -> list[EngineCall]:
+    """The engine calls that answer `req` (one per prompt), or an APIError."""
+    if kind == "chat":
+        if req.response_format is not None and req.response_format.type == "json_schema":
+            raise APIError(400, "response_format json_schema is not supported", param="response_format")
+        prompts: list[str | list[int]] = [render_chat(req, tokenizer)]
+    else:
+        if req.echo and req.logprobs is not None:
+            raise APIError(400, "echo with logprobs is not supported", param="echo")
+        prompts = req.prompts()
+    params = sampling_params(req, skip_special_tokens=skip_special_tokens)
+    vocab = tokenizer.vocab_size
+    calls = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            ids = tokenizer.encode(prompt, add_special_tokens=kind != "chat")
+            text = prompt
+        else:
+            bad = next((t for t in prompt if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise APIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})", param="prompt")
+            ids, text = list(prompt), tokenizer.decode(prompt, skip_special_tokens=False)
+        if not ids:
+            raise APIError(400, "the prompt is empty after tokenisation", param="prompt")
+        check_length(len(ids), req.max_new_tokens(), max_model_len)
+        calls.append(EngineCall(ids, text, params, choice_offset=i * req.n))
+    return calls

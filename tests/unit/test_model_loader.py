@@ -1,0 +1,97 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fathom.model import testing as T
+from fathom.model.loader import load_model
+from fathom.model.weights import fp8
+
+PROMPT = [3, 14, 15, 92, 65, 35, 89, 79]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("v3")
+    hf = T.save_reference(d, "v3", seed=3)
+    return d, hf
+
+
+def copy_with(src, dst, edit):
+    dst.mkdir()
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    tensors = load_file(src / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, str(dst / "model.safetensors"))
+    return dst
+
+
+def test_missing_tensor_is_named(ckpt, tmp_path):
+    d = copy_with(ckpt[0], tmp_path / "m", lambda t: t.pop("model.layers.2.mlp.experts.5.up_proj.weight"))
+    with pytest.raises(ValueError, match=r"model\.layers\.2\.mlp\.experts\.5\.up_proj\.weight"):
+        load_model(d)
+
+
+def test_misshaped_tensor_is_named(ckpt, tmp_path):
+    def edit(t):
+        t["model.layers.0.self_attn.kv_b_proj.weight"] = torch.zeros(3, 3)
+
+    with pytest.raises(ValueError, match=r"kv_b_proj\.weight.*\(3, 3\)"):
+        load_model(copy_with(ckpt[0], tmp_path / "m", edit))
+
+
+def test_unexpected_tensor_is_named(ckpt, tmp_path):
+    d = copy_with(
+        ckpt[0], tmp_path / "m", lambda t: t.update({"model.layers.0.mlp.surprise": torch.zeros(2)})
+    )
+    with pytest.raises(ValueError, match="surprise"):
+        load_model(d)
+
+
+def test_mtp_layer_is_skipped(ckpt, tmp_path):
+    def edit(t):
+        t["model.layers.3.eh_proj.weight"] = torch.zeros(4, 4)
+        t["model.layers.3.self_attn.kv_b_proj.weight"] = torch.zeros(1)
+
+    model = load_model(copy_with(ckpt[0], tmp_path / "m", edit))
+    ref = T.reference_logits(ckpt[1], PROMPT)
+    assert float((T.full_logits(model, [PROMPT])[0] - ref).abs().max()) <= T.tolerance(ref)
+
+
+def test_no_safetensors_is_an_error_and_pickles_are_never_read(ckpt, tmp_path):
+    (tmp_path / "config.json").write_text((ckpt[0] / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        load_model(tmp_path)
+
+
+def test_index_with_several_files(ckpt, tmp_path):
+    tensors = load_file(ckpt[0] / "model.safetensors")
+    names = sorted(tensors)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate([names[:half], names[half:]]):
+        f = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, str(tmp_path / f))
+        weight_map.update(dict.fromkeys(part, f))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (tmp_path / "config.json").write_text((ckpt[0] / "config.json").read_text())
+    ref = T.reference_logits(ckpt[1], PROMPT)
+    assert float((T.full_logits(load_model(tmp_path), [PROMPT])[0] - ref).abs().max()) <= T.tolerance(ref)
+
+
+def test_fp8_block_dequantisation_of_slices():
+    w = torch.randn(300, 260)
+    q, scale = fp8.quantize(w)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (3, 3)
+    full = fp8.dequantize(q, scale, (0, 300), (0, 260), torch.float32)
+    assert float((full - w).abs().max()) < 0.07 * float(w.abs().max())  # e4m3 keeps 3 mantissa bits
+    r0, r1 = 75, 150
+    (b0, b1) = fp8.block_range(r0, r1)
+    part = fp8.dequantize(q[r0:r1], scale[b0:b1], (r0, r1), (0, 260), torch.float32)
+    assert torch.equal(part, full[r0:r1])
+    c0, c1 = 130, 260
+    (b0, b1) = fp8.block_range(c0, c1)
+    part = fp8.dequantize(q[:, c0:c1], scale[:, b0:b1], (0, 300), (c0, c1), torch.float32)
+    assert torch.equal(part, full[:, c0:c1])

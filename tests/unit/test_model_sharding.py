@@ -1,0 +1,72 @@
+"""The sharding table and plan as pure functions: names and slices per rank, no I/O."""
+
+import pytest
+
+from fathom.model.weights.sharding import Layout, Shard, UnexpectedTensor, plan, shard_for
+
+SHAPES = {
+    "model.embed_tokens.weight": (10, 8),
+    "lm_head.weight": (10, 8),
+    "model.layers.0.self_attn.q_b_proj.weight": (16, 6),
+    "model.layers.0.self_attn.kv_a_proj_with_mqa.weight": (6, 8),
+    "model.layers.0.self_attn.o_proj.weight": (8, 12),
+    "model.layers.0.mlp.down_proj.weight": (8, 32),
+    "model.layers.1.mlp.experts.5.gate_proj.weight": (4, 8),
+    "model.layers.1.mlp.experts.5.down_proj.weight": (8, 4),
+    "model.layers.1.mlp.shared_experts.up_proj.weight": (8, 8),
+    "model.layers.1.mlp.gate.e_score_correction_bias": (8,),
+    "model.layers.2.eh_proj.weight": (8, 16),  # MTP layer (num_hidden_layers = 2)
+}
+
+
+def layout(rank, world, ep, tie=False):
+    return Layout(
+        rank, world, ep, n_routed_experts=8, num_hidden_layers=2, vocab_size=10, tie_word_embeddings=tie
+    )
+
+
+def test_tp_and_vocab_splits():
+    lay = layout(rank=3, world=4, ep=1)
+    s = lambda n: shard_for(n, SHAPES[n], lay)
+    assert s("model.embed_tokens.weight") == [Shard("model.embed_tokens.weight", 0, 9, 10)]  # ceil(10/4)=3
+    assert s("model.layers.0.self_attn.q_b_proj.weight") == [
+        Shard("model.layers.0.self_attn.q_b_proj.weight", 0, 12, 16)
+    ]
+    assert s("model.layers.0.self_attn.o_proj.weight") == [
+        Shard("model.layers.0.self_attn.o_proj.weight", 1, 9, 12)
+    ]
+    assert s("model.layers.0.mlp.down_proj.weight")[0].dim == 1
+    assert s("model.layers.0.self_attn.kv_a_proj_with_mqa.weight") == [
+        Shard("model.layers.0.self_attn.kv_a_proj_with_mqa.weight")
+    ]
+    assert s("model.layers.2.eh_proj.weight") == []
+
+
+@pytest.mark.parametrize(
+    "rank, world, ep, local, part",
+    [(0, 1, 1, 5, (0, 4)), (1, 2, 1, 5, (2, 4)), (0, 2, 2, None, None), (1, 2, 2, 1, (0, 4)),
+     (2, 4, 2, 1, (0, 2)), (3, 4, 2, 1, (2, 4)), (1, 4, 2, None, None)],
+)  # fmt: skip
+def test_experts_live_on_their_ep_shard_split_by_tp_inside_ep(rank, world, ep, local, part):
+    lay = layout(rank, world, ep)
+    got = shard_for("model.layers.1.mlp.experts.5.gate_proj.weight", (4, 8), lay)
+    if local is None:
+        assert got == []
+    else:
+        assert got == [Shard(f"model.layers.1.mlp.experts.{local}.gate_proj.weight", 0, *part)]
+
+
+def test_plan_ties_the_lm_head_only_when_asked_and_absent():
+    names = [(n, s) for n, s in SHAPES.items() if n != "lm_head.weight"]
+    tied = plan(names, layout(0, 2, 1, tie=True))
+    assert tied["lm_head.weight"] == ("model.embed_tokens.weight", Shard("lm_head.weight", 0, 0, 5))
+    assert "lm_head.weight" not in plan(names, layout(0, 2, 1))
+    explicit = plan(list(SHAPES.items()), layout(0, 2, 1, tie=True))
+    assert explicit["lm_head.weight"][0] == "lm_head.weight"
+
+
+def test_unknown_tensors_and_uneven_splits_are_errors():
+    with pytest.raises(UnexpectedTensor, match="model.layers.0.bogus"):
+        shard_for("model.layers.0.bogus", (1,), layout(0, 1, 1))
+    with pytest.raises(ValueError, match="q_b_proj"):
+        shard_for("model.layers.0.self_attn.q_b_proj.weight", (15, 6), layout(0, 2, 1))
