@@ -1,0 +1,142 @@
+"""Greedy tokens through the engine (W=1, in process) equal transformers `generate()` on a small
+random DeepSeek-V3 checkpoint saved with `save_pretrained`, on every scheduling path: mixed
+prompt lengths arriving at different steps, chunked prefill, prefix caching, preemption."""
+
+import pytest
+import torch
+
+from fathom.api.engine import EngineSettings
+from fathom.engine.factory import create_engine
+from fathom.engine.sampling_params import SamplingParams
+from fathom.model.kv_cache import bytes_per_token
+from fathom.model.testing import save_reference
+
+NEW = 10
+GREEDY = SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True)
+
+
+class Recording:
+    """Wraps the real executor and keeps every StepInput (to assert which path was taken)."""
+
+    def __init__(self, inner):
+        self.inner, self.steps = inner, []
+        self.num_kv_blocks, self.vocab_size = inner.num_kv_blocks, inner.vocab_size
+
+    def execute(self, step):
+        self.steps.append(step)
+        return self.inner.execute(step)
+
+    def check_health(self):
+        self.inner.check_health()
+
+    def shutdown(self):
+        self.inner.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.set_num_threads(2)
+    path = tmp_path_factory.mktemp("v3")
+    hf = save_reference(path, "v3", seed=3)
+    return path, hf
+
+
+def hf_greedy(hf, prompt, n=NEW):
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[0, len(prompt):].tolist()
+
+
+def make(path, **kw):
+    from fathom.engine.factory import in_process_executor, max_model_len_of
+
+    settings = EngineSettings(model=str(path), dtype="float32", block_size=4, **kw)
+    executor = Recording(in_process_executor(path, settings, max_model_len_of(settings, path)))
+    return create_engine(settings, executor=executor)
+
+
+def run(engine, arrivals):
+    results, step = {}, 0
+    while engine.has_unfinished_requests() or step <= max(arrivals):
+        for rid, prompt in arrivals.get(step, []):
+            engine.add_request(rid, prompt, GREEDY)
+        for out in engine.step():
+            results.setdefault(out.request_id, []).extend(out.outputs[0].token_ids if out.outputs else [])
+        step += 1
+    return results
+
+
+def prompts(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_mixed_arrivals_with_chunked_prefill_equal_transformers(checkpoint):
+    path, hf = checkpoint
+    engine = make(path, max_num_batched_tokens=16, enable_chunked_prefill=True, enable_prefix_caching=False)
+    ps = prompts([5, 37, 12, 1, 23])
+    arrivals = {0: [("a", ps[0]), ("b", ps[1])], 2: [("c", ps[2])], 4: [("d", ps[3]), ("e", ps[4])]}
+    results = run(engine, arrivals)
+    for rid, p in zip("abcde", ps):
+        assert results[rid] == hf_greedy(hf, p), rid
+    steps = engine.executor.steps
+    assert any(len(s.query_lens) > 1 and 1 in s.query_lens and max(s.query_lens) > 1 for s in steps)
+    assert any(q > 1 and r not in s.sample_rows for s in steps for r, q in enumerate(s.query_lens)), \
+        "the 37-token prompt must have been prefilled in chunks"
+
+
+def test_prefix_cache_hits_equal_transformers(checkpoint):
+    path, hf = checkpoint
+    engine = make(path, enable_prefix_caching=True)
+    shared = prompts([30], seed=1)[0]
+    a, b = shared + [7, 8], shared + [9]
+    results = run(engine, {0: [("a", a)], 3: [("b", b)]})
+    assert engine.stats().prefix_cache_hit_tokens == 28  # 7 full blocks of 4 reused by b
+    assert results["a"] == hf_greedy(hf, a) and results["b"] == hf_greedy(hf, b)
+
+
+def test_preemption_equal_transformers(checkpoint):
+    path, hf = checkpoint
+    per_block = bytes_per_token(hf.config, torch.float32) * 4
+    engine = make(path, kv_cache_memory=14 * per_block, max_num_batched_tokens=64, enable_prefix_caching=False)
+    assert engine.blocks.num_blocks == 14
+    ps = prompts([9, 14, 11, 6], seed=2)
+    results = run(engine, {0: [(f"p{i}", p) for i, p in enumerate(ps)]})
+    assert engine.stats().num_preemptions > 0
+    for i, p in enumerate(ps):
+        assert results[f"p{i}"] == hf_greedy(hf, p), i
+
+
+def test_seeded_sampling_is_independent_of_the_batch(checkpoint):
+    path, _ = checkpoint
+    params = SamplingParams(temperature=0.8, top_p=0.95, seed=1234, max_tokens=12, n=2)
+    p = prompts([11], seed=4)[0]
+
+    def sample(others):
+        engine = make(path)
+        for i, o in enumerate(others):
+            engine.add_request(f"o{i}", o, SamplingParams(temperature=1.0, max_tokens=12))
+        engine.add_request("x", p, params)
+        got = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.request_id == "x":
+                    for c in out.outputs:
+                        got.setdefault(c.index, []).extend(c.token_ids)
+        return got
+
+    alone = sample([])
+    assert alone[0] != alone[1]
+    assert sample(prompts([20, 3, 7], seed=5)) == alone
+
+
+def test_kv_cache_holds_latents_only(checkpoint):
+    path, hf = checkpoint
+    engine = make(path, kv_cache_memory=1 << 20)
+    runner = engine.executor.inner.runner
+    c = hf.config
+    per_token = c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 4
+    assert bytes_per_token(runner.model.config, torch.float32) == per_token
+    total = sum(t.numel() * t.element_size() for t in runner.kv_caches)
+    assert total == runner.num_blocks * 4 * per_token
+    assert total <= 1 << 20 and runner.num_blocks == (1 << 20) // (4 * per_token)
+    assert all(t.shape[-1] == c.kv_lora_rank + c.qk_rope_head_dim for t in runner.kv_caches)
