@@ -61,20 +61,21 @@ def test_alone_keeps_its_counter():
     assert p.counters["a"] == 0
 
 
-def test_victim_is_lowest_priority_then_most_over_share_then_newest():
+def test_running_order_puts_lowest_priority_then_most_over_share_then_newest_last():
     p = TenantFairPolicy({"a": 1.0, "b": 1.0})
     a1, a2, a3, b1 = seq("a"), seq("a"), seq("a"), seq("b")
     low = seq("b", priority=5)
-    p.begin_step([], [a1, a2, a3, b1, low], 4)
-    assert p.victim([a1, a2, a3, b1, low]) is low
-    assert p.victim([a1, a2, a3, b1]) is a3  # a holds 3 of 4, share 2
+    p.begin_step([], [low, a1, a2, a3, b1], 4)
+    assert sorted([low, a1, a2, a3, b1], key=p.running_key) == [b1, a1, a2, a3, low]
+    p.begin_step([], [a1, a2, a3, b1], 4)
+    assert max([a1, a2, a3, b1], key=p.running_key) is a3  # a holds 3 of 4, share 2
 
 
 def test_weights_decide_who_is_over_share():
     p = TenantFairPolicy({"a": 3.0, "b": 1.0})
     a1, a2, b1, b2 = seq("a"), seq("a"), seq("b"), seq("b")
     p.begin_step([], [a1, a2, b1, b2], 4)
-    assert p.victim([a1, a2, b1, b2]) is b2  # b's share is 1 of 4
+    assert max([a1, a2, b1, b2], key=p.running_key) is b2  # b's share is 1 of 4
 
 
 def test_preempt_for_waiting_tenant_under_its_share():

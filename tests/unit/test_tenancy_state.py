@@ -37,11 +37,14 @@ def test_tokens_reserved_up_front_and_settled_to_real_counts():
     assert d3.allowed and d3.headers["x-ratelimit-remaining-tokens"] == "380"
 
 
-def test_reservation_capped_at_capacity_and_oversized_prompt_is_refused_for_good():
+def test_reservation_capped_at_capacity_and_overuse_becomes_debt():
     st, lim = TenancyState(), Limits(tokens_per_minute=100)
-    assert st.admit("a", lim, prompt_tokens=10, max_tokens=10_000, now=T0).allowed
-    d = st.admit("a", lim, prompt_tokens=101, max_tokens=1, now=T0 + 3600)
-    assert (d.allowed, d.reason, d.retry_after) == (False, "too_large", None)
+    d = st.admit("a", lim, prompt_tokens=10, max_tokens=10_000, now=T0)
+    assert d.allowed and d.headers["x-ratelimit-remaining-tokens"] == "0"
+    settle(st, d, 150, 50, T0)  # 200 used with 100 per minute: 100 tokens of debt
+    refused = st.admit("a", lim, prompt_tokens=1, max_tokens=1, now=T0 + 30)
+    assert (refused.allowed, refused.reason) == (False, "tokens")
+    assert refused.retry_after == pytest.approx(52 * 0.6)  # from -50 (after 30 s) to 2, at 100/60 per s
 
 
 def test_concurrency_slot_released_at_settle():
@@ -60,9 +63,10 @@ def test_lost_lease_expires():
     assert st.admit("a", lim, 1, 1, T0 + 61).allowed
 
 
-def test_monthly_budget_counts_usage_and_reservations_and_renews_next_month():
+def test_monthly_budget_counts_settled_usage_and_renews_next_month():
     st, lim = TenancyState(), Limits(monthly_token_budget=1000)
     d = st.admit("a", lim, 100, 800, T0)
+    assert st.admit("a", lim, 200, 10, T0).allowed  # in flight does not count yet
     settle(st, d, 100, 800, T0)
     refused = st.admit("a", lim, 200, 10, T0)
     assert (refused.allowed, refused.reason) == (False, "budget")

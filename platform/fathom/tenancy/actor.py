@@ -39,8 +39,7 @@ class TenancyActor:
 
     def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None) -> list[dict]:
         """Usage rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
-        rows = self.state.ledger.query(time.time(), tenant=tenant, start=start, end=end)
-        return [{"tenant": t, "model": m, **u.to_dict()} for (t, m), u in sorted(rows.items())]
+        return self.state.usage_rows(time.time(), tenant, start, end)
 
     def in_flight(self, tenant: str) -> int:
         return self.state.in_flight(tenant)

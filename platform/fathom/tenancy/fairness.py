@@ -13,11 +13,13 @@ proportional to its weight among the tenants with work in the same priority. Wai
 sequences whose tenant is within its share sort before those whose tenant is over it; when
 the head waiting sequence cannot be admitted, `preempt_for` names a running sequence to give
 way: any sequence of a lower priority, or one of the tenant most over its share if the
-waiting tenant is within its own. Memory preemption (`victim`) prefers the same. So a flood
+waiting tenant is within its own. Running sequences are ordered (`running_key`) so that
+memory preemption, which takes from the back, takes from the tenant most over its share. So a flood
 from one tenant cannot hold every slot while another tenant waits, and backlogged tenants
 get slots, hence tokens, in proportion to their weights.
 
-Plain Python, duck-typed on the engine's Sequence (`seq.request.priority`, `.fairness_key`,
+Hooks of the engine's SchedulingPolicy used: `key`, `on_scheduled`, `begin_step`,
+`running_key`, `preempt_for`. Plain Python, duck-typed on the engine's Sequence (`seq.request.priority`, `.fairness_key`,
 `.arrival_order`, `seq.index`): unit-tested with fakes.
 """
 
@@ -26,9 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 
 class TenantFairPolicy:
-    """Priority, then share of running slots, then weighted tokens served (VTC); implements
-    the engine's `SchedulingPolicy` (`key`, `on_scheduled`) plus the hooks `begin_step`,
-    `victim` and `preempt_for`.
+    """Priority, then share of running slots, then weighted tokens served (VTC): the engine's
+    `SchedulingPolicy` (`key`, `on_scheduled`, `begin_step`, `running_key`, `preempt_for`).
 
     `weights`: a mapping or a function from fairness key (tenant name, None for anonymous)
     to a positive weight; unknown keys weigh `default_weight`.
@@ -85,10 +86,13 @@ class TenantFairPolicy:
 
     # --- preemption -------------------------------------------------------------------------
 
-    def victim(self, running: list):
-        """Whom to preempt when KV blocks run out: lowest priority, then the tenant most over
-        its share, then the most served, then the newest sequence."""
-        return self._pick(running, self._excess(Counter(map(_group, running)), len(running)))
+    def running_key(self, seq) -> tuple:
+        """Sort key of a running sequence (the engine schedules from the front and preempts
+        from the back when KV blocks run out): priority, then the tenant furthest over its
+        share of the running sequences last, then the most served, then the newest."""
+        r = seq.request
+        excess = self._excess(self._running, sum(self._running.values()))(seq)
+        return (r.priority, excess, self.counters.get(r.fairness_key, 0.0), r.arrival_order, seq.index)
 
     def preempt_for(self, seq, running: list, capacity: int):
         """A running sequence that should give way to waiting `seq` (the engine is full at
@@ -96,7 +100,7 @@ class TenantFairPolicy:
         prio = seq.request.priority
         lower = [s for s in running if s.request.priority > prio]
         if lower:
-            return self.victim(lower)
+            return self._pick(lower, self._excess(Counter(map(_group, lower)), len(lower)))
         peers = [s for s in running if s.request.priority == prio]
         excess = self._excess(Counter(map(_group, peers)), capacity)
         if excess(seq, extra=1) > 1e-9:

@@ -68,7 +68,7 @@ class Decision:
     """The outcome of one admission.
 
     `allowed`: the request may run and must be settled with `lease`. Otherwise `reason`
-    (requests, tokens, concurrency, budget, too_large) and `message` say why, and
+    (requests, tokens, concurrency, budget) and `message` say why, and
     `retry_after` (seconds) says when a retry may succeed (None: it never will).
     `headers` are the x-ratelimit-* values, returned to the client either way.
     """

@@ -32,9 +32,6 @@ class _TenantState:
     tokens: TokenBucket | None = None
     in_flight: dict[str, Lease] = field(default_factory=dict)
 
-    @property
-    def reserved(self) -> int:
-        return sum(lease.reserved_tokens for lease in self.in_flight.values())
 
 
 @dataclass(frozen=True)
@@ -48,6 +45,7 @@ class Settlement:
     cached_prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    metered: bool = True  # False: the request failed before any usage; only release the lease
 
 
 def seconds_to_next_month(now: float) -> float:
@@ -88,7 +86,9 @@ class TenancyState:
         Checks, in order: concurrency, monthly budget, requests/min, tokens/min; takes from
         the buckets only when all pass. The token reservation is capped at the tokens/min
         capacity so a long default max_tokens cannot lock a tenant out; the real count is
-        charged at settlement.
+        charged at settlement (a bucket may then go below zero: the debt delays the next
+        request). The monthly budget is checked against settled usage plus this prompt;
+        requests in flight when it runs out may finish.
         """
         if now - self._last_expiry >= 1.0:
             self.expire(now)
@@ -119,12 +119,9 @@ class TenancyState:
             return refuse("concurrency", f"Too many concurrent requests for tenant {tenant!r}: "
                           f"limit {limits.max_concurrent_requests}. Retry when one finishes.", 1.0)
         budget = limits.monthly_token_budget
-        if budget is not None and self.ledger.tokens_this_month(tenant, now) + st.reserved + prompt > budget:
+        if budget is not None and self.ledger.tokens_this_month(tenant, now) + prompt > budget:
             return refuse("budget", f"Monthly token budget of tenant {tenant!r} exhausted: limit {budget} "
                           "tokens. It renews at the start of next month (UTC).", seconds_to_next_month(now))
-        if st.tokens is not None and prompt > st.tokens.capacity:
-            return refuse("too_large", f"Request too large for tenant {tenant!r}: {prompt} prompt tokens "
-                          f"exceed the limit of {int(st.tokens.capacity)} tokens per minute.", None)
         if st.requests is not None and (wait := st.requests.wait(1, now)) > 0:
             return refuse("requests", f"Rate limit reached for tenant {tenant!r} on requests per minute: "
                           f"limit {int(st.requests.capacity)}. Retry in {wait:.3g}s.", wait)
@@ -135,8 +132,9 @@ class TenancyState:
 
     def settle(self, s: Settlement, now: float) -> None:
         """Record the real usage of a request, release its lease and correct its reservation."""
-        usage = Usage(1, s.prompt_tokens, s.cached_prompt_tokens, s.completion_tokens, s.cost)
-        self.ledger.record(s.tenant, s.model, usage, now)
+        if s.metered:
+            usage = Usage(1, s.prompt_tokens, s.cached_prompt_tokens, s.completion_tokens, s.cost)
+            self.ledger.record(s.tenant, s.model, usage, now)
         tenant = self._leases.pop(s.lease, None) if s.lease else None
         if tenant is None:
             return  # open mode, or the lease expired: usage is still metered
@@ -161,6 +159,12 @@ class TenancyState:
                     self._leases.pop(lease_id, None)
                     dropped += 1
         return dropped
+
+    def usage_rows(self, now: float, tenant: str | None = None, start: float | None = None,
+                   end: float | None = None) -> list[dict]:
+        """Usage rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
+        rows = self.ledger.query(now, tenant=tenant, start=start, end=end)
+        return [{"tenant": t, "model": m, **u.to_dict()} for (t, m), u in sorted(rows.items())]
 
     def in_flight(self, tenant: str) -> int:
         st = self._tenants.get(tenant)
