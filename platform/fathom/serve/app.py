@@ -45,14 +45,14 @@ class HandleBackend:
         self._unary = handle
         self._streaming = handle.options(stream=True)
 
-    async def complete(self, kind: str, req: Any, routing_key: int | None) -> dict | APIError:
+    async def complete(self, kind: str, req: Any, routing_key: int | None, tenancy=None) -> dict | APIError:
         try:
-            return await self._unary.complete.remote(kind, req, routing_key=routing_key)
+            return await self._unary.complete.remote(kind, req, routing_key=routing_key, tenancy=tenancy)
         except BackPressureError as e:
             return _overloaded(e)
 
-    async def stream(self, kind: str, req: Any, routing_key: int | None) -> AsyncIterator[Any]:
-        gen = self._streaming.stream.remote(kind, req, routing_key=routing_key)
+    async def stream(self, kind: str, req: Any, routing_key: int | None, tenancy=None) -> AsyncIterator[Any]:
+        gen = self._streaming.stream.remote(kind, req, routing_key=routing_key, tenancy=tenancy)
         try:
             async for item in gen:
                 yield item

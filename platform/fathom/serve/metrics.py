@@ -25,6 +25,7 @@ class ServeMetrics:
             "fathom_cached_prompt_tokens", "Prompt tokens served from the prefix cache.", ["model", "tenant"], registry=r
         )
         self.generation_tokens = Counter("fathom_generation_tokens", "Completion tokens generated.", ["model", "tenant"], registry=r)
+        self.cost = Counter("fathom_cost", "Cost of usage at the model's pricing.", ["model", "tenant"], registry=r)
         self.e2e = Histogram(
             "fathom_e2e_request_latency_seconds", "Request latency, arrival to last byte.", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
@@ -41,10 +42,11 @@ class ServeMetrics:
     def request_done(self, status: int, tenant: str = "default") -> None:
         self.requests.labels(self.model, tenant, str(status)).inc()
 
-    def usage(self, prompt: int, cached: int, completion: int, tenant: str = "default") -> None:
+    def usage(self, prompt: int, cached: int, completion: int, tenant: str = "default", cost: float = 0.0) -> None:
         self.prompt_tokens.labels(self.model, tenant).inc(prompt)
         self.cached_prompt_tokens.labels(self.model, tenant).inc(cached)
         self.generation_tokens.labels(self.model, tenant).inc(completion)
+        self.cost.labels(self.model, tenant).inc(cost)
 
     def latency(self, e2e: float, ttft: float | None = None, completion_tokens: int = 0) -> None:
         self.e2e.labels(self.model).observe(e2e)

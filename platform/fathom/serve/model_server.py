@@ -11,6 +11,7 @@ waits for a client: tokens accumulate in the stream's `Choice`s until taken.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -25,6 +26,8 @@ from fathom.serve.preprocess import EngineCall, engine_error, prepare
 from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
 from fathom.serve.responses import Choice, TokenStrings
+from fathom.tenancy.fairness import TenantFairPolicy
+from fathom.tenancy.ingress import RequestTenancy
 
 logger = logging.getLogger("fathom.serve")
 
@@ -64,10 +67,11 @@ class ModelServer:
 
     def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
         self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
+        self.policy = TenantFairPolicy() if self.settings.tenants else None  # fair share among tenants
         if engine_factory is None:
             from fathom.engine.async_engine import AsyncEngine
 
-            engine_factory = AsyncEngine.from_settings
+            engine_factory = functools.partial(AsyncEngine.from_settings, policy=self.policy)
         t0 = time.monotonic()
         self.engine = engine_factory(self.settings.engine)
         self.model_name = self.settings.model_name
@@ -82,9 +86,10 @@ class ModelServer:
     async def ready(self) -> dict:
         return {"root": self.settings.engine.model or "fathom-demo", "max_model_len": self.max_model_len}
 
-    async def complete(self, kind: str, req: Any, routing_key: int | None = None) -> dict | APIError:
+    async def complete(self, kind: str, req: Any, routing_key: int | None = None,
+                       tenancy: RequestTenancy | None = None) -> dict | APIError:
         try:
-            r = self._start(kind, req)
+            r = self._start(kind, req, tenancy)
         except APIError as e:
             return e
         try:
@@ -98,9 +103,10 @@ class ModelServer:
                 "usage": r.usage_dict(), "system_fingerprint": None}
         return body
 
-    async def stream(self, kind: str, req: Any, routing_key: int | None = None) -> AsyncIterator[Any]:
+    async def stream(self, kind: str, req: Any, routing_key: int | None = None,
+                     tenancy: RequestTenancy | None = None) -> AsyncIterator[Any]:
         try:
-            r = self._start(kind, req)
+            r = self._start(kind, req, tenancy)
         except APIError as e:
             yield e
             return
@@ -129,10 +135,16 @@ class ModelServer:
 
     # ------------------------------------------------------------------ internals
 
-    def _start(self, kind: str, req: Any) -> _Request:
+    def _start(self, kind: str, req: Any, tenancy: RequestTenancy | None = None) -> _Request:
         skip = req.skip_special_tokens and not (kind == "chat" and self.reasoning_parser != "none")
         calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip)
-        return _Request(self, kind, req, calls)
+        if tenancy is not None:
+            calls = tenancy.cap_calls(calls)
+            if self.policy is not None:
+                self.policy.set_weight(tenancy.tenant, tenancy.weight)
+        r = _Request(self, kind, req, calls)
+        r.tenancy = tenancy
+        return r
 
     async def _run(self, r: _Request) -> None:
         await asyncio.gather(*(self._pump(r, i) for i in range(len(r.calls))))
@@ -141,8 +153,8 @@ class ModelServer:
         """Feed engine call i's deltas into the request's choices."""
         call = r.calls[i]
         try:
-            gen = self.engine.generate(r.engine_ids[i], call.prompt_ids, call.params,
-                                       priority=r.req.priority, fairness_key=r.req.user)
+            who = r.tenancy.engine_kwargs() if r.tenancy else {"priority": r.req.priority, "fairness_key": r.req.user}
+            gen = self.engine.generate(r.engine_ids[i], call.prompt_ids, call.params, **who)
             async for out in gen:
                 if r.first_token_at is None and out.outputs:
                     r.first_token_at = time.time()

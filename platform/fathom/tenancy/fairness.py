@@ -55,7 +55,8 @@ class TenantFairPolicy:
         """Record a tenant's weight (when weights travel with requests); mapping form only."""
         if callable(self._weights):
             raise TypeError("weights are given by a function; change them there")
-        self._weights = {**self._weights, key: weight}
+        if self._weights.get(key) != weight:
+            self._weights = {**self._weights, key: weight}  # copy: the step thread may be reading
 
     # --- ordering -------------------------------------------------------------------------
 

@@ -214,3 +214,13 @@ def tenant_manifest(name: str, api_keys: list[str], **spec) -> dict:
         "spec": {"apiKeys": [{"sha256": digest(k)} for k in api_keys], **spec},
     }
     return TenantManifest.model_validate(doc).to_wire()
+
+
+def describe_tenants(path: str | os.PathLike | None) -> str:
+    """One line for the console at start: open mode, or how many tenants (file validated)."""
+    if path is None:
+        return "no --tenants: the API is open (no API keys, no per-tenant limits or metering by tenant)"
+    registry = load_registry(path)
+    if registry.open:
+        return f"tenants file {path} has no tenants: the API is open (no API keys)"
+    return f"{len(registry.tenants)} tenant(s) from {path} (API keys required; reloaded when the file changes)"
