@@ -72,15 +72,17 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
+        self.policy.begin_step(self.waiting, self.running, self.config.max_num_seqs)
+        made_room = self._make_room(out)
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
-        if not out.preempted:
+        if len(out.preempted) == made_room:  # no preemption for lack of blocks
             self._admit_waiting(out, budget)
         for chunk in out.chunks:
             self.policy.on_scheduled(chunk.seq, chunk.num_tokens)
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
-        self.running.sort(key=lambda s: s.priority_key)
+        self.running.sort(key=self.policy.running_key)
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -106,6 +108,19 @@ class Scheduler:
                 return False
         seq.block_table += self.blocks.allocate(max(need, 0))
         return True
+
+    def _make_room(self, out: SchedulerOutput) -> int:
+        """Policy preemption when all slots are taken: the first waiting sequence may take the
+        slot of a running one the policy names (e.g. a tenant over its fair share)."""
+        if not self.waiting or len(self.running) < self.config.max_num_seqs:
+            return 0
+        self.waiting.sort(key=self.policy.key)
+        victim = self.policy.preempt_for(self.waiting[0], self.running, self.config.max_num_seqs)
+        if victim is None:
+            return 0
+        self.preempt(victim)
+        out.preempted.append(victim)
+        return 1
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         self.waiting.sort(key=self.policy.key)

@@ -6,6 +6,7 @@ Routes:
 - `GET /health/ready`: readiness, 503 until a model replica has loaded its model, then 200
   with the model's id and max_model_len (Kubernetes readinessProbe, load balancers).
 - `GET /metrics`: Prometheus text.
+- `GET /v1/usage`: metered usage and cost (fathom.tenancy.gate.TenancyGate.usage).
 Every error, including unknown routes and internal failures, is OpenAI's error JSON; no
 stack trace reaches a client.
 """
@@ -66,6 +67,11 @@ def build_api(frontend: Frontend) -> FastAPI:
             return error_response(APIError(503, msg, code="not_ready", retry_after=NOT_READY_RETRY_AFTER_S))
         return JSONResponse({"status": "ready", "model": frontend.model_name, **app.state.model_info})
 
+    @app.get("/v1/usage")
+    async def usage(request: Request) -> Response:
+        tenant = frontend.tenancy.authenticate(request.headers.get("authorization"))
+        return JSONResponse(await frontend.tenancy.usage(tenant, request.query_params))
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(await frontend.metrics.render(), media_type=frontend.metrics.content_type)
@@ -77,8 +83,8 @@ def build_api(frontend: Frontend) -> FastAPI:
 
 def _add_error_handlers(app: FastAPI, frontend: Frontend) -> None:
     @app.exception_handler(APIError)
-    async def api_error(_: Request, err: APIError) -> Response:
-        frontend.metrics.request_done(err.status)
+    async def api_error(request: Request, err: APIError) -> Response:
+        frontend.metrics.request_done(err.status, getattr(request.state, "tenant", "default"))
         return error_response(err)
 
     @app.exception_handler(HTTPException)

@@ -49,18 +49,19 @@ class HandleBackend:
         self._unary = handle
         self._streaming = handle.options(stream=True)
 
-    async def complete(self, kind: str, req: Any, routing_key: int | None) -> dict | APIError:
+    async def complete(self, kind: str, req: Any, routing_key: int | None, tenancy=None) -> dict | APIError:
         with open_route_span(req.model, OPERATIONS[kind]) as route:
             try:
-                return await self._unary.complete.remote(kind, req, routing_key=routing_key,
+                return await self._unary.complete.remote(kind, req, routing_key=routing_key, tenancy=tenancy,
                                                          trace_context=route.carrier)
             except BackPressureError as e:
                 route.reject(429, str(e))
                 return _overloaded(e)
 
-    async def stream(self, kind: str, req: Any, routing_key: int | None) -> AsyncIterator[Any]:
+    async def stream(self, kind: str, req: Any, routing_key: int | None, tenancy=None) -> AsyncIterator[Any]:
         with open_route_span(req.model, OPERATIONS[kind]) as route:
-            gen = self._streaming.stream.remote(kind, req, routing_key=routing_key, trace_context=route.carrier)
+            gen = self._streaming.stream.remote(kind, req, routing_key=routing_key, tenancy=tenancy,
+                                                trace_context=route.carrier)
             try:
                 async for item in gen:
                     yield item

@@ -10,6 +10,7 @@ in-flight requests get up to `graceful_shutdown_timeout_s` to finish, then Serve
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -22,6 +23,7 @@ from ray.serve.api import RunTarget
 
 from fathom.api.serve import ServeSettings
 from fathom.serve.app import APP_NAME, build_app
+from fathom.tenancy.registry import TenantConfigError, describe_tenants
 
 POLL_S = 0.5
 
@@ -56,6 +58,7 @@ def start_ray(settings: ServeSettings) -> None:
 def deploy(settings: ServeSettings, show_progress: bool = True):
     """Start Serve's proxy on host:port and deploy the app; return the ingress handle once
     it is running (raises RuntimeError with Serve's message if the deployment fails)."""
+    settings = _with_tenants(settings)
     serve.start(http_options={"host": settings.host, "port": settings.port},
                 proxy_location="HeadOnly" if not settings.address else "EveryNode")
     gpus = 1.0 if settings.engine.tensor_parallel_size == 1 and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -66,6 +69,18 @@ def deploy(settings: ServeSettings, show_progress: bool = True):
                               wait_for_applications_running=False)
     wait_running(show_progress)
     return handle
+
+
+def _with_tenants(settings: ServeSettings) -> ServeSettings:
+    """Validate the tenants file now (a clear error, not a failed replica), say whether the API
+    is open, and make its path absolute for the replicas."""
+    try:
+        _say(describe_tenants(settings.tenants))
+    except TenantConfigError as e:
+        raise RuntimeError(str(e)) from None
+    if settings.tenants is None:
+        return settings
+    return settings.model_copy(update={"tenants": os.path.abspath(settings.tenants)})
 
 
 def wait_running(show_progress: bool) -> None:

@@ -11,6 +11,7 @@ waits for a client: tokens accumulate in the stream's `Choice`s until taken.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -29,6 +30,8 @@ from fathom.telemetry.generation import OPERATIONS, traced_outputs
 from fathom.telemetry.metrics import process_metrics
 from fathom.telemetry.runtime import replica_name, start_telemetry
 from fathom.telemetry.spans import RequestTrace, start_request_trace
+from fathom.tenancy.fairness import TenantFairPolicy
+from fathom.tenancy.ingress import RequestTenancy
 
 logger = logging.getLogger("fathom.serve")
 
@@ -69,10 +72,11 @@ class ModelServer:
 
     def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
         self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
+        self.policy = TenantFairPolicy() if self.settings.tenants else None  # fair share among tenants
         if engine_factory is None:
             from fathom.engine.async_engine import AsyncEngine
 
-            engine_factory = AsyncEngine.from_settings
+            engine_factory = functools.partial(AsyncEngine.from_settings, policy=self.policy)
         t0 = time.monotonic()
         self.engine = engine_factory(self.settings.engine)
         self.model_name = self.settings.model_name
@@ -90,9 +94,9 @@ class ModelServer:
         return {"root": self.settings.engine.model or "fathom-demo", "max_model_len": self.max_model_len}
 
     async def complete(self, kind: str, req: Any, routing_key: int | None = None,
-                       trace_context: dict | None = None) -> dict | APIError:
+                       tenancy: RequestTenancy | None = None, trace_context: dict | None = None) -> dict | APIError:
         try:
-            r = self._start(kind, req)
+            r = self._start(kind, req, tenancy)
         except APIError as e:
             return e
         r.trace_context = trace_context
@@ -108,9 +112,9 @@ class ModelServer:
         return body
 
     async def stream(self, kind: str, req: Any, routing_key: int | None = None,
-                     trace_context: dict | None = None) -> AsyncIterator[Any]:
+                     tenancy: RequestTenancy | None = None, trace_context: dict | None = None) -> AsyncIterator[Any]:
         try:
-            r = self._start(kind, req)
+            r = self._start(kind, req, tenancy)
         except APIError as e:
             yield e
             return
@@ -140,10 +144,16 @@ class ModelServer:
 
     # ------------------------------------------------------------------ internals
 
-    def _start(self, kind: str, req: Any) -> _Request:
+    def _start(self, kind: str, req: Any, tenancy: RequestTenancy | None = None) -> _Request:
         skip = req.skip_special_tokens and not (kind == "chat" and self.reasoning_parser != "none")
         calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip)
-        return _Request(self, kind, req, calls)
+        if tenancy is not None:
+            calls = tenancy.cap_calls(calls)
+            if self.policy is not None:
+                self.policy.set_weight(tenancy.tenant, tenancy.weight)
+        r = _Request(self, kind, req, calls)
+        r.tenancy = tenancy
+        return r
 
     async def _run(self, r: _Request) -> None:
         await asyncio.gather(*(self._pump(r, i) for i in range(len(r.calls))))
@@ -152,9 +162,9 @@ class ModelServer:
         """Feed engine call i's deltas into the request's choices."""
         call = r.calls[i]
         try:
+            who = r.tenancy.engine_kwargs() if r.tenancy else {"priority": r.req.priority, "fairness_key": r.req.user}
             rt = self._trace(r, i)
-            gen = traced_outputs(self.engine.generate(r.engine_ids[i], call.prompt_ids, call.params,
-                                                      priority=r.req.priority, fairness_key=r.req.user,
+            gen = traced_outputs(self.engine.generate(r.engine_ids[i], call.prompt_ids, call.params, **who,
                                                       trace_context=rt.carrier), rt)
             async for out in gen:
                 if r.first_token_at is None and out.outputs:
@@ -182,6 +192,7 @@ class ModelServer:
         p = r.calls[i].params
         return start_request_trace(r.trace_context, model=self.model_name, operation=OPERATIONS[r.kind],
                                    request_id=r.engine_ids[i], replica=self.replica,
+                                   tenant=r.tenancy.tenant if r.tenancy else None,
                                    max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
                                    prompt=r.calls[i].prompt_text)
 

@@ -51,6 +51,7 @@ FATHOM_BATCH_SEQS = "fathom.batch.num_seqs"
 FATHOM_BATCH_TOKENS = "fathom.batch.num_tokens"
 FATHOM_STEP = "fathom.step"
 FATHOM_LIMIT = "fathom.limit"
+FATHOM_ERROR_CODE = "fathom.error_code"
 FATHOM_COMPONENT = "fathom.component"
 
 # Prompt and completion text are personal data: recorded only when explicitly enabled.

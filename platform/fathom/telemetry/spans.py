@@ -48,14 +48,30 @@ def span(name: str, attributes: Mapping[str, Any] | None = None, **kw) -> Iterat
         yield s
 
 
+@contextlib.contextmanager
+def _gate_span(name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[trace.Span]:
+    """A span around a check that may refuse the request by raising an error with an HTTP
+    ``status`` (4xx): the refusal is recorded with ``reject``; other errors as exceptions."""
+    with span(name, attributes) as s:
+        try:
+            yield s
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if isinstance(status, int) and 400 <= status < 500:
+                reject(s, status, getattr(e, "message", None) or str(e), code=getattr(e, "code", None))
+            raise
+
+
 def auth_span() -> contextlib.AbstractContextManager[trace.Span]:
-    """Wraps API-key authentication; call ``set_tenant(span, name)`` on success."""
-    return span("fathom.auth")
+    """Wraps API-key authentication; call ``set_tenant(span, name)`` on success. A 401/403
+    raised inside is recorded as the refusal."""
+    return _gate_span("fathom.auth")
 
 
 def limits_span(tenant: str | None = None) -> contextlib.AbstractContextManager[trace.Span]:
-    """Wraps rate/concurrency limit checks; call ``reject(span, 429, ...)`` on refusal."""
-    return span("fathom.limits", {A.FATHOM_TENANT: tenant} if tenant else None)
+    """Wraps rate/concurrency/budget checks; a 429 raised inside (or ``reject(span, 429, ...)``)
+    is recorded as the refusal."""
+    return _gate_span("fathom.limits", {A.FATHOM_TENANT: tenant} if tenant else None)
 
 
 def route_span(model: str, operation: str = "chat") -> contextlib.AbstractContextManager[trace.Span]:
@@ -109,12 +125,17 @@ def set_tenant(s: trace.Span, tenant: str) -> None:
     note_request(tenant=tenant)
 
 
-def reject(s: trace.Span, status_code: int, message: str, limit: str | None = None) -> None:
-    """Mark ``s`` as the place a request was refused (401, 403, 429, ...)."""
+def reject(
+    s: trace.Span, status_code: int, message: str, limit: str | None = None, code: str | None = None
+) -> None:
+    """Mark ``s`` as the place a request was refused (401, 403, 429, ...); ``limit`` names the
+    limit hit, ``code`` the API error code (``invalid_api_key``, ``rate_limit_exceeded``...)."""
     s.set_status(Status(StatusCode.ERROR, message))
     s.set_attribute(A.ERROR_TYPE, str(status_code))
     if limit:
         s.set_attribute(A.FATHOM_LIMIT, limit)
+    if code:
+        s.set_attribute(A.FATHOM_ERROR_CODE, code)
     s.add_event("rejected", {A.HTTP_RESPONSE_STATUS_CODE: status_code, "message": message})
 
 

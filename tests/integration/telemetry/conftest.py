@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 
 import pytest
 import ray
@@ -74,3 +75,19 @@ def _by_name(finished, name):
 def by_name():
     """``by_name(finished_spans, name)``: the one span of that name (fails naming what exists)."""
     return _by_name
+
+
+@pytest.fixture
+def wait_spans(spans):
+    """``wait_spans(*names)``: the finished spans once every named one has ended. A SERVER span
+    ends just after the last byte is sent, so the client may see the response first."""
+
+    def wait(*names: str, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            done = spans.get_finished_spans()
+            if all(any(s.name == n for s in done) for n in names) or time.monotonic() > deadline:
+                return done
+            time.sleep(0.01)
+
+    return wait

@@ -3,12 +3,14 @@ real ModelServer and AsyncEngine on the demo model, served by uvicorn on loopbac
 with the official `openai` client; spans land in the SDK's in-memory exporter.
 (Across Ray processes, over OTLP: test_serve_tracing.py.)"""
 
+import hashlib
 import threading
 import time
 
 import openai
 import pytest
 import uvicorn
+import yaml
 from opentelemetry.trace import SpanKind, StatusCode
 
 from fathom.api.serve import ServeSettings
@@ -38,10 +40,9 @@ def faulty_engine(settings):
 
 
 class Server:
-    def __init__(self):
-        settings = ServeSettings(
-            engine={"max_model_len": 256, "max_num_seqs": 4, "max_num_batched_tokens": 64}
-        )
+    def __init__(self, tenants: str | None = None):
+        engine = {"max_model_len": 256, "max_num_seqs": 4, "max_num_batched_tokens": 64}
+        settings = ServeSettings(engine=engine, tenants=tenants)
         self.model = ModelServer(settings, faulty_engine)
         app = build_api(Frontend(self.model, settings))
         self.uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
@@ -52,9 +53,8 @@ class Server:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.02)
         port = self.uv.servers[0].sockets[0].getsockname()[1]
-        self.client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60
-        )
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.client = openai.OpenAI(base_url=self.base_url, api_key="none", max_retries=0, timeout=60)
 
     def stop(self):
         self.uv.should_exit = True
@@ -68,11 +68,30 @@ def server():
     s.stop()
 
 
+TENANT_KEY = "sk-acme-0123456789"
+
+
+@pytest.fixture
+def tenant_server(tmp_path):
+    digest = hashlib.sha256(TENANT_KEY.encode()).hexdigest()
+    doc = {
+        "apiVersion": "fathom.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": "acme"},
+        "spec": {"apiKeys": [{"sha256": digest}], "limits": {"requestsPerMinute": 1}},
+    }
+    path = tmp_path / "tenants.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    s = Server(tenants=str(path))
+    yield s
+    s.stop()
+
+
 def children(finished, parent):
     return sorted(s.name for s in finished if s.parent and s.parent.span_id == parent.context.span_id)
 
 
-def test_streamed_chat_completion_span_tree(server, spans, by_name):
+def test_streamed_chat_completion_span_tree(server, spans, by_name, wait_spans):
     trace_id, parent_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
     raw = server.client.chat.completions.with_raw_response.create(
         model=MODEL,
@@ -85,7 +104,7 @@ def test_streamed_chat_completion_span_tree(server, spans, by_name):
     )
     chunks = list(raw.parse())
     usage = chunks[-1].usage
-    finished = spans.get_finished_spans()
+    finished = wait_spans("POST /v1/chat/completions")
     server_span = by_name(finished, "POST /v1/chat/completions")
     assert server_span.kind == SpanKind.SERVER
     assert server_span.context.trace_id == trace_id and server_span.parent.span_id == parent_id  # continued
@@ -97,7 +116,9 @@ def test_streamed_chat_completion_span_tree(server, spans, by_name):
         "/v1/chat/completions",
         200,
     )
-    assert children(finished, server_span) == [f"chat {MODEL}"]
+    assert children(finished, server_span) == [f"chat {MODEL}", "fathom.auth", "fathom.limits"]
+    assert by_name(finished, "fathom.auth").attributes["fathom.tenant"] == "default"  # open mode
+    assert a["fathom.tenant"] == "default"
     chat = by_name(finished, f"chat {MODEL}")
     assert children(finished, chat) == [
         "fathom.decode",
@@ -126,11 +147,11 @@ def test_streamed_chat_completion_span_tree(server, spans, by_name):
     assert all([lk.context.span_id for lk in s.links] == [chat.context.span_id] for s in steps)
 
 
-def test_failed_engine_step_span_tree(server, spans, by_name):
+def test_failed_engine_step_span_tree(server, spans, by_name, wait_spans):
     with pytest.raises(openai.APIStatusError) as err:
         server.client.completions.create(model=MODEL, prompt=[[1, 2, FAULT_TOKEN]], max_tokens=4)
     assert err.value.status_code == 503
-    finished = spans.get_finished_spans()
+    finished = wait_spans("POST /v1/completions")
     server_span = by_name(finished, "POST /v1/completions")
     assert server_span.attributes["http.response.status_code"] == 503
     assert server_span.status.status_code == StatusCode.ERROR  # 5xx: the server's fault
@@ -146,3 +167,39 @@ def test_failed_engine_step_span_tree(server, spans, by_name):
     assert step.status.status_code == StatusCode.ERROR and "illegal memory access" in step.status.description
     assert [lk.context.span_id for lk in step.links] == [request.context.span_id]
     assert children(finished, request) == []  # the engine died before reporting its stages
+
+
+def test_unauthenticated_request_span_tree(tenant_server, spans, by_name, wait_spans):
+    with pytest.raises(openai.AuthenticationError):
+        tenant_server.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+    finished = spans.get_finished_spans()
+    server_span = by_name(finished, "POST /v1/chat/completions")
+    assert server_span.attributes["http.response.status_code"] == 401
+    assert server_span.status.status_code == StatusCode.UNSET  # a client error, not the server's
+    assert children(finished, server_span) == ["fathom.auth"]  # refused before any other work
+    auth = by_name(finished, "fathom.auth")
+    assert auth.status.status_code == StatusCode.ERROR and auth.attributes["error.type"] == "401"
+    assert auth.attributes["fathom.error_code"] == "invalid_api_key"
+    assert TENANT_KEY not in str([dict(s.attributes) for s in finished])  # no key material in spans
+
+
+def test_rate_limited_request_span_tree(tenant_server, spans, by_name, wait_spans):
+    client = openai.OpenAI(base_url=tenant_server.base_url, api_key=TENANT_KEY, max_retries=0, timeout=60)
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    wait_spans("POST /v1/chat/completions")
+    spans.clear()
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    finished = wait_spans("POST /v1/chat/completions")
+    server_span = by_name(finished, "POST /v1/chat/completions")
+    assert server_span.attributes["http.response.status_code"] == 429
+    assert server_span.attributes["fathom.tenant"] == "acme"
+    assert children(finished, server_span) == ["fathom.auth", "fathom.limits"]
+    limits = by_name(finished, "fathom.limits")
+    assert limits.status.status_code == StatusCode.ERROR and limits.attributes["error.type"] == "429"
+    assert limits.attributes["fathom.tenant"] == "acme"
+    assert "rejected" in [e.name for e in limits.events]

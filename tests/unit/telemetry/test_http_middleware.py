@@ -87,13 +87,13 @@ def base_url(metrics):
     thread.join(10)
 
 
-def test_server_span_continues_client_traceparent(base_url, spans, by_name):
+def test_server_span_continues_client_traceparent(base_url, spans, by_name, wait_spans):
     with get_tracer().start_as_current_span("client") as client:
         ctx = client.get_span_context()
         tp = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
     r = httpx.get(f"{base_url}/v1/models/demo?x=1", headers={"traceparent": tp, "user-agent": "pytest"})
     assert r.status_code == 200
-    server = by_name(spans.get_finished_spans(), "GET /v1/models/{model}")
+    server = by_name(wait_spans("GET /v1/models/{model}"), "GET /v1/models/{model}")
     assert server.kind == SpanKind.SERVER
     assert server.context.trace_id == ctx.trace_id and server.parent.span_id == ctx.span_id
     a = server.attributes
@@ -110,20 +110,20 @@ def test_server_span_continues_client_traceparent(base_url, spans, by_name):
     assert r.headers["x-request-id"] == f"{ctx.trace_id:032x}"
 
 
-def test_streamed_response_is_timed_to_its_last_chunk(base_url, spans):
+def test_streamed_response_is_timed_to_its_last_chunk(base_url, spans, wait_spans):
     with httpx.stream("POST", f"{base_url}/v1/chat/completions") as r:
         body = "".join(r.iter_text())
     assert body.count("data:") == 3
-    finished = spans.get_finished_spans()
-    server = next(s for s in finished if s.name == "POST /v1/chat/completions")
-    inner = [s for s in finished if s.name == "fathom.route"]
+    done = wait_spans("POST /v1/chat/completions")
+    server = next(s for s in done if s.name == "POST /v1/chat/completions")
+    inner = [s for s in done if s.name == "fathom.route"]
     assert len(inner) == 3 and all(s.parent.span_id == server.context.span_id for s in inner)
     assert max(s.end_time for s in inner) <= server.end_time
     assert server.attributes["http.response.status_code"] == 200
     assert (
         server.attributes["fathom.tenant"] == "acme" and server.attributes["gen_ai.request.model"] == "demo"
     )
-    assert [s.name for s in finished].count("POST /v1/chat/completions") == 1  # never two SERVER spans
+    assert [s.name for s in done].count("POST /v1/chat/completions") == 1  # never two SERVER spans
 
 
 def test_requests_are_counted_by_model_tenant_and_status(base_url, metrics):
@@ -149,10 +149,10 @@ def test_requests_are_counted_by_model_tenant_and_status(base_url, metrics):
     )
 
 
-def test_unhandled_error_is_a_5xx_error_span(base_url, spans, by_name):
+def test_unhandled_error_is_a_5xx_error_span(base_url, spans, by_name, wait_spans):
     r = httpx.get(f"{base_url}/boom")
     assert r.status_code == 500
-    server = by_name(spans.get_finished_spans(), "GET /boom")
+    server = by_name(wait_spans("GET /boom"), "GET /boom")
     assert server.status.status_code == StatusCode.ERROR
     assert server.attributes["error.type"] == "RuntimeError"
     assert any(
@@ -161,22 +161,22 @@ def test_unhandled_error_is_a_5xx_error_span(base_url, spans, by_name):
     )
 
 
-def test_unmatched_route_keeps_a_low_cardinality_name(base_url, spans, by_name):
+def test_unmatched_route_keeps_a_low_cardinality_name(base_url, spans, by_name, wait_spans):
     assert httpx.get(f"{base_url}/no/such/path/123").status_code == 404
-    server = by_name(spans.get_finished_spans(), "GET")
+    server = by_name(wait_spans("GET"), "GET")
     assert server.attributes["http.response.status_code"] == 404 and "http.route" not in server.attributes
     assert server.status.status_code == StatusCode.UNSET  # 4xx is the client's error, not the server's
 
 
-def test_health_is_not_traced(base_url, spans):
+def test_health_is_not_traced(base_url, spans, wait_spans):
     r = httpx.get(f"{base_url}/health")
     assert r.status_code == 200 and "traceparent" not in r.headers
     assert spans.get_finished_spans() == ()
 
 
-def test_a_given_request_id_is_recorded_not_replaced(base_url, spans, by_name):
+def test_a_given_request_id_is_recorded_not_replaced(base_url, spans, by_name, wait_spans):
     r = httpx.get(f"{base_url}/v1/models/demo", headers={"x-request-id": "req-42"})
-    server = by_name(spans.get_finished_spans(), "GET /v1/models/{model}")
+    server = by_name(wait_spans("GET /v1/models/{model}"), "GET /v1/models/{model}")
     assert server.attributes["fathom.request_id"] == "req-42"
     assert "x-request-id" not in r.headers  # Ray Serve's proxy echoes it; we add no second one
     assert r.headers["traceparent"].split("-")[1] == f"{server.context.trace_id:032x}"

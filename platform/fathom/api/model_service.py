@@ -1,0 +1,214 @@
+"""The `ModelService` custom resource (fathom.dev/v1alpha1): what to serve and how to scale it.
+
+The spec embeds `EngineSettings` unchanged (one vocabulary with `fathom serve` flags and the
+`--config` file): parallelism is `spec.engine.tensorParallelSize` / `expertParallelSize`, batching
+and KV-cache limits are the engine's own fields. What the CRD adds is what only Kubernetes needs:
+where the checkpoint lives, per-rank resources, replica count or autoscaling, and API exposure.
+The operator's CRD manifest is generated from these models (`fathom.api.crd`).
+"""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fathom.api.base import Spec
+from fathom.api.engine import EngineSettings
+
+GROUP = "fathom.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+MODEL_MOUNT_PATH = "/models"
+DEFAULT_IMAGE = "ghcr.io/fathom-serve/fathom:0.1.0"
+
+Quantity = int | str  # Kubernetes resource quantity: 8, "500m", "64Gi"
+
+
+class PersistentVolumeClaimSource(Spec):
+    """A PersistentVolumeClaim holding checkpoints, mounted read-only at /models."""
+
+    claim_name: str = Field(..., min_length=1, description="Name of the PersistentVolumeClaim in the ModelService's namespace.")
+    read_only: bool = Field(True, description="Mount the claim read-only.")
+
+
+class ModelSource(Spec):
+    """Where the checkpoint comes from: exactly one of `pvc`, `hostPath` or `uri`.
+
+    A volume (`pvc` or `hostPath`) is mounted at /models and the checkpoint is `/models/<path>`.
+    A `uri` is fetched by an init container into an emptyDir at /models before Ray starts:
+    `hf://org/name[@revision]` (Hugging Face Hub), `s3://bucket/prefix`, `gs://bucket/prefix`,
+    or `http(s)://…/checkpoint.tar[.gz]`.
+    """
+
+    pvc: PersistentVolumeClaimSource | None = Field(None, description="Checkpoint on a PersistentVolumeClaim.")
+    host_path: str | None = Field(None, description="Checkpoint on a node directory (hostPath volume), e.g. /mnt/models.")
+    uri: str | None = Field(None, pattern=r"^(hf|s3|gs|https?)://.+", description="Checkpoint fetched by an init container: hf://, s3://, gs://, http(s):// (a tarball).")
+    path: str = Field("", pattern=r"^[^/].*$|^$", description="Checkpoint directory relative to the volume root (or to the fetched tree); empty = the root.")
+    fetch_image: str | None = Field(None, description="Image of the fetch init container (needs huggingface_hub, awscli, gsutil or curl for the scheme); default: spec.image.")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> "ModelSource":
+        given = [name for name in ("pvc", "host_path", "uri") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"spec.model needs exactly one of pvc, hostPath, uri (got {given or 'none'})")
+        return self
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """The checkpoint directory as seen inside the Ray pods."""
+        return f"{MODEL_MOUNT_PATH}/{self.path}".rstrip("/") if self.path else MODEL_MOUNT_PATH
+
+
+class Toleration(Spec):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(None, description="Taint key; empty with operator Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(None, description="Taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(None, description="Taint effect to tolerate; empty = all.")
+    toleration_seconds: int | None = Field(None, description="For NoExecute: how long the pod stays bound after the taint appears.")
+
+
+class RankResources(Spec):
+    """Resources of one rank (one tensor-parallel worker) and where its pods may run.
+
+    Ranks of one model instance are packed onto as few worker pods as possible: a worker pod
+    (one node) holds `gpusPerNode // gpus` ranks, so an instance of W ranks spans
+    ceil(W / ranks-per-pod) pods. CPU-only ranks (`gpus: 0`) put a whole instance in one pod.
+    """
+
+    gpus: int = Field(1, ge=0, le=16, description="GPUs per rank (nvidia.com/gpu); 0 runs on CPU.")
+    cpu: Quantity = Field(8, description="CPU request per rank (Kubernetes quantity).")
+    memory: Quantity = Field("64Gi", description="Memory request per rank (Kubernetes quantity).")
+    gpus_per_node: int = Field(8, ge=1, le=64, description="GPUs of one worker pod (one node): how many ranks share a pod.")
+    gpu_resource_name: str = Field("nvidia.com/gpu", description="Extended resource name of the accelerator.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the worker pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the worker pods.")
+
+    @model_validator(mode="after")
+    def _a_rank_fits_a_node(self) -> "RankResources":
+        if self.gpus > self.gpus_per_node:
+            raise ValueError(f"resources.gpus ({self.gpus}) exceeds resources.gpusPerNode ({self.gpus_per_node})")
+        return self
+
+
+class HeadResources(Spec):
+    """The Ray head pod: Serve controller, HTTP proxy and the Fathom ingress; never a GPU."""
+
+    cpu: Quantity = Field(4, description="CPU request of the head pod.")
+    memory: Quantity = Field("8Gi", description="Memory request of the head pod.")
+
+
+class AutoscalingTargets(Spec):
+    """Per-replica load targets; the replica count is the largest any target asks for.
+
+    A count is asked for as in the Kubernetes HPA: ceil(replicas × observed / target) for
+    ratios (KV cache, TTFT) and ceil(total / target) for per-replica amounts. Unset = ignored.
+    """
+
+    waiting_requests_per_replica: float | None = Field(2.0, gt=0, description="Queued (not yet running) requests per replica (fathom_requests_waiting).")
+    running_requests_per_replica: float | None = Field(None, gt=0, description="Running requests per replica (fathom_requests_running).")
+    kv_cache_utilization: float | None = Field(0.8, gt=0, le=1, description="Mean KV cache usage ratio over replicas (fathom_kv_cache_usage_ratio).")
+    ttft_p95_seconds: float | None = Field(None, gt=0, description="p95 time to first token over the last interval (fathom_time_to_first_token_seconds).")
+    tokens_per_second_per_replica: float | None = Field(None, gt=0, description="Generated tokens per second per replica (fathom_generation_tokens_total).")
+
+
+class Autoscaling(Spec):
+    """Load-driven replica count, decided by the operator from the app's Prometheus metrics.
+
+    Scale-up takes the smallest count asked for over `scaleUpStabilizationSeconds` (0 = at once);
+    scale-down the largest over `scaleDownStabilizationSeconds`. With `minReplicas: 0` the
+    service goes to zero after `scaleToZeroAfterSeconds` without requests, and back to one as
+    soon as the ingress (which stays up on the Ray head) reports a queued request.
+    """
+
+    enabled: bool = Field(True, description="Off: the replica count is spec.replicas (kubectl scale, HPA or KEDA via /scale).")
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 allows scale to zero after the idle period.")
+    max_replicas: int = Field(4, ge=1, description="Most replicas.")
+    targets: AutoscalingTargets = Field(default_factory=AutoscalingTargets, description="Load targets per replica.")
+    interval_seconds: float = Field(15.0, gt=0, description="How often the metrics are read and the count decided.")
+    scale_up_stabilization_seconds: float = Field(0.0, ge=0, description="Window over which scale-up takes the smallest recommendation.")
+    scale_down_stabilization_seconds: float = Field(300.0, ge=0, description="Window over which scale-down takes the largest recommendation.")
+    scale_to_zero_after_seconds: float = Field(900.0, ge=0, description="Idle time (no running or waiting requests) before scaling to zero when minReplicas is 0.")
+
+
+class ServiceExposure(Spec):
+    """The Kubernetes Service in front of the OpenAI-compatible API."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field("ClusterIP", description="Service type.")
+    port: int = Field(8000, ge=1, le=65535, description="Service port of the API.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the Service (e.g. for a cloud load balancer).")
+
+
+class ModelServiceSpec(Spec):
+    """What to serve (`model`, `engine`), on what (`resources`, `image`) and how many (`replicas`, `autoscaling`)."""
+
+    model: ModelSource = Field(..., description="Where the checkpoint comes from.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="Engine settings of each instance (the `fathom serve` vocabulary); engine.model is set from spec.model.")
+    image: str = Field(DEFAULT_IMAGE, description="Container image with Fathom and Ray for the head and workers.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy.")
+    resources: RankResources = Field(default_factory=RankResources, description="Per-rank resources and placement.")
+    head: HeadResources = Field(default_factory=HeadResources, description="Resources of the Ray head (CPU only).")
+    replicas: int = Field(1, ge=0, description="Model instances when autoscaling is off; also the /scale subresource.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Load-driven replica count.")
+    service: ServiceExposure = Field(default_factory=ServiceExposure, description="How the API is exposed.")
+    tenants_secret: str = Field("fathom-tenants", description="Secret (written by the operator from Tenant objects) that the ingress reads; optional.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for every Ray container (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelServiceSpec":
+        if self.engine.model is not None:
+            raise ValueError("spec.engine.model is set by the operator from spec.model; remove it")
+        if self.autoscaling.min_replicas > self.autoscaling.max_replicas:
+            raise ValueError(
+                f"spec.autoscaling.minReplicas ({self.autoscaling.min_replicas}) exceeds "
+                f"maxReplicas ({self.autoscaling.max_replicas})"
+            )
+        return self
+
+    @property
+    def ranks_per_instance(self) -> int:
+        """World size W of one instance (all TP ranks; EP subdivides them)."""
+        return self.engine.tensor_parallel_size
+
+    @property
+    def ranks_per_pod(self) -> int:
+        """Ranks sharing one worker pod (a node's GPUs); a whole instance if on CPU."""
+        if self.resources.gpus == 0:
+            return self.ranks_per_instance
+        return max(1, min(self.ranks_per_instance, self.resources.gpus_per_node // self.resources.gpus))
+
+    @property
+    def pods_per_instance(self) -> int:
+        return -(-self.ranks_per_instance // self.ranks_per_pod)
+
+
+ConditionType = Literal["Ready", "Progressing", "Degraded"]
+
+
+class Condition(Spec):
+    """A status condition as in Kubernetes API conventions (metav1.Condition)."""
+
+    type: str = Field(..., description="Ready, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field(..., description="CamelCase reason for the last transition.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: str = Field(..., description="RFC 3339 time the status last changed.")
+    observed_generation: int | None = Field(None, description="metadata.generation the condition was set for.")
+
+
+Phase = Literal["Pending", "Deploying", "Ready", "ScaledToZero", "Degraded", "Invalid"]
+
+
+class ModelServiceStatus(Spec):
+    """Observed state, written by the operator only."""
+
+    phase: Phase | None = Field(None, description="Pending, Deploying, Ready, ScaledToZero, Degraded or Invalid.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded conditions.")
+    observed_generation: int | None = Field(None, description="metadata.generation last reconciled.")
+    replicas: int | None = Field(None, description="Model instances configured in the RayService (the /scale status).")
+    ready_replicas: int | None = Field(None, description="Model instances whose workers are ready and Serve app running.")
+    desired_replicas: int | None = Field(None, description="Model instances the autoscaler (or spec.replicas) asks for.")
+    last_scale_time: str | None = Field(None, description="RFC 3339 time of the last change of desiredReplicas.")
+    endpoint: str | None = Field(None, description="In-cluster base URL of the OpenAI-compatible API.")
+    selector: str | None = Field(None, description="Label selector of the model worker pods (for the /scale subresource).")
+    ray_service: str | None = Field(None, description="Name of the owned RayService.")
