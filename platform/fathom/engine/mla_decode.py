@@ -15,6 +15,7 @@ swaps the backend in per layer; it is a no-op if the model's attention is not th
 this was written against (so the model can evolve without breaking the engine)."""
 
 import types
+from dataclasses import dataclass
 from itertools import accumulate
 
 import torch
@@ -50,38 +51,61 @@ def forward(self, x, cos_sin, rotary, kv_cache, meta):
     flat[meta.slot_mapping] = torch.cat([c_kv, k_pe], dim=-1).to(flat.dtype)
 
     out = x.new_empty(T, self.n_heads, self.v_dim)
-    starts = [0, *accumulate(meta.query_lens)]
-    decodes = [i for i, q_len in enumerate(meta.query_lens) if q_len == 1]
-    if decodes:
-        rows = torch.tensor([starts[i] for i in decodes], device=x.device)
-        out[rows] = _decode(self, q_nope[rows], q_pe[rows], kv_cache, meta, decodes).to(out.dtype)
+    plan = _plan(meta, kv_cache.shape[1], x.device)
+    if plan.rows is not None:
+        out[plan.rows] = _decode(self, q_nope[plan.rows], q_pe[plan.rows], kv_cache, plan).to(out.dtype)
     block_size = kv_cache.shape[1]
-    for i, (q_len, s_len) in enumerate(zip(meta.query_lens, meta.seq_lens_list)):
-        if q_len == 1:
-            continue
-        a, b = starts[i], starts[i] + q_len
-        ctx = kv_cache[meta.block_tables[i, : -(-s_len // block_size)]].view(-1, kv_cache.shape[-1])[:s_len]
+    for i, a, q_len, s_len in plan.prefills:
+        b = a + q_len
+        blocks = meta.block_tables[i, : -(-s_len // block_size)]
+        ctx = kv_cache.index_select(0, blocks).view(-1, kv_cache.shape[-1])[:s_len]
         ctx = ctx.to(x.dtype)
         attend = self._absorbed if self._use_absorb(q_len) else self._expanded
         out[a:b] = attend(q_nope[a:b], q_pe[a:b], ctx[:, : self.rank_kv], ctx[:, self.rank_kv:])
     return self.o_proj(out.view(T, -1))
 
 
-def _decode(self, q_nope, q_pe, kv_cache, meta, seqs: list[int]) -> torch.Tensor:
+@dataclass
+class _Plan:
+    """Per-step layout shared by every layer: which rows decode, their context blocks and mask."""
+
+    meta: object
+    rows: torch.Tensor | None  # Long[B_dec] batch rows of the decoding sequences
+    tables: torch.Tensor | None  # Long[B_dec * n_blocks] their block tables, cut to the longest, flat
+    valid: torch.Tensor | None  # Bool[B_dec, n_blocks * block_size] context positions < seq_len
+    prefills: list[tuple[int, int, int, int]]  # (seq index, first row, q_len, seq_len) of q_len > 1
+
+
+_last_plan: list[_Plan] = []
+
+
+def _plan(meta, block_size: int, device) -> _Plan:
+    if _last_plan and _last_plan[0].meta is meta:
+        return _last_plan[0]
+    starts = [0, *accumulate(meta.query_lens)]
+    decodes = [i for i, q in enumerate(meta.query_lens) if q == 1]
+    prefills = [(i, starts[i], q, meta.seq_lens_list[i]) for i, q in enumerate(meta.query_lens) if q > 1]
+    rows = tables = valid = None
+    if decodes:
+        lens = torch.tensor([meta.seq_lens_list[i] for i in decodes], device=device)
+        n_blocks = -(-int(lens.max()) // block_size)
+        rows = torch.tensor([starts[i] for i in decodes], device=device)
+        tables = meta.block_tables[torch.tensor(decodes, device=device), :n_blocks].reshape(-1)
+        valid = torch.arange(n_blocks * block_size, device=device)[None, :] < lens[:, None]
+    plan = _Plan(meta, rows, tables, valid, prefills)
+    _last_plan[:] = [plan]
+    return plan
+
+
+def _decode(self, q_nope, q_pe, kv_cache, plan: _Plan) -> torch.Tensor:
     """q_nope [B,h,nope], q_pe [B,h,rope] of B decoding sequences -> [B,h,v]."""
-    block_size = kv_cache.shape[1]
-    lens = [meta.seq_lens_list[i] for i in seqs]
-    n_blocks = -(-max(lens) // block_size)
-    idx = torch.tensor(seqs, device=q_nope.device)
-    ctx = kv_cache[meta.block_tables[idx, :n_blocks]]  # [B, n_blocks, bs, r+rope]
-    ctx = ctx.view(len(seqs), n_blocks * block_size, -1).to(q_nope.dtype)  # [B, S, r+rope]
-    c_kv, k_pe = ctx[..., : self.rank_kv], ctx[..., self.rank_kv:]
+    B = q_nope.shape[0]
+    ctx = kv_cache.index_select(0, plan.tables).view(B, plan.valid.shape[1], -1).to(q_nope.dtype)  # [B,S,r+rope]
     w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.rank_kv)
     w_uk, w_uv = w[:, : self.nope], w[:, self.nope:]  # [h,nope,r], [h,v,r]
     q_lat = torch.einsum("bhd,hdr->bhr", q_nope, w_uk)  # [B,h,r]
-    scores = torch.bmm(q_lat, c_kv.transpose(1, 2)) + torch.bmm(q_pe, k_pe.transpose(1, 2))  # [B,h,S]
-    valid = torch.arange(ctx.shape[1], device=ctx.device)[None, :] < torch.tensor(lens, device=ctx.device)[:, None]
-    scores = scores.float().masked_fill(~valid[:, None, :], float("-inf"))
-    p = torch.softmax(scores * self.scale, dim=-1).to(c_kv.dtype)  # [B,h,S]
-    o_lat = torch.bmm(p, c_kv)  # [B,h,r]
+    scores = torch.bmm(torch.cat([q_lat, q_pe], dim=-1), ctx.transpose(1, 2))  # [B,h,S]
+    scores = torch.where(plan.valid[:, None, :], scores.float(), float("-inf"))
+    p = torch.softmax(scores * self.scale, dim=-1).to(ctx.dtype)  # [B,h,S]
+    o_lat = torch.bmm(p, ctx)[..., : self.rank_kv]  # [B,h,r]
     return torch.einsum("bhr,hvr->bhv", o_lat, w_uv)

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import ray
-import torch
 from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -33,7 +32,8 @@ class RayExecutor:
         self.world_size = settings.tensor_parallel_size
         self.step_timeout_s = step_timeout_s
         self._dead: str | None = None
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1 and torch.cuda.is_available()
+        # GPUs in the cluster decide (the driver, e.g. a Serve replica, may itself have none).
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
         self.pg = create_rank_placement_group(self.world_size, use_gpu, cpus_per_rank)
         env = {**ray_runtime_env_vars(),  # ranks trace like this process (OTEL_*)
                "PYTHONPATH": os.pathsep.join(filter(None, [_source_root(), os.environ.get("PYTHONPATH")]))}

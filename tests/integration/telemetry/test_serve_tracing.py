@@ -105,18 +105,13 @@ async def test_queue_bound_429_is_traced_to_the_route(app, receiver):
             return None
         except openai.RateLimitError as e:
             return e.response.headers["traceparent"].split("-")[1]
-        except openai.APIStatusError as e:
-            print("REFUSED", e.status_code, dict(e.response.headers), e.response.text)
-            return e.response.headers["traceparent"].split("-")[1]
+
 
     refused = [t for t in await asyncio.gather(*(one(i) for i in range(6))) if t]
     assert refused, "the bounded queue (1 running + 1 queued) should have refused some of 6 requests"
     trace_id = refused[0]
     spans = receiver.wait_for_spans(lambda s: sum(x.trace_id == trace_id for x in s) >= 4, timeout=30)
     mine = {s.name: s for s in spans if s.trace_id == trace_id}
-    for s in spans:
-        if s.trace_id == trace_id:
-            print("SPAN", s.name, s.status, s.status_message, s.attributes, s.events)
     assert span_tree(spans, trace_id)["POST /v1/completions"] == [
         "fathom.auth",
         "fathom.limits",

@@ -1,0 +1,174 @@
+"""`fathom serve` as a user runs it: a subprocess with the default demo model on a random
+port; its banner, the README's curl and `openai` snippets as pasted, readiness, and a
+graceful SIGTERM that lets an in-flight stream finish."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fathom.serve.launch import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServerProcess:
+    def __init__(self, port: int):
+        self.port = port
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fathom.cli", "serve", "--port", str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("Ctrl-C or SIGTERM"):
+                self.ready.set()
+        self.ready.set()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = ServerProcess(free_port())
+    if not s.ready.wait(240) or s.proc.poll() is not None:
+        s.proc.kill()
+        pytest.fail(f"fathom serve did not start:\n{s.output}")
+    yield s
+    if s.proc.poll() is None:
+        s.proc.kill()
+        s.proc.wait(30)
+
+
+def readme_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+
+
+def test_banner_shows_progress_url_and_a_working_curl_line(server):
+    out = server.output
+    assert "starting a local Ray instance (dashboard off, bound to 127.0.0.1)" in out
+    assert "loading the built-in demo model as `fathom-demo`" in out and "model ready in" in out
+    assert f"http://127.0.0.1:{server.port}/v1" in out
+    curl = next(line.strip() for line in server.lines if line.strip().startswith("curl "))
+    reply = json.loads(subprocess.run(["bash", "-c", curl], check=True, capture_output=True, text=True, timeout=60).stdout)
+    assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] >= 1
+    assert "Traceback" not in out
+
+
+def test_readme_snippets_work_as_pasted(server):
+    here = f"127.0.0.1:{server.port}"
+    [curl] = [b for b in readme_blocks("bash") if "curl" in b]
+    out = subprocess.run(["bash", "-c", curl.replace("127.0.0.1:8000", here)], check=True, capture_output=True, text=True,
+                         timeout=60)
+    assert json.loads(out.stdout)["choices"][0]["message"]["role"] == "assistant"
+    [py] = readme_blocks("python")
+    out = subprocess.run([sys.executable, "-c", py.replace("127.0.0.1:8000", here)], check=False, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "completion_tokens=" in out.stdout, out.stderr
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        out.add(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _listening_sockets(pids: set[int]) -> list[tuple[str, int, int]]:
+    """(ip, port, pid) of every TCP socket in LISTEN state owned by `pids` (from /proc)."""
+    owner = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owner[link[8:-1]] = pid
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in owner:
+                continue
+            hexip, hexport = cols[1].split(":")
+            raw = bytes.fromhex(hexip)
+            ip = ".".join(str(b) for b in raw[::-1]) if width == 8 else ("0.0.0.0" if not any(raw) else raw.hex())
+            found.append((ip, int(hexport, 16), owner[cols[9]]))
+    return found
+
+
+def test_binds_loopback_and_exposes_no_dashboard_or_job_api(server):
+    base = f"http://127.0.0.1:{server.port}"
+    assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{base}/health/ready").json()
+    assert ready["status"] == "ready" and ready["model"] == "fathom-demo"
+    sockets = _listening_sockets(_descendants(server.proc.pid))
+    assert [ip for ip, port, _ in sockets if port == server.port] == ["127.0.0.1"]
+    assert not [s for s in sockets if s[1] == 8265], "the Ray dashboard must not run"
+    exposed = [(ip, port) for ip, port, _ in sockets if ip.count(".") == 3 and not ip.startswith("127.")]
+    for ip, port in exposed:  # anything off loopback must refuse job submission without Ray's token
+        host = "127.0.0.1" if ip == "0.0.0.0" else ip
+        for path in ("/api/jobs/", "/api/job_agent/jobs/"):
+            try:
+                r = httpx.post(f"http://{host}:{port}{path}", json={"entrypoint": "echo pwned"}, timeout=3)
+            except httpx.HTTPError:
+                continue  # not HTTP (Ray's authenticated gRPC)
+            assert r.status_code >= 400, (ip, port, path, r.status_code)
+
+
+def test_sigterm_finishes_in_flight_stream_then_exits(server):
+    base = f"http://127.0.0.1:{server.port}"
+    body = {"model": "fathom-demo", "prompt": "drain me", "max_tokens": 600, "stream": True, "ignore_eos": True}
+    started, events = threading.Event(), []
+
+    def stream():
+        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if line:
+                    events.append(line)
+                    started.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(60)
+    server.proc.send_signal(signal.SIGTERM)
+    refused = None
+    while reader.is_alive() and refused is None:
+        try:
+            r = httpx.post(f"{base}/v1/completions", json={"model": "fathom-demo", "prompt": "x"}, timeout=10)
+            if r.status_code == 503:
+                refused = r
+        except httpx.TransportError:
+            break
+        time.sleep(0.2)
+    reader.join(120)
+    assert events[-1] == "data: [DONE]"  # the in-flight stream was not cut off
+    assert refused is not None and refused.headers["retry-after"] and refused.json()["error"]["code"] == "shutting_down"
+    assert server.proc.wait(120) == 0
+    assert "shutting down" in server.output and "stopped" in server.output
