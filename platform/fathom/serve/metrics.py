@@ -3,25 +3,23 @@
 
 The ingress sees every request, so request, token and latency series are counted here from
 each response's usage; per-replica engine gauges come from the model replicas. In a Serve
-replica this records into the process's `FathomMetrics`, which `fathom.telemetry` pushes to
-the app's metrics hub, and `GET /metrics` renders the whole app (`render`); outside Ray
+replica (a Ray actor) this records into the process's `FathomMetrics`, which `fathom.telemetry`
+pushes to the app's metrics hub, and `GET /metrics` renders the whole app (`render`); elsewhere
 (tests, several apps in one process) each `ServeMetrics` has a registry of its own.
 """
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from fathom.telemetry.metrics import FathomMetrics, process_metrics
-from fathom.telemetry.runtime import render_metrics
+from fathom.telemetry.runtime import in_ray_actor, render_metrics
 
 
 class ServeMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, model: str, metrics: FathomMetrics | None = None):
-        import ray
-
         self.model = model
-        self.metrics = metrics or (process_metrics() if ray.is_initialized() else FathomMetrics())
+        self.metrics = metrics or (process_metrics() if in_ray_actor() else FathomMetrics())
         self.registry = self.metrics.registry
 
     def request_done(self, status: int, tenant: str = "default") -> None:

@@ -2,8 +2,8 @@
 
 It configures tracing (``configure_tracing``) and, inside a Ray worker, starts the metrics
 pusher to the app's hub (``fathom.telemetry.hub``) with an optional ``before_push`` hook
-(a model replica samples its engine's gauges there). Outside Ray (tests, ``fathom.LLM``)
-only tracing is configured. Idempotent; never raises for telemetry's sake.
+(a model replica samples its engine's gauges there). Outside a Ray actor (tests,
+``fathom.LLM``, a driver) only tracing is configured. Idempotent; never raises for telemetry's sake.
 """
 
 from __future__ import annotations
@@ -22,16 +22,24 @@ logger = logging.getLogger(__name__)
 def start_telemetry(component: str, before_push: Callable[[], None] | None = None) -> None:
     """Tracing for this process, and the metrics pusher when running in a Ray worker."""
     configure_tracing(component)
+    if not in_ray_actor():  # a driver with Ray up (tests, fathom.LLM) is not a replica of the app
+        return
     try:
-        import ray
-
-        if not ray.is_initialized():
-            return
         from fathom.telemetry.hub import start_metrics_pusher
 
         start_metrics_pusher(component, before_push)
     except Exception:  # metrics must never keep a replica from starting
         logger.warning("could not start the metrics pusher", exc_info=True)
+
+
+def in_ray_actor() -> bool:
+    """Whether this process is a Ray actor (a Serve replica, a rank worker), not a driver."""
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+    except Exception:  # noqa: BLE001 - no Ray, or not connected
+        return False
 
 
 def replica_name() -> str:

@@ -13,8 +13,9 @@ Configuration is the standard OpenTelemetry environment, read where the SDK read
 - ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: read by ``TracerProvider`` itself.
 - ``OTEL_BSP_*``: read by ``BatchSpanProcessor``.
 
-``configure_tracing(component)`` is idempotent per process: the first call installs the global
-provider, later calls return it. Ray workers get the same environment through
+``configure_tracing(component)`` is idempotent per process: the first call that has somewhere
+to send spans installs the global provider, later calls return it; with ``none`` nothing is
+installed and spans cost nothing. Ray workers get the same environment through
 ``ray_runtime_env_vars()``, merged into the actor's ``runtime_env={"env_vars": ...}``.
 """
 
@@ -49,35 +50,42 @@ _component: str | None = None
 
 def configure_tracing(
     component: str, *, span_processors: Sequence[SpanProcessor] = (), environ: dict[str, str] | None = None
-) -> TracerProvider:
+) -> TracerProvider | None:
     """Install this process's global tracer provider from the OTEL_* environment (once).
 
     ``component`` names the process's role (``ingress``, ``replica``, ``rank``, ``cli``...) and is
-    recorded as the ``fathom.component`` resource attribute. ``span_processors`` are added on
-    the first call only (tests pass a ``SimpleSpanProcessor(InMemorySpanExporter())``).
+    recorded as the ``fathom.component`` resource attribute. When no exporter is selected and
+    no ``span_processors`` are given, nothing is installed: tracing that goes nowhere costs
+    nothing (spans are no-ops) and the call returns None. ``span_processors`` are added to the
+    provider, installing it if need be (tests pass ``SimpleSpanProcessor(InMemorySpanExporter())``).
     Raises ``ValueError`` naming the variable when an exporter or protocol is unknown.
     """
     global _provider, _component
     with _lock:
-        if _provider is not None:
-            return _provider
-        env = os.environ if environ is None else environ
-        exporters = build_span_exporters(env)
-        provider = TracerProvider(resource=build_resource(component, env))
+        if _provider is None:
+            env = os.environ if environ is None else environ
+            exporters = build_span_exporters(env)
+            if exporters or span_processors:
+                _provider = _install(component, env, exporters)
+            _component = _component or component
+            install_log_correlation()
         for processor in span_processors:
-            provider.add_span_processor(processor)
-        for exporter in exporters:
-            provider.add_span_processor(BatchSpanProcessor(exporter))
-        trace.set_tracer_provider(provider)
-        if trace.get_tracer_provider() is not provider:
-            # Someone (e.g. opentelemetry-instrument) installed a provider first: use theirs.
-            logger.warning("a global tracer provider was already set; Fathom uses it as is")
-            other = trace.get_tracer_provider()
-            provider = other if isinstance(other, TracerProvider) else provider
-        _provider, _component = provider, component
-        install_log_correlation()
-        atexit.register(flush_tracing)
-        return provider
+            _provider.add_span_processor(processor)
+        return _provider
+
+
+def _install(component_name: str, env: dict[str, str], exporters: list[SpanExporter]) -> TracerProvider:
+    provider = TracerProvider(resource=build_resource(component_name, env))
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    if trace.get_tracer_provider() is not provider:
+        # Someone (e.g. opentelemetry-instrument) installed a provider first: use theirs.
+        logger.warning("a global tracer provider was already set; Fathom uses it as is")
+        other = trace.get_tracer_provider()
+        provider = other if isinstance(other, TracerProvider) else provider
+    atexit.register(flush_tracing)
+    return provider
 
 
 def tracing_configured() -> bool:

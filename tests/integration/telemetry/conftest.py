@@ -51,9 +51,8 @@ def ray_cluster(receiver):
 @pytest.fixture(scope="session")
 def _memory_exporter():
     """One in-memory exporter on this process's (idempotent) provider, whoever configured it."""
-    provider = configure_tracing("test")
     exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    configure_tracing("test", span_processors=[SimpleSpanProcessor(exporter)])
     return exporter
 
 

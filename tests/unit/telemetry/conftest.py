@@ -10,9 +10,8 @@ from fathom.telemetry import configure_tracing
 @pytest.fixture(scope="session")
 def _memory_exporter():
     """One in-memory exporter on this process's (idempotent) provider, whoever configured it."""
-    provider = configure_tracing("test")
     exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    configure_tracing("test", span_processors=[SimpleSpanProcessor(exporter)])
     return exporter
 
 

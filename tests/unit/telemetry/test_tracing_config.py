@@ -53,8 +53,9 @@ def test_bad_settings_name_the_variable():
         exporter_names({"OTEL_TRACES_EXPORTER": "none,console"})
 
 
-def test_configure_is_idempotent_per_process():
-    assert configure_tracing("test") is configure_tracing("other")
+def test_configure_is_idempotent_per_process(spans):
+    provider = configure_tracing("test")
+    assert provider is not None and provider is configure_tracing("other")
 
 
 def test_ray_workers_get_the_tracing_env(monkeypatch):
@@ -75,8 +76,9 @@ provider = configure_tracing("replica")
 with get_tracer().start_as_current_span("probe") as s:
     recording = s.is_recording()
 flush_tracing()
-print(json.dumps({"recording": recording, "resource": dict(provider.resource.attributes),
-                  "sampler": provider.sampler.get_description()}), file=sys.stderr)
+print(json.dumps({"recording": recording, "installed": provider is not None,
+                  "resource": dict(provider.resource.attributes) if provider else {},
+                  "sampler": provider.sampler.get_description() if provider else None}), file=sys.stderr)
 """
 
 
@@ -108,3 +110,10 @@ def test_fresh_process_honours_service_name_sampler_and_console():
     report, stdout = run_fresh({"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "always_off"})
     assert report["resource"]["service.name"] == "fathom"
     assert not report["recording"] and '"name": "probe"' not in stdout
+
+
+def test_nowhere_to_send_means_no_provider_and_no_cost():
+    report, stdout = run_fresh({})  # no exporter, no endpoint
+    assert not report["installed"] and not report["recording"] and stdout == ""
+    report, _ = run_fresh({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"})
+    assert not report["installed"]
