@@ -25,10 +25,11 @@ def receiver():
         yield rx
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster(receiver):
-    """One local Ray for the telemetry integration tests; workers inherit the tracing env
-    through ``with_tracing_env`` (the same path the app uses), not through os.environ."""
+    """A local Ray for one test module (shut down after it: later modules start their own
+    clusters); workers inherit the tracing env through ``with_tracing_env`` (the same path
+    the app uses), not through os.environ."""
     path = os.pathsep.join(p for p in sys.path if p.endswith(("platform", "operators")))
     saved = {k: os.environ.get(k) for k in TRACING_ENV}
     os.environ.update(
