@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "fathom-demo"
@@ -35,9 +37,9 @@ MODEL = "fathom-demo"
 class _Sink(BaseHTTPRequestHandler):
     """An OTLP/HTTP endpoint that accepts and drops (a collector elsewhere would do the work)."""
 
-    received = {"requests": 0, "bytes": 0}
+    received: ClassVar[dict[str, int]] = {"requests": 0, "bytes": 0}
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         n = int(self.headers.get("Content-Length", 0))
         self.rfile.read(n)
         _Sink.received["requests"] += 1
@@ -51,6 +53,13 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): what the server spent, whatever else
+    runs on the machine; wall-clock throughput on a shared machine is much noisier."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,7 +68,12 @@ def free_port() -> int:
 
 def serve(port: int) -> None:
     """Child process: the ingress app over an in-process model replica, on 127.0.0.1:port."""
+    import faulthandler
+    import signal
+
     import uvicorn
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks on demand if a round stalls
 
     from fathom.api.serve import ServeSettings
     from fathom.serve.api import build_api
@@ -76,8 +90,9 @@ def start_server(tracing: bool, sink: str) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "platform"), env.get("PYTHONPATH", "")])
     if tracing:
+        # export every second, so the export work falls inside the measured rounds
         env.update(OTEL_EXPORTER_OTLP_ENDPOINT=sink, OTEL_SERVICE_NAME="fathom-bench",
-                   OTEL_TRACES_SAMPLER="always_on")
+                   OTEL_TRACES_SAMPLER="always_on", OTEL_BSP_SCHEDULE_DELAY="1000")
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -130,17 +145,29 @@ async def main(args) -> None:
     try:
         for _, base in servers.values():
             await wait_ready(base)
-            await workload(base, 4, 4, 4)  # warm-up: first requests pay one-off costs
+            await workload(base, args.concurrency, args.concurrency, args.max_tokens)  # warm-up: one-off costs
         rates: dict[str, list[float]] = {"on": [], "off": []}
+        cpu: dict[str, list[float]] = {"on": [], "off": []}  # server CPU ms per output token
         for r in range(args.rounds):
             for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
-                tokens, seconds = await workload(servers[mode][1], args.requests, args.concurrency, args.max_tokens)
+                cpu0 = cpu_seconds(servers[mode][0].pid)
+                try:
+                    tokens, seconds = await asyncio.wait_for(
+                        workload(servers[mode][1], args.requests, args.concurrency, args.max_tokens), args.round_timeout)
+                except TimeoutError:
+                    servers[mode][0].send_signal(signal.SIGUSR1)  # the stalled server prints its threads' stacks
+                    await asyncio.sleep(2)
+                    raise SystemExit(f"round {r + 1} with tracing {mode} stalled for {args.round_timeout} s") from None
                 rates[mode].append(tokens / seconds)
+                cpu[mode].append((cpu_seconds(servers[mode][0].pid) - cpu0) * 1e3 / tokens)
                 print(f"round {r + 1} tracing {mode:>3}: {tokens} tokens in {seconds:.2f} s = "
-                      f"{tokens / seconds:.1f} tok/s", flush=True)
+                      f"{tokens / seconds:.1f} tok/s, server CPU {cpu[mode][-1]:.2f} ms/token", flush=True)
         on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
         print(f"\nmedian tok/s  tracing on: {on:.1f}  tracing off: {off:.1f}  ratio on/off: {on / off:.3f} "
               f"({(1 - on / off) * 100:+.1f}% throughput loss)")
+        c_on, c_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+        print(f"median server CPU ms/token  tracing on: {c_on:.2f}  tracing off: {c_off:.2f}  "
+              f"ratio off/on: {c_off / c_on:.3f} ({(c_on / c_off - 1) * 100:+.1f}% CPU per token)")
         print(f"OTLP sink received {_Sink.received['requests']} export requests, {_Sink.received['bytes']} bytes")
         if _Sink.received["requests"] == 0:
             raise SystemExit("tracing-on server exported nothing: the comparison would be meaningless")
@@ -157,6 +184,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per mode (alternating)")
+    parser.add_argument("--round-timeout", type=float, default=300, help="seconds before a round counts as stalled")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
