@@ -50,7 +50,8 @@ def cluster(tmp_path_factory):
     write_tenants(tenants_file, TENANTS)
     paths = [str(HERE.parents[1] / "platform"), str(HERE), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    ray.init(num_cpus=1, include_dashboard=False, namespace="tenancy-replicas", log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, namespace="tenancy-replicas",
+             log_to_driver=False)
     replicas = [Replica.remote(str(tenants_file)) for _ in range(2)]
     urls = ray.get([r.url.remote() for r in replicas])
     yield tenants_file, replicas, urls

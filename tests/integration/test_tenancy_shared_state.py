@@ -17,7 +17,7 @@ PLATFORM = str(Path(__file__).resolve().parents[2] / "platform")
 @pytest.fixture(scope="module")
 def ray_cluster():
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PLATFORM, os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=1, include_dashboard=False, namespace="tenancy-test", log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, namespace="tenancy-test", log_to_driver=False)
     yield
     ray.shutdown()
 
