@@ -117,3 +117,12 @@ def test_open_mode_is_announced(caplog):
     with caplog.at_level(logging.WARNING):
         assert TenantSource(None).current().open
     assert "open" in caplog.text
+
+
+def test_missing_file_is_open_until_it_appears(tmp_path):
+    f = tmp_path / "mount" / "tenants.yaml"  # an optional Secret not created yet
+    src = TenantSource(f, poll_s=0.0)
+    assert src.current().open
+    f.parent.mkdir()
+    f.write_text(tenant_yaml("a", "k"))
+    assert src.current().authenticate("Bearer k").name == "a"
