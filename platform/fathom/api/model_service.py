@@ -130,6 +130,12 @@ class Autoscaling(Spec):
     scale_down_stabilization_seconds: float = Field(300.0, ge=0, description="Window over which scale-down takes the largest recommendation.")
     scale_to_zero_after_seconds: float = Field(900.0, ge=0, description="Idle time (no running or waiting requests) before scaling to zero when minReplicas is 0.")
 
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) exceeds maxReplicas ({self.max_replicas})")
+        return self
+
 
 class ServiceExposure(Spec):
     """The Kubernetes Service in front of the OpenAI-compatible API."""
@@ -142,7 +148,7 @@ class ServiceExposure(Spec):
 class ModelServiceSpec(Spec):
     """What to serve (`model`, `engine`), on what (`resources`, `image`) and how many (`replicas`, `autoscaling`)."""
 
-    model: ModelSource = Field(..., description="Where the checkpoint comes from.")
+    model: ModelSource | None = Field(None, description="Where the checkpoint comes from; unset serves the built-in demo model (a small random DeepSeek-V3 checkpoint made in the pod).")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Engine settings of each instance (the `fathom serve` vocabulary); engine.model is set from spec.model.")
     image: str = Field(DEFAULT_IMAGE, description="Container image with Fathom and Ray for the head and workers.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy.")
@@ -158,11 +164,6 @@ class ModelServiceSpec(Spec):
     def _consistent(self) -> "ModelServiceSpec":
         if self.engine.model is not None:
             raise ValueError("spec.engine.model is set by the operator from spec.model; remove it")
-        if self.autoscaling.min_replicas > self.autoscaling.max_replicas:
-            raise ValueError(
-                f"spec.autoscaling.minReplicas ({self.autoscaling.min_replicas}) exceeds "
-                f"maxReplicas ({self.autoscaling.max_replicas})"
-            )
         return self
 
     @property
