@@ -222,3 +222,16 @@ async def test_tenants_file_reload_without_restart(server):
         await client(server, "sk-bob").completions.create(model=MODEL, prompt="x", max_tokens=1)
     write_tenants(server.tenants_file, TENANTS)
     os.utime(server.tenants_file, (time.time(), time.time() + 10))
+
+
+async def test_open_mode_needs_no_key_and_meters_as_default():
+    s = settings(None)
+    ms = ModelServer(s)
+    try:
+        with HttpServer(app_for(ms, s)) as srv:
+            r = await client(srv, "anything").completions.create(model=MODEL, prompt="open", max_tokens=2)
+            async with http(srv) as h:
+                [row] = (await h.get("/v1/usage")).json()["data"]
+        assert (row["tenant"], row["requests"], row["completion_tokens"]) == ("default", 1, r.usage.completion_tokens)
+    finally:
+        ms.engine._stopping = True
