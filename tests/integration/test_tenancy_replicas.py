@@ -35,7 +35,7 @@ class Replica:
 
         torch.set_num_threads(1)
         s = settings(tenants_file, max_num_seqs=4)
-        self.server = HttpServer(app_for(ModelServer(s), s)).__enter__()
+        self.server = HttpServer(app_for(ModelServer(s), s, shared=True)).__enter__()
 
     def url(self) -> str:
         return self.server.url
