@@ -1,47 +1,57 @@
-"""The HTTP API in-process (ASGI, no sockets, no Ray) with the official `openai` client over
-the real engine on the demo model: request shapes, responses, streaming, errors."""
+"""The OpenAI API end to end: the official `openai` client over real HTTP against the Ray Serve
+app (ingress + 2 model replicas of the demo model) on a random port, started once per module."""
 
+import asyncio
 import json
 
 import httpx
 import openai
 import pytest
-import torch
+import ray
+from ray import serve
 
 from fathom.api.serve import ServeSettings
-from fathom.serve.api import build_api
-from fathom.serve.frontend import Frontend
-from fathom.serve.model_server import ModelServer
+from fathom.serve.launch import deploy, free_port, start_ray
+from fathom.serve.router import prefix_key
 
 MODEL = "fathom-demo"
-MAX_LEN = 256
+MAX_LEN = 512
 
 
 @pytest.fixture(scope="module")
 def server():
-    torch.set_num_threads(1)
-    settings = ServeSettings(engine={"max_model_len": MAX_LEN, "max_num_seqs": 8},
-                             max_ongoing_requests=8, max_request_body_bytes=64 * 1024)
-    ms = ModelServer(settings)
-    yield settings, ms
-    ms.engine._stopping = True
+    settings = ServeSettings(
+        engine={"max_model_len": MAX_LEN, "max_num_seqs": 8, "reasoning_parser": "deepseek_r1"},
+        port=free_port(), num_replicas=2, max_ongoing_requests=16, max_queued_requests=8,
+        max_request_body_bytes=64 * 1024,
+    )
+    start_ray(settings)
+    deploy(settings, show_progress=False)
+    yield settings
+    serve.shutdown()
+    ray.shutdown()
 
 
 @pytest.fixture
-def app(server):
-    settings, ms = server
-    return build_api(Frontend(ms, settings))
+def base(server):
+    return f"http://127.0.0.1:{server.port}"
 
 
 @pytest.fixture
-def client(app):
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fathom")
-    return openai.AsyncOpenAI(base_url="http://fathom/v1", api_key="none", http_client=http, max_retries=0)
+def client(base):
+    return openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
 
 
 @pytest.fixture
-def http(app):
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fathom")
+def http(base):
+    return httpx.AsyncClient(base_url=base, timeout=60)
+
+
+def tokenizer():
+    from fathom.engine.tokenizer import Tokenizer
+    from fathom.model.demo import demo_checkpoint_dir
+
+    return Tokenizer.from_pretrained(demo_checkpoint_dir())
 
 
 async def test_chat_non_stream_n_logprobs_usage(client):
@@ -82,10 +92,10 @@ async def test_chat_stream_equals_non_stream(client):
     assert usage.completion_tokens == whole.usage.completion_tokens
 
 
-async def test_completions_prompt_forms_echo_stop(client, server):
+async def test_completions_prompt_forms_echo_stop(client):
     r = await client.completions.create(model=MODEL, prompt=["Hello", "World"], max_tokens=5, temperature=0)
     assert r.object == "text_completion" and [c.index for c in r.choices] == [0, 1]
-    hello = server[1].engine.tokenizer.encode("Hello")
+    hello = tokenizer().encode("Hello")
     ids = await client.completions.create(model=MODEL, prompt=[hello], max_tokens=5, temperature=0)
     assert ids.choices[0].text == r.choices[0].text  # token ids = the same prompt as text
     echo = await client.completions.create(model=MODEL, prompt="Hello", max_tokens=5, temperature=0, echo=True)
@@ -143,7 +153,7 @@ async def test_models_health_metrics(http, client):
         (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "bogus": 1}).encode(),
          422, "bogus"),
         (json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "model"),
-        (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 300}]}).encode(), 400, "prompt"),
+        (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 600}]}).encode(), 400, "prompt"),
         (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 10_000}).encode(),
          400, "max_tokens"),
         (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 70_000}]}).encode(), 413, None),
@@ -163,10 +173,120 @@ async def test_errors_through_the_client(client, http):
         await client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.UnprocessableEntityError, match="n: Input should be less than or equal"):
         await client.completions.create(model=MODEL, prompt="x", n=99)
-    with pytest.raises(openai.BadRequestError, match="maximum context length is 256"):
-        await client.completions.create(model=MODEL, prompt=[1] * 300, stream=True)
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 512"):
+        await client.completions.create(model=MODEL, prompt=[1] * 600, stream=True)
     with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
         await client.completions.create(model=MODEL, prompt=[10**6])
     unknown = await http.get("/v1/nothing")
     assert unknown.status_code == 404 and unknown.json()["error"]["message"].startswith("GET /v1/nothing")
     assert (await http.get("/v1/completions")).status_code == 405
+
+
+async def test_reasoning_content_split_stream_and_non_stream(client):
+    """The served model has reasoning_parser=deepseek_r1. The prompt opens `<think>` (prefix
+    completion of an assistant turn), so output is reasoning until the model samples the
+    `</think>` token; 8 seeded samples at high temperature include such splits. Each choice's
+    reasoning + `</think>` + content must be the raw text the same samples give unparsed."""
+    messages = [{"role": "user", "content": "Why is the sky blue?"}, {"role": "assistant", "content": "<think>"}]
+    kw = {"model": MODEL, "messages": messages, "max_tokens": 48, "temperature": 2.0, "seed": 1, "n": 8,
+          "extra_body": {"add_generation_prompt": False, "continue_final_message": True}}
+    whole = await client.chat.completions.create(**kw)
+    tok = tokenizer()
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=False)
+    prompt = prompt[: prompt.rfind("<think>") + len("<think>")]
+    raw = await client.completions.create(
+        model=MODEL, prompt=[tok.encode(prompt, add_special_tokens=False)], max_tokens=48, temperature=2.0,
+        seed=1, n=8, extra_body={"skip_special_tokens": False},
+    )
+    split = 0
+    for c, r in zip(whole.choices, raw.choices, strict=True):
+        reasoning = c.message.model_extra.get("reasoning_content") or ""
+        content = c.message.content or ""
+        if "</think>" in r.text:
+            split += 1
+            head, tail = r.text.split("</think>", 1)
+            assert (reasoning, content) == (head, tail.lstrip("\n"))
+        else:
+            assert (reasoning, content) == (r.text, "")
+    assert split >= 1, "no sample closed its thinking; pick another seed"
+
+    stream = await client.chat.completions.create(**kw, stream=True)
+    got = {i: ["", ""] for i in range(8)}
+    async for chunk in stream:
+        for c in chunk.choices:
+            got[c.index][0] += (c.delta.model_extra or {}).get("reasoning_content") or ""
+            got[c.index][1] += c.delta.content or ""
+    want = {c.index: [c.message.model_extra.get("reasoning_content") or "", c.message.content or ""]
+            for c in whole.choices}
+    assert got == want
+
+
+async def test_prefix_affinity_lands_repeats_on_the_cached_replica(client):
+    """Two replicas: a repeat of a long prompt is only a prefix-cache hit if routed to the
+    replica that served the first; affinity makes every repeat a hit."""
+    prompts = [f"Conversation {i}: " + "the system prompt is long and shared. " * 8 for i in range(6)]
+    for p in prompts:
+        await client.completions.create(model=MODEL, prompt=p, max_tokens=1)
+    for p in prompts:
+        again = await client.completions.create(model=MODEL, prompt=p, max_tokens=1)
+        assert again.usage.prompt_tokens_details.cached_tokens >= again.usage.prompt_tokens // 2
+
+
+def _replica_stats(key: int) -> dict:
+    handle = serve.get_deployment_handle("model", app_name="fathom")
+    return handle.stats.remote(routing_key=key).result(timeout_s=30)
+
+
+async def test_client_disconnect_aborts_the_engine_request(base):
+    """Hang up after the first token of a 280-token stream: the replica's engine request must be
+    aborted, so far fewer than 280 tokens get generated for it."""
+    prompt = "Disconnect test: " + "a prompt long enough for a routing key. " * 7
+    key = prefix_key(prompt)  # affinity sends the request and our stats probes to one replica
+    before = (await asyncio.to_thread(_replica_stats, key))["generated_tokens"]
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 280, "stream": True, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=base, timeout=60) as h, h.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                break  # first token arrived: hang up
+    for _ in range(200):
+        stats = await asyncio.to_thread(_replica_stats, key)
+        if stats["num_running"] == 0 and stats["num_waiting"] == 0 and stats["active_streams"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert stats["num_running"] == 0 and stats["active_streams"] == 0
+    assert 1 <= stats["generated_tokens"] - before < 280
+
+
+async def _one_stream(base: str, i: int) -> tuple[int, int, str | None]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"client {i}"}], "max_tokens": 48,
+            "stream": True, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=base, timeout=120) as h, h.stream("POST", "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            assert r.headers.get("content-type") == "application/json", (r.status_code, r.headers, r.text)
+            assert r.json()["error"]["code"] in ("overloaded", "not_ready")
+            return r.status_code, 0, r.headers.get("retry-after")
+        chunks, done = 0, False
+        async for line in r.aiter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                chunks += 1
+                assert "error" not in json.loads(line[6:])
+        assert done
+        return 200, chunks, None
+
+
+async def test_load_64_concurrent_streams_complete_or_get_429(base, http):
+    """Capacity is 2 replicas x 16 ongoing + 8 queued = 40: the rest must be refused cleanly,
+    nothing may hang, and the server must be healthy afterwards."""
+    results = await asyncio.wait_for(asyncio.gather(*(_one_stream(base, i) for i in range(64))), 240)
+    ok = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] != 200]
+    assert len(ok) + len(refused) == 64 and len(ok) >= 16
+    assert all(status in (429, 503) and retry for status, _, retry in refused)
+    assert refused, "64 > capacity 40: some requests must have been refused"
+    assert (await http.get("/health/ready")).status_code == 200
+    after = await _one_stream(base, 99)
+    assert after[0] == 200

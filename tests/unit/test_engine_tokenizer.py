@@ -82,3 +82,16 @@ def test_stop_strings_cut_text_and_hold_back_partial_matches(tok_dir):
     assert last.finish_reason == "stop" and last.stop_reason == stop
     # never streamed a prefix of the stop string that later had to be taken back
     assert not any(stop in d for d in deltas)
+
+
+def test_streamed_text_equals_decode_of_all_tokens(tok_dir):
+    tok = Tokenizer.from_pretrained(tok_dir)
+    engine = LLMEngine(EngineConfig(max_model_len=128, block_size=4), FakeExecutor(64, 4), tokenizer=tok)
+    engine.add_request("s", [40, 41, 42], SamplingParams(temperature=0, max_tokens=25))
+    text, tokens = "", []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            for c in out.outputs:
+                text += c.text
+                tokens += c.token_ids
+    assert text == tok.decode(tokens) and len(tokens) == 25

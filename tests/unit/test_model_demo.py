@@ -48,6 +48,13 @@ def test_demo_matches_transformers_and_outputs_depend_on_the_prompt(tmp_path):
     assert float((T.full_logits(ours, [p1])[0] - ref).abs().max()) <= T.tolerance(ref)
     g1, g2 = T.greedy_decode(ours, [p1, p2], n=8)
     assert g1 == T.reference_greedy(hf, p1, 8) and g1 != g2
+    # bfloat16 (the GPU dtype) agrees with transformers in bfloat16 up to bf16 rounding
+    ours16, hf16 = load_model(d, dtype=torch.bfloat16), hf.to(torch.bfloat16)
+    with torch.no_grad():
+        ref16 = hf16(torch.tensor([p1])).logits[0].float()
+    out16 = T.full_logits(ours16, [p1])[0]
+    assert out16.dtype == torch.float32
+    assert float((out16 - ref16).abs().max()) <= 0.05 * float(ref16.abs().max())
 
 
 def _cache_dir(cache, q):

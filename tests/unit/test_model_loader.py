@@ -95,3 +95,20 @@ def test_fp8_block_dequantisation_of_slices():
     (b0, b1) = fp8.block_range(c0, c1)
     part = fp8.dequantize(q[:, c0:c1], scale[:, b0:b1], (0, 300), (c0, c1), torch.float32)
     assert torch.equal(part, full[:, c0:c1])
+
+
+def test_fp8_checkpoint_loads_and_matches_the_dequantised_reference(ckpt, tmp_path):
+    T.quantize_checkpoint(ckpt[0], tmp_path / "fp8", tmp_path / "deq")
+    ours = T.full_logits(load_model(tmp_path / "fp8"), [PROMPT])[0]
+    ref = T.reference_logits(T.load_reference(tmp_path / "deq"), PROMPT)
+    assert float((ours - ref).abs().max()) <= T.tolerance(ref)
+    unquantised = T.reference_logits(ckpt[1], PROMPT)
+    assert float((ours - unquantised).abs().max()) > 100 * T.tolerance(ref)  # the fp8 weights were used
+
+
+def test_fp8_weight_without_scale_is_named(ckpt, tmp_path):
+    T.quantize_checkpoint(ckpt[0], tmp_path / "fp8", tmp_path / "deq")
+    name = "model.layers.1.mlp.experts.2.down_proj.weight"
+    d = copy_with(tmp_path / "fp8", tmp_path / "broken", lambda t: t.pop(name + "_scale_inv"))
+    with pytest.raises(ValueError, match=name.replace(".", r"\.") + "_scale_inv"):
+        load_model(d)

@@ -10,6 +10,7 @@ raises `EngineDeadError` and the engine reports itself unhealthy; nothing hangs.
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -32,8 +33,10 @@ class _Stream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.5):
+    def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.5, health_interval_s: float = 5.0):
         self.engine = engine
+        self.health_interval_s = health_interval_s
+        self._last_probe = time.monotonic()
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.config.max_model_len
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -131,6 +134,8 @@ class AsyncEngine:
         try:
             item = self._inbox.get(timeout=self._idle_wait_s) if block else self._inbox.get_nowait()
         except queue.Empty:
+            if block:
+                self._probe_when_idle()
             return
         while True:
             self._handle(*item)
@@ -138,6 +143,15 @@ class AsyncEngine:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _probe_when_idle(self) -> None:
+        """With nothing in flight, actively ping the rank workers now and then (if the executor
+        can), so a dead worker turns the instance unhealthy before the next request arrives."""
+        ping = getattr(self.engine.executor, "ping", None)
+        now = time.monotonic()
+        if ping is not None and now - self._last_probe >= self.health_interval_s:
+            self._last_probe = now
+            ping()
 
     def _handle(self, kind: str, request_id: str, args, stream: _Stream | None) -> None:
         if kind == "add":

@@ -28,7 +28,7 @@ class OutputProcessor:
             if may_stop and p.stop and self._check_stop_strings(seq):
                 return
             if seq.num_output_tokens >= (p.max_tokens or 1 << 62) or len(seq.token_ids) >= seq.request.max_total_tokens:
-                self._finish(seq, "length", None, add_last=True)
+                self._finish(seq, "length", None, add_last=False)  # already detokenised above
 
     def _detokenize(self, seq: Sequence, tokens: list[int]) -> None:
         if self.tokenizer is None:

@@ -152,3 +152,93 @@ def greedy_decode(model: DeepseekForCausalLM, prompts: list[list[int]], n: int,
 def tolerance(reference: torch.Tensor) -> float:
     """The acceptance bound: 1e-4 × max(1, max |logit|)."""
     return 1e-4 * max(1.0, float(reference.abs().max()))
+
+
+FP8_SKIP = ("embed_tokens", "lm_head", "norm", "layernorm", "mlp.gate.")
+
+
+def quantize_checkpoint(src: str | Path, dst: str | Path, dequantised_dst: str | Path) -> None:
+    """Copy checkpoint ``src`` to ``dst`` with every projection weight quantised to float8_e4m3fn
+    with 128×128 ``weight_scale_inv`` blocks (as DeepSeek-V3 publishes), and write the float32
+    dequantised weights as a plain checkpoint to ``dequantised_dst`` (for the reference model)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from fathom.model.weights import fp8
+
+    src, dst, deq_dst = Path(src), Path(dst), Path(dequantised_dst)
+    for d in (dst, deq_dst):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "config.json", deq_dst / "config.json")
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [128, 128]}  # fmt: skip
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    tensors, out, dequantised = load_file(src / "model.safetensors"), {}, {}
+    for name, t in tensors.items():
+        if t.dim() == 2 and not any(s in name for s in FP8_SKIP):
+            q, scale = fp8.quantize(t)
+            out[name], out[name + "_scale_inv"] = q, scale
+            dequantised[name] = fp8.dequantize(q, scale, (0, t.shape[0]), (0, t.shape[1]), torch.float32)
+        else:
+            out[name] = dequantised[name] = t
+    save_file(out, str(dst / "model.safetensors"))
+    save_file(dequantised, str(deq_dst / "model.safetensors"))
+
+
+def load_reference(path: str | Path):
+    """A saved checkpoint loaded by transformers (float32, eval mode)."""
+    import transformers as tf
+
+    return tf.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
+def run_rank(rank: int, world_size: int, ep_size: int, port: int, jobs: list[dict], out_dir: str) -> None:
+    """One rank of a sharded check (a ``torch.multiprocessing.spawn`` target): join a gloo group,
+    load each job's checkpoint, and save what it computed to ``out_dir/<rank>.pt``.
+
+    A job is {"path", "prompts", "decode": n}; results per job: full-sequence logits in the expanded
+    and absorbed forms, n greedy tokens per prompt decoded over the paged cache, and the number of
+    parameters this rank holds per kind (routed experts, head-split attention projections).
+    """
+    from fathom.model.loader import load_model
+    from fathom.parallel.context import destroy_parallel, init_parallel
+
+    torch.set_num_threads(1)
+    ctx = init_parallel(rank, world_size, ep_size, master_port=port, device="cpu", timeout_s=60)
+    results = []
+    try:
+        for job in jobs:
+            model = load_model(job["path"], ctx)
+            res = {"params": param_counts(model), "experts": local_expert_ids(model)}
+            for mode in ("expand", "absorb"):
+                model.set_attention_mode(mode)
+                res[mode] = full_logits(model, job["prompts"], block_size=4)
+            model.set_attention_mode("auto")
+            res["greedy"] = greedy_decode(model, job["prompts"], job["decode"], block_size=3)
+            results.append(res)
+    finally:
+        destroy_parallel()
+    torch.save(results, Path(out_dir) / f"{rank}.pt")
+
+
+def param_counts(model: DeepseekForCausalLM) -> dict[str, int]:
+    """Parameters held by this rank: routed experts, and the head-split attention projections."""
+    counts = {"routed_experts": 0, "attention_heads": 0, "total": 0}
+    for name, p in model.named_parameters():
+        counts["total"] += p.numel()
+        if ".mlp.experts." in name:
+            counts["routed_experts"] += p.numel()
+        elif any(s in name for s in ("q_proj", "q_b_proj", "kv_b_proj", "o_proj")):
+            counts["attention_heads"] += p.numel()
+    return counts
+
+
+def local_expert_ids(model: DeepseekForCausalLM) -> list[int]:
+    """Global ids of the routed experts this rank holds (same for every MoE layer)."""
+    for layer in model.model.layers:
+        if hasattr(layer.mlp, "local"):
+            return list(layer.mlp.local)
+    return []

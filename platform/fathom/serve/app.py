@@ -12,7 +12,9 @@ next one is refused with 429 + Retry-After.
 """
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from concurrent.futures import CancelledError
 from typing import Any
 
 from ray import serve
@@ -53,13 +55,18 @@ class HandleBackend:
 
     async def stream(self, kind: str, req: Any, routing_key: int | None, tenancy=None) -> AsyncIterator[Any]:
         gen = self._streaming.stream.remote(kind, req, routing_key=routing_key, tenancy=tenancy)
+        ended = False
         try:
             async for item in gen:
                 yield item
+            ended = True
         except BackPressureError as e:
+            ended = True
             yield _overloaded(e)
         finally:
-            gen.cancel()  # no-op once finished; on client disconnect it aborts the engine request
+            if not ended:  # the client went away: cancel the replica call, which aborts the engine request
+                with contextlib.suppress(RayError, RayServeException, asyncio.CancelledError, CancelledError):
+                    gen.cancel()
 
     async def ready(self) -> dict | None:
         """Model info once a replica has loaded its model; None while none has (or on timeout)."""

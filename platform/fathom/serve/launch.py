@@ -16,16 +16,19 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import ray
 from ray import serve
 from ray.serve.api import RunTarget
 
+import fathom
 from fathom.api.serve import ServeSettings
 from fathom.serve.app import APP_NAME, build_app
 from fathom.tenancy.registry import TenantConfigError, describe_tenants
 
 POLL_S = 0.5
+SHUTDOWN_SLACK_S = 30.0  # for Serve and Ray to stop after the grace period
 
 
 def _say(msg: str) -> None:
@@ -38,7 +41,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _export_source_root() -> None:
+    """Make `fathom` importable in Ray's worker processes even when it is not installed (a
+    source checkout): a local Ray instance inherits this process's environment."""
+    root = str(Path(fathom.__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+
+
 def start_ray(settings: ServeSettings) -> None:
+    """Join `settings.address`, or start a private local Ray instance (loopback, no dashboard)."""
     if ray.is_initialized():
         return
     if settings.address:
@@ -46,6 +59,7 @@ def start_ray(settings: ServeSettings) -> None:
         ray.init(address=settings.address, logging_level=logging.WARNING, log_to_driver=False)
         return
     _say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
+    _export_source_root()
     ray.init(
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
@@ -59,6 +73,7 @@ def deploy(settings: ServeSettings, show_progress: bool = True):
     """Start Serve's proxy on host:port and deploy the app; return the ingress handle once
     it is running (raises RuntimeError with Serve's message if the deployment fails)."""
     settings = _with_tenants(settings)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our own progress lines instead
     serve.start(http_options={"host": settings.host, "port": settings.port},
                 proxy_location="HeadOnly" if not settings.address else "EveryNode")
     gpus = 1.0 if settings.engine.tensor_parallel_size == 1 and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -146,9 +161,6 @@ def serve_forever(settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     if settings.port == 0:
         settings = settings.model_copy(update={"port": free_port(settings.host)})
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         start_ray(settings)
         handle = deploy(settings)
@@ -156,13 +168,30 @@ def serve_forever(settings: ServeSettings) -> int:
         print(f"fathom serve: error: {e}", file=sys.stderr)
         _shutdown()
         return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own SIGTERM handler
+        signal.signal(sig, lambda *_: stop.set())
     print(banner(settings), flush=True)
     while not stop.wait(1.0):
         pass
     _say("shutting down: no new requests; finishing in-flight ones")
+    _watchdog(settings.graceful_shutdown_timeout_s + SHUTDOWN_SLACK_S)
     drain(handle, settings.graceful_shutdown_timeout_s)
     _shutdown()
     return 0
+
+
+def _watchdog(seconds: float) -> None:
+    """Exit hard if shutdown hangs (e.g. SIGTERM went to the whole process group and Ray's own
+    processes are already gone, so calls into Ray never return)."""
+
+    def expire() -> None:
+        print("fathom: shutdown timed out; exiting", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def _shutdown() -> None:

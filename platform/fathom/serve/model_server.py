@@ -46,7 +46,7 @@ class _Request:
                 parser = make_parser(server.reasoning_parser, call.prompt_text) if kind == "chat" else None
                 echo = call.prompt_text if getattr(req, "echo", False) else ""
                 self.choices.append(Choice(call.choice_offset + j, kind == "chat", server.strings, parser,
-                                           echo, call.params.logprobs is not None))
+                                           echo, call.params.logprobs is not None, req.return_tokens_as_token_ids))
         self.usage = [(len(c.prompt_ids), 0, 0) for c in calls]  # (prompt, cached, completion) per call
         self.first_token_at: float | None = None
         self.error: APIError | None = None
@@ -79,11 +79,12 @@ class ModelServer:
         self.strings = TokenStrings(self.engine.tokenizer)
         self.reasoning_parser = self.settings.engine.reasoning_parser
         self.active_streams = 0
+        self.generated_tokens = 0  # cumulative over every engine request, aborted ones included
         logger.info("model %s loaded in %.1fs", self.model_name, time.monotonic() - t0)
 
     # ------------------------------------------------------------------ backend contract
 
-    async def ready(self) -> dict:
+    async def ready(self, routing_key: int | None = None) -> dict:
         return {"root": self.settings.engine.model or "fathom-demo", "max_model_len": self.max_model_len}
 
     async def complete(self, kind: str, req: Any, routing_key: int | None = None,
@@ -121,10 +122,22 @@ class ModelServer:
                 task.cancel()
             await self._abort(r)
 
-    async def stats(self) -> dict:
+    async def stats(self, routing_key: int | None = None) -> dict:
+        """This replica's engine snapshot (`routing_key` lets a caller aim at the replica that
+        prefix affinity picks for a prompt)."""
         s = self.engine.stats()
         return {"num_running": s.num_running, "num_waiting": s.num_waiting, "kv_cache_usage": s.kv_cache_usage,
-                "active_streams": self.active_streams, "healthy": s.healthy}
+                "active_streams": self.active_streams, "generated_tokens": self.generated_tokens,
+                "healthy": s.healthy}
+
+    async def placement(self, routing_key: int | None = None) -> list[str]:
+        """Ray node id of each rank of this instance (rank 0 first; W=1 runs in this replica)."""
+        import ray
+
+        workers = getattr(getattr(self.engine.engine, "executor", None), "workers", None)
+        if not workers:
+            return [ray.get_runtime_context().get_node_id()]
+        return list(await asyncio.gather(*(w.node_id.remote() for w in workers)))
 
     def check_health(self) -> None:
         """Ray Serve's health check: a dead engine makes Serve replace this replica."""
@@ -173,6 +186,7 @@ class ModelServer:
             logger.exception("engine call failed")
             r.error = r.error or APIError(500, f"generation failed ({type(e).__name__})", code="internal_error")
         finally:
+            self.generated_tokens += r.usage[i][2]
             r.pending -= 1
             r.wake.set()
 

@@ -76,6 +76,7 @@ class _SamplingFields(_Request):
     stop_token_ids: list[int] | None = None
     logit_bias: dict[str, float] | None = None
     skip_special_tokens: bool = True
+    return_tokens_as_token_ids: bool = False  # vLLM's extension: logprob tokens as "token_id:<id>"
     priority: int = 0
 
     @field_validator("stop")

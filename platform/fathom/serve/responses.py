@@ -54,8 +54,9 @@ class Choice:
     """One choice (sample) of a chat or text completion, fed with engine deltas."""
 
     def __init__(self, index: int, chat: bool, strings: TokenStrings, parser: ReasoningParser | None = None,
-                 echo: str = "", want_logprobs: bool = False):
+                 echo: str = "", want_logprobs: bool = False, tokens_as_ids: bool = False):
         self.index = index
+        self.tokens_as_ids = tokens_as_ids
         self.chat = chat
         self.strings = strings
         self.parser = parser
@@ -125,25 +126,29 @@ class Choice:
         logprobs = {"content": [self._chat_logprob(lp) for lp in self.logprobs]} if self.want_logprobs else None
         return {"index": self.index, "message": message, "logprobs": logprobs, "finish_reason": self.finish_reason}
 
+    def _token(self, token_id: int) -> tuple[str, list[int]]:
+        text, raw = self.strings.get(token_id)
+        return (f"token_id:{token_id}", raw) if self.tokens_as_ids else (text, raw)
+
     def _chat_logprob(self, lp: TokenLogprob) -> dict:
-        token, raw = self.strings.get(lp.token_id)
+        token, raw = self._token(lp.token_id)
         top = []
         for tid, logprob in lp.top_logprobs:
-            t, b = self.strings.get(tid)
+            t, b = self._token(tid)
             top.append({"token": t, "logprob": logprob, "bytes": b})
         return {"token": token, "logprob": lp.logprob, "bytes": raw, "top_logprobs": top}
 
     def _completion_logprobs(self, lps: list[TokenLogprob], text: str) -> dict:
         tokens, offsets, offset = [], [], self._offset
         for lp in lps:
-            token = self.strings.get(lp.token_id)[0]
+            token = self._token(lp.token_id)[0]
             tokens.append(token)
             offsets.append(offset)
-            offset += len(token)
+            offset += len(self.strings.get(lp.token_id)[0])
         self._offset += len(text)
         return {
             "tokens": tokens,
             "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [{self.strings.get(t)[0]: v for t, v in lp.top_logprobs} or None for lp in lps],
+            "top_logprobs": [{self._token(t)[0]: v for t, v in lp.top_logprobs} or None for lp in lps],
             "text_offset": offsets,
         }

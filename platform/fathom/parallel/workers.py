@@ -1,0 +1,58 @@
+"""A rank worker: one Ray actor per rank of a model instance.
+
+It joins the instance's torch.distributed group (gloo on CPU, nccl on CUDA) through
+`fathom.parallel.context.init_parallel`, loads only its shard of the checkpoint, holds its
+copy of the latent KV cache and runs every step the driver sends (the same `ModelRunner` as
+the in-process executor). Rank 0 also samples and returns the tokens."""
+
+import os
+import socket
+
+import ray
+import torch
+
+from fathom.engine.executor import resolve_dtype
+from fathom.engine.factory import CacheSpec, blocks_for
+from fathom.engine.model_runner import ModelRunner
+from fathom.engine.step_input import StepInput, StepOutput
+
+
+@ray.remote
+class RankWorker:
+    def __init__(self, rank: int, world_size: int, ep_size: int, threads: int = 1):
+        self.rank, self.world_size, self.ep_size = rank, world_size, ep_size
+        torch.set_num_threads(max(1, threads))
+        self.model = self.runner = None
+        self.block_size = 0
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free TCP port on it (rank 0 hosts the process-group rendezvous)."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def load(self, master_addr: str, master_port: int, model_dir: str, dtype: str, spec: CacheSpec) -> int:
+        """Join the group, load this rank's shard; return how many KV blocks fit on this rank."""
+        from fathom.model.loader import load_model
+        from fathom.parallel.context import init_parallel
+
+        ctx = init_parallel(self.rank, self.world_size, self.ep_size, master_addr=master_addr,
+                            master_port=master_port)
+        self.model = load_model(model_dir, ctx, resolve_dtype(dtype, ctx.device))
+        self.block_size = spec.block_size
+        return blocks_for(self.model, spec)
+
+    def allocate(self, num_blocks: int) -> int:
+        """Allocate the KV cache (the same block count on every rank); returns the vocab size."""
+        self.runner = ModelRunner(self.model, num_blocks, self.block_size, samples=self.rank == 0)
+        return self.model.config.vocab_size
+
+    def execute(self, step: StepInput) -> StepOutput | None:
+        return self.runner.execute(step)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()

@@ -1,0 +1,67 @@
+"""TP/EP-sharded model in real processes over gloo: logits and greedy tokens equal transformers'.
+
+One spawn per (TP, EP) runs every checkpoint (V3 with YaRN + noaux_tc + nonzero correction bias,
+V2-Lite-style softmax + group_limited_greedy + q_lora_rank=None, and an FP8 block-quantised V3)
+in both attention forms and decodes token by token over a paged cache of 3-token blocks.
+"""
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from fathom.model import testing as T
+
+PROMPTS = [[5, 17, 99, 3, 200, 41, 8, 250, 1, 77, 33], [9, 9, 12, 130, 64]]
+DECODE = 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """{name: (checkpoint dir, logits per prompt, greedy tokens per prompt, full param counts)}."""
+    from fathom.model.loader import load_model
+
+    refs = {}
+    for name, kind in (("v3", "v3"), ("v2", "v2")):
+        d = tmp_path_factory.mktemp(name)
+        hf = T.save_reference(d, kind, seed=7)
+        refs[name] = (d, hf)
+    fp8_dir = tmp_path_factory.mktemp("v3-fp8")
+    deq_dir = tmp_path_factory.mktemp("v3-dequantised")
+    T.quantize_checkpoint(refs["v3"][0], fp8_dir, deq_dir)
+    refs["v3-fp8"] = (fp8_dir, T.load_reference(deq_dir))
+    out = {}
+    for name, (d, hf) in refs.items():
+        logits = [T.reference_logits(hf, p) for p in PROMPTS]
+        greedy = [T.reference_greedy(hf, p, DECODE) for p in PROMPTS]
+        out[name] = (str(d), logits, greedy, T.param_counts(load_model(d)))
+    return out
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("tp, ep", [(2, 1), (2, 2), (4, 2)])
+def test_sharded_model_matches_transformers(references, tmp_path, tp, ep):
+    jobs = [{"path": d, "prompts": PROMPTS, "decode": DECODE} for d, *_ in references.values()]
+    mp.spawn(T.run_rank, args=(tp, ep, free_port(), jobs, str(tmp_path)), nprocs=tp, join=True)
+    ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(tp)]
+    for j, (name, (_, logits, greedy, full)) in enumerate(references.items()):
+        for r, results in enumerate(ranks):
+            res = results[j]
+            for mode in ("expand", "absorb"):
+                for ours, ref in zip(res[mode], logits):
+                    err = float((ours - ref).abs().max())
+                    assert err <= T.tolerance(ref), f"{name} rank {r} {mode}: max |diff| {err}"
+            assert res["greedy"] == greedy, f"{name} rank {r}"
+            # memory: 1/TP of the head-split attention, 1/TP of the routed experts (1/EP per shard)
+            assert res["params"]["attention_heads"] * tp == full["attention_heads"]
+            assert res["params"]["routed_experts"] * tp == full["routed_experts"]
+        shards = [results[j]["experts"] for results in ranks]
+        per = 8 // ep
+        assert shards == [list(range(r // (tp // ep) * per, (r // (tp // ep) + 1) * per)) for r in range(tp)]

@@ -1,0 +1,102 @@
+"""The Serve app on a two-node Ray cluster (`ray.cluster_utils.Cluster`, 2 CPUs per node):
+greedy completions through HTTP with TP=2/EP=2 and 2 replicas equal transformers' generate()
+token for token; a TP=4 replica places its ranks on both nodes and still matches."""
+
+import asyncio
+import shutil
+
+import httpx
+import pytest
+import ray
+import torch
+from ray import serve
+from ray.cluster_utils import Cluster
+
+from fathom.api.serve import ServeSettings
+from fathom.model.demo import demo_checkpoint_dir
+from fathom.model.testing import save_reference
+from fathom.serve.app import APP_NAME
+from fathom.serve.launch import _export_source_root, deploy, free_port
+
+pytestmark = pytest.mark.timeout(300)
+MAX_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    _export_source_root()  # the cluster's processes inherit it: workers import this checkout
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    c.add_node(num_cpus=2)
+    c.wait_for_nodes()
+    ray.init(address=c.address)
+    yield free_port()
+    serve.shutdown()
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random transformers DeepSeek-V3 (save_pretrained), plus a byte-level tokenizer."""
+    path = tmp_path_factory.mktemp("v3")
+    hf = save_reference(path, "v3", seed=11)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo_checkpoint_dir() / name, path / name)
+    return path, hf
+
+
+def prompts() -> list[list[int]]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, 256, (n,), generator=g).tolist() for n in (5, 17, 9, 23, 3, 12)]
+
+
+def hf_greedy(hf, ids: list[int]) -> list[int]:
+    out = hf.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False)
+    return out[0, len(ids):].tolist()
+
+
+def settings(path, port: int, tp: int, ep: int, replicas: int) -> ServeSettings:
+    return ServeSettings(
+        engine={"model": str(path), "tensor_parallel_size": tp, "expert_parallel_size": ep, "dtype": "float32",
+                "max_num_seqs": 4, "block_size": 4, "kv_cache_memory": 1 << 20},
+        port=port, num_replicas=replicas, max_ongoing_requests=8, max_queued_requests=16,
+    )
+
+
+async def greedy_over_http(port: int, model: str, ps: list[list[int]]) -> list[list[int]]:
+    async def one(client: httpx.AsyncClient, ids: list[int]) -> list[int]:
+        r = await client.post("/v1/completions", json={
+            "model": model, "prompt": ids, "max_tokens": MAX_NEW, "temperature": 0, "ignore_eos": True,
+            "logprobs": 0, "return_tokens_as_token_ids": True})
+        assert r.status_code == 200, r.text
+        tokens = r.json()["choices"][0]["logprobs"]["tokens"]
+        return [int(t.removeprefix("token_id:")) for t in tokens]
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        return list(await asyncio.gather(*(one(client, p) for p in ps)))
+
+
+def replica_placements() -> set[tuple[str, ...]]:
+    handle = serve.get_deployment_handle("model", app_name=APP_NAME)
+    return {tuple(handle.placement.remote().result(timeout_s=60)) for _ in range(8)}
+
+
+def test_tp2_ep2_two_replicas_over_http_equal_transformers(cluster, checkpoint):
+    path, hf = checkpoint
+    s = settings(path, cluster, tp=2, ep=2, replicas=2)
+    deploy(s, show_progress=False)
+    ps = prompts()
+    assert asyncio.run(greedy_over_http(cluster, s.model_name, ps)) == [hf_greedy(hf, p) for p in ps]
+    placements = replica_placements()
+    assert all(len(p) == 2 and len(set(p)) == 1 for p in placements)  # each instance's 2 ranks on one node
+    assert serve.status().applications[APP_NAME].deployments["model"].replica_states.get("RUNNING") == 2
+
+
+def test_tp4_replica_spans_both_nodes(cluster, checkpoint):
+    path, hf = checkpoint
+    s = settings(path, cluster, tp=4, ep=2, replicas=1)
+    deploy(s, show_progress=False)  # replaces the app
+    [placement] = replica_placements()
+    assert len(placement) == 4 and len(set(placement)) == 2, "4 one-CPU ranks cannot fit one 2-CPU node"
+    ps = prompts()[:3]
+    assert asyncio.run(greedy_over_http(cluster, s.model_name, ps)) == [hf_greedy(hf, p) for p in ps]

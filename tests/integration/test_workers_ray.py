@@ -1,0 +1,100 @@
+"""Ray rank workers on a real two-node Ray cluster (`ray.cluster_utils.Cluster`: two raylets with
+2 CPUs each): TP=2/EP=2 through `fathom.LLM` equals transformers; W=4 must span both nodes and
+gives the same greedy tokens as W=1; a rank worker that dies fails in-flight requests clearly."""
+
+import asyncio
+
+import pytest
+import ray
+import torch
+from ray.cluster_utils import Cluster
+
+from fathom.engine.sampling_params import SamplingParams
+from fathom.model.testing import save_reference
+
+pytestmark = pytest.mark.timeout(240)
+GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    c.add_node(num_cpus=2)
+    c.wait_for_nodes()
+    ray.init(address=c.address)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("v3")
+    return path, save_reference(path, "v3", seed=5)
+
+
+def prompts(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n,), generator=g).tolist() for n in (7, 19, 3, 12)]
+
+
+def hf_greedy(hf, p, n=8):
+    return hf.generate(torch.tensor([p]), max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, len(p):].tolist()
+
+
+def worker_nodes(llm):
+    return ray.get([w.node_id.remote() for w in llm.engine.executor.workers])
+
+
+def llm(path, tp, ep):
+    import fathom
+
+    return fathom.LLM(str(path), tensor_parallel_size=tp, expert_parallel_size=ep, dtype="float32", block_size=4,
+                      max_num_batched_tokens=16, kv_cache_memory=1 << 20)
+
+
+def test_llm_tp2_ep2_equals_transformers_on_one_node(cluster, checkpoint):
+    path, hf = checkpoint
+    engine = llm(path, 2, 2)
+    try:
+        assert len(set(worker_nodes(engine))) == 1, "2 ranks fit one node: STRICT_PACK"
+        ps = prompts()
+        outs = engine.generate(ps, GREEDY)
+        for p, out in zip(ps, outs):
+            assert out.outputs[0].token_ids == hf_greedy(hf, p)
+            assert out.outputs[0].finish_reason == "length" and out.usage.prompt_tokens == len(p)
+    finally:
+        engine.shutdown()
+
+
+def test_w4_spans_two_nodes_and_matches_w1(cluster, checkpoint):
+    path, _ = checkpoint
+    ps = prompts(1)
+    w1 = llm(path, 1, 1)
+    expected = [o.outputs[0].token_ids for o in w1.generate(ps, GREEDY)]
+    engine = llm(path, 4, 2)
+    try:
+        assert len(set(worker_nodes(engine))) == 2, "4 one-CPU ranks cannot fit a 2-CPU node"
+        assert [o.outputs[0].token_ids for o in engine.generate(ps, GREEDY)] == expected
+    finally:
+        engine.shutdown()
+
+
+async def test_dead_rank_worker_fails_requests_and_marks_unhealthy(cluster, checkpoint):
+    from fathom.engine.async_engine import AsyncEngine
+    from fathom.engine.errors import EngineDeadError
+
+    path, _ = checkpoint
+    engine = AsyncEngine(llm(path, 2, 1).engine)
+    stream = engine.generate("r", prompts()[1], SamplingParams(temperature=0, max_tokens=100, ignore_eos=True))
+    await stream.__anext__()
+    ray.kill(engine.engine.executor.workers[1], no_restart=True)
+    with pytest.raises(EngineDeadError, match="rank worker 1"):
+        async with asyncio.timeout(60):
+            async for _ in stream:
+                pass
+    assert not engine.healthy
+    with pytest.raises(EngineDeadError):
+        async for _ in engine.generate("s", [1, 2, 3], GREEDY):
+            pass
+    await engine.shutdown()

@@ -1,0 +1,76 @@
+"""ModelServer in-process (no Ray, no HTTP) over the real engine on the demo model: chunk
+coalescing, error values, usage."""
+
+import json
+
+import pytest
+import torch
+
+from fathom.api.serve import ServeSettings
+from fathom.serve.errors import APIError
+from fathom.serve.frontend import StreamEnd
+from fathom.serve.model_server import ModelServer
+from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
+
+
+@pytest.fixture(scope="module")
+def server():
+    torch.set_num_threads(1)
+    ms = ModelServer(ServeSettings(engine={"max_model_len": 256, "max_num_seqs": 4}, max_ongoing_requests=4))
+    yield ms
+    ms.engine._stopping = True
+
+
+def completion(**kw) -> CompletionRequest:
+    return CompletionRequest(model="fathom-demo", prompt="Once upon a time", max_tokens=48, temperature=0,
+                             ignore_eos=True, **kw)
+
+
+async def collect(ms, req) -> tuple[list[dict], StreamEnd]:
+    chunks, end = [], None
+    async for item in ms.stream("completion", req):
+        assert isinstance(item, str | StreamEnd), item
+        if isinstance(item, StreamEnd):
+            end = item
+            continue
+        for event in item.split("\n\n"):
+            if event.startswith("data: {"):
+                chunks.append(json.loads(event[6:]))
+    return chunks, end
+
+
+async def test_chunks_carry_several_tokens_when_the_chunk_budget_is_exceeded(server):
+    whole = await server.complete("completion", completion())
+    text = whole["choices"][0]["text"]
+    server.settings.stream_chunks_per_s = 1e9  # no budget pressure: a chunk per step
+    eager, end = await collect(server, completion())
+    server.settings.stream_chunks_per_s = 4.0  # one stream may send a chunk every 0.25 s
+    try:
+        coalesced, _ = await collect(server, completion())
+    finally:
+        server.settings.stream_chunks_per_s = 500.0
+    for chunks in (eager, coalesced):
+        assert "".join(c["choices"][0]["text"] for c in chunks) == text
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert end.completion_tokens == 48 and end.first_token_at is not None
+    assert len(coalesced) < len(eager) // 2, (len(coalesced), len(eager))
+
+
+async def test_usage_chunk_and_done(server):
+    items = [i async for i in server.stream("completion", completion(stream=True, stream_options={"include_usage": True}))]
+    last_text = items[-2]
+    assert last_text.endswith("data: [DONE]\n\n")
+    usage_event = last_text.split("\n\n")[-3]
+    usage = json.loads(usage_event[6:])
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 48
+
+
+async def test_errors_are_values_before_anything_starts(server):
+    too_long = CompletionRequest(model="fathom-demo", prompt=[5] * 300)
+    first = [i async for i in server.stream("completion", too_long)]
+    assert len(first) == 1 and isinstance(first[0], APIError) and first[0].status == 400
+    result = await server.complete("chat", ChatCompletionRequest(
+        model="fathom-demo", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_schema"}))
+    assert isinstance(result, APIError) and result.param == "response_format"
+    stats = await server.stats()
+    assert stats["num_running"] == 0 and stats["active_streams"] == 0
