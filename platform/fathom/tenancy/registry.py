@@ -54,9 +54,15 @@ def policy_from_manifest(m: TenantManifest) -> TenantPolicy:
 
 
 def _secret_texts(doc: dict, where: str) -> list[str]:
-    """The tenants files inside a Secret manifest (`stringData` as is, `data` base64)."""
-    texts = [str(v) for v in (doc.get("stringData") or {}).values()]
+    """The tenants files (keys named *.yaml / *.yml, like the operator's `tenants.yaml`) inside a
+    Secret manifest (`stringData` as is, `data` base64); other keys are not tenants files."""
+    def is_file(key: str) -> bool:
+        return key.endswith((".yaml", ".yml"))
+
+    texts = [str(v) for k, v in (doc.get("stringData") or {}).items() if is_file(k)]
     for key, value in (doc.get("data") or {}).items():
+        if not is_file(key):
+            continue
         try:
             texts.append(base64.b64decode(value, validate=True).decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
