@@ -1,6 +1,8 @@
 """Limit accounting and usage shared by several ingress processes through the named actor (real Ray)."""
 
+import asyncio
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -41,6 +43,15 @@ class Ingress:
                 self.client.settle(Settlement(d.lease, tenant.name, model, prompt, 1, completion, 0.5))
                 ran += 1
         return ran
+
+    async def admit_then_go_away(self, tenant: TenantPolicy) -> bool:
+        """Start an admission and cancel it while the actor answers; True if it was cancelled."""
+        task = asyncio.ensure_future(self.client.admit(tenant, 1, 1))
+        await asyncio.sleep(0)  # the admission is sent on this loop turn
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.sleep(0)
+        return task.cancelled()  # the decision arrives for nobody and is released
 
     async def usage(self, tenant=None):
         return await self.client.usage(tenant)
@@ -99,3 +110,15 @@ def test_token_reservations_settle_across_replicas(name):
     handle = ray.get_actor(name, namespace=NAMESPACE)
     ray.get(handle.settle.remote([Settlement(first.lease, "t", "m", 100, 0, 10)]))
     assert ray.get(b.admit.remote(tenant, 100, 700)).allowed
+
+
+def test_admission_whose_caller_went_away_is_released(name):
+    a = Ingress.remote(name)
+    tenant = TenantPolicy("t", limits=Limits(max_concurrent_requests=1))
+    assert ray.get(a.admit_then_go_away.remote(tenant))
+    handle = ray.get_actor(name, namespace=NAMESPACE)
+    deadline = time.monotonic() + 30
+    while ray.get(handle.in_flight.remote("t")) != 0:
+        assert time.monotonic() < deadline, "the abandoned admission was never released"
+        time.sleep(0.05)
+    assert ray.get(a.admit.remote(tenant, 1, 1)).allowed

@@ -128,3 +128,16 @@ def test_key_tool_hashes_stdin_and_makes_keys(monkeypatch, capsys):
     key_line, digest_line = capsys.readouterr().out.splitlines()
     assert keys.digest(key_line.split()[1]) == digest_line.split()[1]
     assert keys.main(["sk-on-the-command-line"]) == 2
+
+
+async def test_unreachable_shared_state_fails_closed_with_503(gate):
+    from fathom.tenancy.actor import TenancyUnavailable
+
+    class Down(LocalTenancyClient):
+        async def admit(self, *args):
+            raise TenancyUnavailable("tenancy state unreachable: ActorDiedError")
+
+    gate.client = Down()
+    with pytest.raises(APIError) as e:
+        await gate.admit(gate.authenticate("Bearer sk-a"), "completion", completion())
+    assert (e.value.status, e.value.code, e.value.headers()["Retry-After"]) == (503, "tenancy_unavailable", "1")

@@ -4,7 +4,7 @@ Every ingress replica, on every node, gets the same actor by name (`fathom-tenan
 `fathom` namespace), created on first use with `get_if_exists`. It is detached so that it
 outlives the replica that happened to create it: usage and limits survive ingress replica
 restarts and scale-downs. The hot path is one actor call per admission and one per
-settlement, and settlements finishing in the same event-loop iteration share one call.
+settlement, and those made in the same event-loop iteration share one call.
 Actor methods are synchronous, so the actor runs one at a time and needs no locks.
 """
 
@@ -25,6 +25,10 @@ ACTOR_NAME = "fathom-tenancy"
 NAMESPACE = "fathom"
 
 
+class TenancyUnavailable(RuntimeError):
+    """The shared tenancy actor could not answer an admission."""
+
+
 class TenancyActor:
     """Ray actor around `TenancyState` with the wall clock."""
 
@@ -36,6 +40,12 @@ class TenancyActor:
 
     def settle(self, settlements: list[Settlement]) -> None:
         self.state.settle_many(settlements, time.time())
+
+    def exchange(self, settlements: list[Settlement], admissions: list[tuple]) -> list[Decision]:
+        """Settle, then admit each `(tenant, limits, prompt_tokens, max_tokens)` in order."""
+        now = time.time()
+        self.state.settle_many(settlements, now)
+        return [self.state.admit(*args, now) for args in admissions]
 
     def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None) -> list[dict]:
         """Usage rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
@@ -59,33 +69,66 @@ def tenancy_actor(
 
 
 class TenancyClient:
-    """What an ingress replica uses: admit before a request, settle after, query usage."""
+    """What an ingress replica uses: admit before a request, settle after, query usage.
+
+    Admissions and settlements made in the same event-loop turn travel in one actor call
+    (`exchange`): under load one call serves many requests. Settlements are fire and forget
+    (Ray runs one caller's calls to an actor in order, so this replica's later usage query sees
+    them). An admission whose caller went away meanwhile is released at once, not leaked.
+    """
 
     def __init__(self, handle: "ray.actor.ActorHandle"):
         self.handle = handle
-        self._batch: list[Settlement] = []
+        self._admits: list[tuple[tuple, asyncio.Future]] = []
+        self._settles: list[Settlement] = []
+        self._scheduled = False
 
     async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int) -> Decision:
-        return await self.handle.admit.remote(tenant.name, tenant.limits, prompt_tokens, max_tokens)
+        future = asyncio.get_running_loop().create_future()
+        self._admits.append(((tenant.name, tenant.limits, prompt_tokens, max_tokens), future))
+        self._schedule()
+        return await future
 
     def settle(self, settlement: Settlement) -> None:
-        """Queue a settlement; it is sent (with any others queued meanwhile) on the next loop turn."""
-        if not self._batch:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop: send now
-                self._batch.append(settlement)
-                self.flush()
-                return
-        self._batch.append(settlement)
+        """Queue a settlement; it is sent (with whatever else is queued) on the next loop turn."""
+        self._settles.append(settlement)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._scheduled:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+            self._scheduled = True
+        except RuntimeError:  # no running loop: send now
+            self.flush()
 
     def flush(self) -> None:
-        """Send queued settlements now (fire and forget; the actor applies them in order)."""
-        if not self._batch:
+        """Send what is queued now."""
+        self._scheduled = False
+        admits, self._admits = self._admits, []
+        settles, self._settles = self._settles, []
+        if not admits and not settles:
             return
-        batch, self._batch = self._batch, []
-        ref = self.handle.settle.remote(batch)
-        ref.future().add_done_callback(_log_failure)
+        ref = self.handle.exchange.remote(settles, [args for args, _ in admits])
+        if admits:
+            asyncio.ensure_future(self._deliver(ref, admits))
+        else:
+            ref.future().add_done_callback(_log_failure)
+
+    async def _deliver(self, ref, admits: list[tuple[tuple, asyncio.Future]]) -> None:
+        try:
+            decisions = await ref
+        except Exception as e:  # noqa: BLE001 - whatever failed, every waiting admission must hear of it
+            for _, future in admits:
+                if not future.done():
+                    future.set_exception(TenancyUnavailable(f"tenancy state unreachable: {type(e).__name__}"))
+            return
+        for (args, future), decision in zip(admits, decisions, strict=True):
+            if not future.done():
+                future.set_result(decision)
+            elif decision.allowed:  # the caller went away while waiting: release its slot
+                self.settle(Settlement(decision.lease, args[0], "", 0, metered=False))
 
     async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None):
         self.flush()  # this replica's own settlements come first

@@ -75,8 +75,13 @@ class TenancyGate:
                                  tenant.limits.max_tokens_per_request)
         if tenant.limits == Limits():
             return Grant(tenant, model, None, context, {})
-        decision = await self.client.admit(tenant, estimate_prompt_tokens(kind, req),
-                                           completion_reservation(kind, req))
+        try:
+            decision = await self.client.admit(tenant, estimate_prompt_tokens(kind, req),
+                                               completion_reservation(kind, req))
+        except RuntimeError as e:  # TenancyUnavailable: fail closed, the limits cannot be checked
+            log.error("admission failed: %s", e)
+            raise APIError(503, "Rate-limit state is unavailable; retry shortly.", code="tenancy_unavailable",
+                           retry_after=1.0) from None
         if not decision.allowed:
             code, status = _REFUSALS[decision.reason]
             headers = decision.response_headers()
