@@ -68,6 +68,8 @@ def app_for(model_server: ModelServer, s: ServeSettings, shared: bool = False):
     otherwise in this process, so that tests do not see each other's usage."""
     tenancy = None if shared else TenancyGate(TenantSource(s.tenants), LocalTenancyClient(), s.model_name,
                                               s.engine.pricing)
+    if tenancy is not None:
+        model_server.tenancy_client = tenancy.client  # the replica meters abandoned streams here
     return build_api(Frontend(model_server, s, tenancy=tenancy))
 
 

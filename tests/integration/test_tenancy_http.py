@@ -25,6 +25,7 @@ TENANTS = {
     "thrifty": {"keys": ["sk-thrifty"], "limits": {"monthlyTokenBudget": 40}},
     "tpm": {"keys": ["sk-tpm"], "limits": {"tokensPerMinute": 100}},
     "capped": {"keys": ["sk-capped"], "limits": {"maxTokensPerRequest": 40}},
+    "quitter": {"keys": ["sk-quitter"], "limits": {"tokensPerMinute": 100000}},
 }
 USER = [{"role": "user", "content": "Hello there"}]
 
@@ -182,6 +183,21 @@ async def test_usage_equals_sum_of_responses_and_users_see_only_their_own(server
         only_bob = (await h.get("/v1/usage", params={"tenant": "bob"})).json()
     assert {"bob", "alice"} <= {r["tenant"] for r in everyone["data"]}
     assert only_bob["data"] == report["data"]
+
+
+async def test_a_stream_abandoned_by_its_client_is_still_metered(server):
+    gate = server.frontend.tenancy
+    async with http(server, "sk-quitter") as h:
+        body = {"model": MODEL, "prompt": "go on", "max_tokens": 60, "stream": True, "ignore_eos": True}
+        async with h.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    break  # the client goes away after the first tokens
+    await wait_for(lambda: gate.client.state.in_flight("quitter") == 0)
+    await wait_for(lambda: gate.client.state.usage_rows(time.time(), "quitter") != [])
+    [row] = gate.client.state.usage_rows(time.time(), "quitter")
+    assert row["requests"] == 1 and 1 <= row["completion_tokens"] < 60
 
 
 async def test_prefix_cache_is_isolated_between_tenants(server):

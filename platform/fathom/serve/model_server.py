@@ -27,7 +27,7 @@ from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
 from fathom.serve.responses import Choice, TokenStrings
 from fathom.tenancy.fairness import TenantFairPolicy
-from fathom.tenancy.ingress import RequestTenancy
+from fathom.tenancy.ingress import RequestTenancy, meter_abandoned
 
 logger = logging.getLogger("fathom.serve")
 
@@ -68,6 +68,7 @@ class ModelServer:
     def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
         self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
         self.policy = TenantFairPolicy() if self.settings.tenants else None  # fair share among tenants
+        self.tenancy_client = None  # meters abandoned streams; default: the cluster's tenancy actor
         if engine_factory is None:
             from fathom.engine.async_engine import AsyncEngine
 
@@ -113,14 +114,18 @@ class ModelServer:
             return
         self.active_streams += 1
         pumps = [asyncio.create_task(self._pump(r, i)) for i in range(len(r.calls))]
+        ended = False
         try:
             async for item in self._chunks(r):
+                ended = ended or isinstance(item, StreamEnd | APIError)
                 yield item
         finally:
             self.active_streams -= 1
             for task in pumps:
                 task.cancel()
             await self._abort(r)
+            if not ended and r.tenancy is not None:  # the client went away: meter what was generated
+                meter_abandoned(self, r.tenancy, *(sum(u[k] for u in r.usage) for k in range(3)))
 
     async def stats(self, routing_key: int | None = None) -> dict:
         """This replica's engine snapshot (`routing_key` lets a caller aim at the replica that

@@ -7,6 +7,7 @@ limits; nothing is awaited on the hot path (no admission call), usage is still m
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 from fathom.api.engine import Pricing
 from fathom.serve.errors import APIError
@@ -88,7 +89,7 @@ class TenancyGate:
             retry_after = float(headers.pop("retry-after", 1))
             raise TenancyError(status, decision.message, code=code, retry_after=retry_after,
                                extra_headers=headers)
-        return Grant(tenant, model, decision.lease, context, decision.headers)
+        return Grant(tenant, model, decision.lease, replace(context, lease=decision.lease), decision.headers)
 
     def settle(self, grant: Grant, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
         """Meter a finished request and release its lease; returns its cost."""

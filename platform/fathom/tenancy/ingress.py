@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from fathom.serve.errors import APIError
 from fathom.tenancy.limits import Decision
+from fathom.tenancy.metering import cost_of
 from fathom.tenancy.policy import TenantPolicy
 from fathom.tenancy.state import Settlement, TenancyState
 
@@ -54,6 +55,7 @@ class RequestTenancy:
     weight: float
     cache_salt: str
     max_total_tokens: int | None = None  # prompt + completion cap (maxTokensPerRequest)
+    lease: str | None = None  # the admission; a replica settles it when the client went away
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments of `AsyncEngine.generate`."""
@@ -126,3 +128,21 @@ class LocalTenancyClient:
 
     async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None):
         return self.state.usage_rows(time.time(), tenant, start, end)
+
+
+def meter_abandoned(server, ctx: RequestTenancy, prompt: int, cached: int, completion: int) -> None:
+    """Settle, from the model replica, a stream whose client went away: the ingress never sees
+    its usage. `server.tenancy_client` (set, or the cluster's tenancy actor when Ray is up)
+    records it; the ingress's release of the same lease is then a no-op, or this one finds the
+    lease released and only meters."""
+    client = server.tenancy_client
+    if client is None:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        from fathom.tenancy.actor import TenancyClient, tenancy_actor
+
+        client = server.tenancy_client = TenancyClient(tenancy_actor())
+    cost = cost_of(server.settings.engine.pricing, prompt, cached, completion)
+    client.settle(Settlement(ctx.lease, ctx.tenant, server.model_name, prompt, cached, completion, cost))
