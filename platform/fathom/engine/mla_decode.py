@@ -50,8 +50,10 @@ def forward(self, x, cos_sin, rotary, kv_cache, meta):
     flat = kv_cache.view(-1, kv_cache.shape[-1])
     flat[meta.slot_mapping] = torch.cat([c_kv, k_pe], dim=-1).to(flat.dtype)
 
-    out = x.new_empty(T, self.n_heads, self.v_dim)
     plan = _plan(meta, kv_cache.shape[1], x.device)
+    if not plan.prefills:  # a pure decode step: every row is one sequence's only new token
+        return self.o_proj(_decode(self, q_nope, q_pe, kv_cache, plan).to(x.dtype).reshape(T, -1))
+    out = x.new_empty(T, self.n_heads, self.v_dim)
     if plan.rows is not None:
         out[plan.rows] = _decode(self, q_nope[plan.rows], q_pe[plan.rows], kv_cache, plan).to(out.dtype)
     block_size = kv_cache.shape[1]
