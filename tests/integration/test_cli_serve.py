@@ -83,15 +83,63 @@ def test_readme_snippets_work_as_pasted(server):
     assert out.returncode == 0 and "completion_tokens=" in out.stdout, out.stderr
 
 
-def test_binds_loopback_and_is_ready(server):
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        out.add(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _listening_sockets(pids: set[int]) -> list[tuple[str, int, int]]:
+    """(ip, port, pid) of every TCP socket in LISTEN state owned by `pids` (from /proc)."""
+    owner = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owner[link[8:-1]] = pid
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in owner:
+                continue
+            hexip, hexport = cols[1].split(":")
+            raw = bytes.fromhex(hexip)
+            ip = ".".join(str(b) for b in raw[::-1]) if width == 8 else ("0.0.0.0" if not any(raw) else raw.hex())
+            found.append((ip, int(hexport, 16), owner[cols[9]]))
+    return found
+
+
+def test_binds_loopback_and_exposes_no_dashboard_or_job_api(server):
     base = f"http://127.0.0.1:{server.port}"
     assert httpx.get(f"{base}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{base}/health/ready").json()
     assert ready["status"] == "ready" and ready["model"] == "fathom-demo"
-    listening = subprocess.run(["bash", "-c", f"ss -ltnH 'sport = :{server.port}' || true"], check=True, capture_output=True,
-                               text=True).stdout
-    if listening.strip():  # ss is available: the API socket is on loopback only
-        assert all("127.0.0.1:" in line for line in listening.strip().splitlines()), listening
+    sockets = _listening_sockets(_descendants(server.proc.pid))
+    assert [ip for ip, port, _ in sockets if port == server.port] == ["127.0.0.1"]
+    assert not [s for s in sockets if s[1] == 8265], "the Ray dashboard must not run"
+    exposed = [(ip, port) for ip, port, _ in sockets if ip.count(".") == 3 and not ip.startswith("127.")]
+    for ip, port in exposed:  # anything off loopback must refuse job submission without Ray's token
+        host = "127.0.0.1" if ip == "0.0.0.0" else ip
+        for path in ("/api/jobs/", "/api/job_agent/jobs/"):
+            try:
+                r = httpx.post(f"http://{host}:{port}{path}", json={"entrypoint": "echo pwned"}, timeout=3)
+            except httpx.HTTPError:
+                continue  # not HTTP (Ray's authenticated gRPC)
+            assert r.status_code >= 400, (ip, port, path, r.status_code)
 
 
 def test_sigterm_finishes_in_flight_stream_then_exits(server):
