@@ -64,20 +64,20 @@ if [ "${USE_CHART:-0}" = 1 ]; then
 else
   # From this checkout, outside the cluster: the autoscaler reads /metrics through a port-forward.
   PYTHONPATH="$ROOT/platform:$ROOT/operators" "$PYTHON" -m fathom_operator --namespace "$NS" \
-    --metrics-url-template "http://127.0.0.1:$PORT/metrics" >"$HERE/operator.log" 2>&1 &
+    --metrics-url-template "http://127.0.0.1:$PORT/metrics" >"${TMPDIR:-/tmp}/fathom-operator.log" 2>&1 &
   PIDS+=($!)
-  echo "operator log: $HERE/operator.log"
+  echo "operator log: ${TMPDIR:-/tmp}/fathom-operator.log"
 fi
 
 say "tenants and the demo ModelService in $NS"
 kubectl apply -n "$NS" -f "$HERE/01-tenants.yaml"
 sed "s#^spec:#spec:\n  image: $IMAGE#" "$HERE/02-modelservice-demo.yaml" | kubectl apply -n "$NS" -f -
-kubectl wait -n "$NS" --for=jsonpath='{.status.phase}'=Applied tenant/team-a tenant/ops --timeout=120s
+kubectl wait -n "$NS" --for=jsonpath='{.status.phase}'=Applied tenants.fathom.dev/team-a tenants.fathom.dev/ops --timeout=120s
 kubectl get -n "$NS" secret fathom-tenants -o jsonpath='{.data.tenants\.yaml}' | base64 -d | head -20
 kubectl get -n "$NS" rayservice demo
 echo "waiting for the model to be Ready (image pull and Ray start take a few minutes)..."
-kubectl wait -n "$NS" --for=jsonpath='{.status.phase}'=Ready modelservice/demo --timeout=20m
-kubectl get -n "$NS" modelservices,tenants,rayservices
+kubectl wait -n "$NS" --for=jsonpath='{.status.phase}'=Ready modelservices.fathom.dev/demo --timeout=20m
+kubectl get -n "$NS" modelservices.fathom.dev,tenants.fathom.dev,rayservices.ray.io
 
 say "OpenAI API through svc/demo-api"
 kubectl port-forward -n "$NS" svc/demo-api "$PORT:8000" >/dev/null 2>&1 &
@@ -91,9 +91,9 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v1/models"
 echo "unknown key -> HTTP $code (expected 401)"
 
 say "scale by hand (autoscaling off) through the /scale subresource"
-kubectl patch -n "$NS" modelservice demo --type merge -p '{"spec": {"autoscaling": {"enabled": false}}}'
-kubectl scale -n "$NS" modelservice demo --replicas=2
-kubectl wait -n "$NS" --for=jsonpath='{.status.replicas}'=2 modelservice/demo --timeout=60s
+kubectl patch -n "$NS" modelservices.fathom.dev demo --type merge -p '{"spec": {"autoscaling": {"enabled": false}}}'
+kubectl scale -n "$NS" modelservices.fathom.dev demo --replicas=2
+kubectl wait -n "$NS" --for=jsonpath='{.status.replicas}'=2 modelservices.fathom.dev/demo --timeout=60s
 kubectl get -n "$NS" rayservice demo -o jsonpath='{.spec.rayClusterConfig.workerGroupSpecs[0].replicas}'; echo
 kubectl get -n "$NS" events --field-selector involvedObject.name=demo | tail -5
 say "done"

@@ -44,9 +44,7 @@ async def scale(client: KubeClient, obj: dict, current: int, decision: Decision,
     meta = obj["metadata"]
     await client.patch(kube.MODEL_SERVICES, meta["namespace"], meta["name"],
                        {"status": {"desiredReplicas": decision.replicas, "lastScaleTime": now_rfc3339()}}, sub="status")
-    fresh = await client.get(kube.MODEL_SERVICES, meta["namespace"], meta["name"])
-    if fresh is not None:
-        await sync_model_service(client, fresh)
+    await sync_model_service(client, obj)
     if notify is not None:
         result = notify(obj, "Scaled", f"replicas {current} -> {decision.replicas}: {decision.reason}")
         if asyncio.iscoroutine(result):
@@ -59,6 +57,7 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
     log = logger or logging.getLogger(__name__)
     history: collections.deque[metrics.Sample] = collections.deque()
     previous: metrics.Scrape | None = None
+    failing = False  # log a metrics outage once, and its end
     async with aiohttp.ClientSession() as http:
         while not stopped:
             obj = await client.get(kube.MODEL_SERVICES, namespace, name)
@@ -74,9 +73,14 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
             try:
                 scrape = await metrics.fetch(http, metrics_url(obj, spec.service.port, url_template), time.monotonic())
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                log.warning("metrics of %s/%s unavailable: %s", namespace, name, exc)
+                (log.debug if failing else log.warning)("metrics of %s/%s unavailable (holding the "
+                                                        "replica count): %s", namespace, name, exc)
+                failing = True
                 await stopped.wait(auto.interval_seconds)
                 continue
+            if failing:
+                log.info("metrics of %s/%s available again", namespace, name)
+                failing = False
             history.append(metrics.derive(previous, scrape))
             previous = scrape
             while history and history[0].t < scrape.t - history_span(auto):

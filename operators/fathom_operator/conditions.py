@@ -17,8 +17,9 @@ def set_condition(conditions: list[dict], type_: str, status: bool | None, reaso
     value = "Unknown" if status is None else ("True" if status else "False")
     old = next((c for c in conditions if c.get("type") == type_), None)
     since = old["lastTransitionTime"] if old and old.get("status") == value and old.get("lastTransitionTime") else now
-    new = {"type": type_, "status": value, "reason": reason, "message": message,
-           "lastTransitionTime": since, "observedGeneration": generation}
+    new = {"type": type_, "status": value, "reason": reason, "message": message, "lastTransitionTime": since}
+    if generation is not None:
+        new["observedGeneration"] = generation
     return [c for c in conditions if c.get("type") != type_] + [new]
 
 

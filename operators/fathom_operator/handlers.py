@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import kopf
 
-from fathom_operator import autoscaler, sync
+from fathom_operator import autoscaler, kube, sync
 from fathom_operator.kube import KubeClient
 
 MS = ("fathom.dev", "v1alpha1", "modelservices")
@@ -40,6 +40,7 @@ def login(**kwargs) -> kopf.ConnectionInfo | None:
     official `kubernetes` client library when it is installed.
     """
     info = kopf.login_with_service_account(**kwargs)
+    _state["token_file"] = kube.SERVICE_ACCOUNT_TOKEN if info is not None else None
     if info is None:
         info = kopf.login_with_kubeconfig(**kwargs)
         if info is not None and not (info.token or info.certificate_path or info.certificate_data or info.username):
@@ -55,10 +56,14 @@ def login(**kwargs) -> kopf.ConnectionInfo | None:
 def client() -> KubeClient:
     """The operator's API client on kopf's login credentials (one per event loop, made on first use)."""
     loop = asyncio.get_running_loop()
-    if _state.get("client") is None or _state.get("loop") is not loop:
+    if _state.get("client") is None or _state.get("loop") is not loop or _state.get("for") is not _state.get("info"):
         if "info" not in _state:
             raise kopf.TemporaryError("not logged in yet", delay=1)
-        _state["client"], _state["loop"] = KubeClient(_state["info"]), loop
+        old = _state.get("client")
+        if old is not None and _state.get("loop") is loop:  # re-login (new credentials): retire the old session
+            loop.create_task(old.close())
+        _state["client"] = KubeClient(_state["info"], token_file=_state.get("token_file"))
+        _state["loop"], _state["for"] = loop, _state["info"]
     return _state["client"]
 
 
@@ -79,20 +84,24 @@ async def close(**_) -> None:
         await session.close()
 
 
+def _event(obj: dict, type_: str, reason: str, message: str) -> None:
+    kopf.event(obj, type=type_, reason=reason, message=message[:1000])
+
+
 async def model_service_changed(body: kopf.Body, **_) -> None:
-    await sync.sync_model_service(client(), _plain(body))
+    await sync.sync_model_service(client(), _plain(body), notify=_event)
 
 
 async def model_service_resync(body: kopf.Body, **_) -> None:
     """Level-based resync: picks up RayService status (readiness) and repairs drifted children."""
-    await sync.sync_model_service(client(), _plain(body))
+    await sync.sync_model_service(client(), _plain(body), notify=_event)
 
 
 def autoscaler_daemon(config: Config):
     async def model_service_autoscaler(name: str, namespace: str, stopped: kopf.DaemonStopped,
                                        logger: kopf.Logger, **_) -> None:
         def notify(obj: dict, reason: str, message: str) -> None:
-            kopf.event(obj, type="Normal", reason=reason, message=message)
+            _event(obj, "Normal", reason, message)
 
         await autoscaler.run(client(), namespace, name, stopped, notify=notify,
                              url_template=config.metrics_url_template, logger=logger)

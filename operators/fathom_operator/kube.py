@@ -84,28 +84,46 @@ def _write(directory: str, name: str, data: str | bytes) -> str:
     return path
 
 
-class KubeClient:
-    """GET/LIST/CREATE/PATCH/DELETE against one API server; 404 on GET is `None`."""
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
-    def __init__(self, info: kopf.ConnectionInfo):
+
+class KubeClient:
+    """GET/LIST/CREATE/PATCH/DELETE against one API server; 404 on GET is `None`.
+
+    With `token_file` (the in-cluster service account) the token is read from the file for every
+    request: the kubelet rotates bound service-account tokens (about hourly)."""
+
+    def __init__(self, info: kopf.ConnectionInfo, token_file: str | None = None):
         self.server = info.server.rstrip("/")
+        self.token_file, self.scheme = token_file, info.scheme or "Bearer"
         headers = {"User-Agent": FIELD_MANAGER}
         if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+            headers["Authorization"] = f"{self.scheme} {info.token}"
         auth = aiohttp.BasicAuth(info.username, info.password or "") if info.username else None
         connector = aiohttp.TCPConnector(ssl=_ssl_context(info))
         self.session = aiohttp.ClientSession(headers=headers, auth=auth, connector=connector,
                                              timeout=aiohttp.ClientTimeout(total=30))
+
+    def _rotated_token(self) -> str:
+        """The service-account token as the kubelet last wrote it (re-read when the file changes)."""
+        mtime = os.stat(self.token_file).st_mtime_ns
+        if mtime != getattr(self, "_token_mtime", None):
+            with open(self.token_file, encoding="utf-8") as f:
+                self._token_header = f"{self.scheme} {f.read().strip()}"
+            self._token_mtime = mtime
+        return self._token_header
 
     async def close(self) -> None:
         await self.session.close()
 
     async def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                     params: dict | None = None) -> dict | None:
-        kwargs: dict[str, Any] = {"params": params or {}}
+        kwargs: dict[str, Any] = {"params": params or {}, "headers": {}}
         if body is not None:
             kwargs["json"] = body
-            kwargs["headers"] = {"Content-Type": content_type}
+            kwargs["headers"]["Content-Type"] = content_type
+        if self.token_file:
+            kwargs["headers"]["Authorization"] = self._rotated_token()
         async with self.session.request(method, self.server + path, **kwargs) as resp:
             if resp.status == 404 and method in ("GET", "DELETE"):
                 return None

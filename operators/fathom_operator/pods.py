@@ -50,11 +50,15 @@ def fetch_command(uri: str, dest: str, *, tokenizer_only: bool) -> str:
             f"local_dir={json.dumps(dest)}, allow_patterns={patterns})"
         )
         return f"python -c {shlex.quote(script)}"
-    if scheme in ("s3", "gs"):
-        tool = "aws s3 cp --recursive" if scheme == "s3" else "gsutil -m cp -r"
-        exclude = (" --exclude '*.safetensors'" if scheme == "s3" else "") if tokenizer_only else ""
-        return f"{tool}{exclude} {shlex.quote(uri.rstrip('/') + '/')} {q_dest}/"
-    return f"mkdir -p {q_dest} && curl -fsSL {shlex.quote(uri)} | tar -xz -C {q_dest}"
+    src = shlex.quote(uri.rstrip("/") + "/")
+    if scheme == "s3":
+        exclude = " --exclude '*.safetensors' --exclude '*.bin'" if tokenizer_only else ""
+        return f"aws s3 sync{exclude} {src} {q_dest}/"
+    if scheme == "gs":
+        exclude = " -x '.*\\.(safetensors|bin)$'" if tokenizer_only else ""
+        return f"mkdir -p {q_dest} && gsutil -m rsync -r{exclude} {src} {q_dest}/"
+    flags = "-xz" if uri.endswith((".tar.gz", ".tgz")) else "-x"  # tar cannot sniff compression on a pipe
+    return f"mkdir -p {q_dest} && curl -fsSL {shlex.quote(uri)} | tar {flags} -C {q_dest}"
 
 
 def fetch_init_containers(spec: ModelServiceSpec, *, tokenizer_only: bool) -> list[dict]:

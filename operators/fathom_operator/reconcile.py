@@ -92,7 +92,7 @@ def reconcile(obj: dict, observed: Observed) -> Result:
     status = _status(old, generation, observed.now, phase, conditions)
     status.update({
         "replicas": replicas, "readyReplicas": ready, "desiredReplicas": replicas,
-        "endpoint": render.endpoint(spec, owner), "selector": render.worker_selector(owner),
+        "endpoint": _endpoint(spec, owner, observed.service), "selector": render.worker_selector(owner),
         "rayService": owner.name,
     })
     if old.get("desiredReplicas") != replicas or not old.get("lastScaleTime"):
@@ -100,6 +100,16 @@ def reconcile(obj: dict, observed: Observed) -> Result:
     else:
         status["lastScaleTime"] = old["lastScaleTime"]
     return Result(children, status, spec)
+
+
+def _endpoint(spec: ModelServiceSpec, owner: render.Owner, service: dict | None) -> str:
+    """The load balancer's address once it has one, else the in-cluster Service URL."""
+    ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    if spec.service.type == "LoadBalancer" and ingress:
+        host = ingress[0].get("hostname") or ingress[0].get("ip")
+        if host:
+            return f"http://{host}:{spec.service.port}"
+    return render.endpoint(spec, owner)
 
 
 def _status(old: dict, generation: int | None, now: str, phase: str, values: dict) -> dict:
@@ -131,6 +141,10 @@ def _progress(spec: ModelServiceSpec, ray_service: dict | None, replicas: int) -
                                    "Degraded": (False, "AsExpected", "")}
     if app_status == "RUNNING" and ready >= replicas:
         msg = f"{ready}/{replicas} replicas ready"
+        if _kuberay_behind(ray_service):
+            return ready, "Ready", {"Ready": (True, "AllReplicasReady", msg),
+                                    "Progressing": (True, "RayServiceUpdating", "KubeRay is applying the new spec"),
+                                    "Degraded": (False, "AsExpected", "")}
         return ready, "Ready", {"Ready": (True, "AllReplicasReady", msg), "Progressing": (False, "Complete", msg),
                                 "Degraded": (False, "AsExpected", "")}
     waiting = f"{ready}/{replicas} replicas ready; Serve application {app_status}"
@@ -141,3 +155,10 @@ def _progress(spec: ModelServiceSpec, ray_service: dict | None, replicas: int) -
         "Progressing": (True, "Deploying" if not ready else "Scaling", waiting),
         "Degraded": (False, "AsExpected", ""),
     }
+
+
+def _kuberay_behind(ray_service: dict | None) -> bool:
+    """KubeRay has not yet observed the RayService's latest spec (its status is from before)."""
+    generation = ((ray_service or {}).get("metadata") or {}).get("generation")
+    observed = ((ray_service or {}).get("status") or {}).get("observedGeneration")
+    return generation is not None and observed is not None and observed < generation

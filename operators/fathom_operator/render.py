@@ -11,9 +11,13 @@ Layout of the RayService (ray.io/v1):
   `ServeSettings` model: engine settings, tenants file, HTTP bind) and a `deployments` override
   with `num_replicas` of the model deployment. Scaling changes only that override, which Ray
   Serve applies in place (a change of `args` would rebuild the app and restart every replica);
-  `args.numReplicas` is maxReplicas, which only sizes the ingress queue.
+  `args.numReplicas` is maxReplicas, which only sizes the ingress queue. The model deployment
+  asks for the custom resource `fathom_worker`, which only worker pods advertise, so a model
+  replica never lands on the head; with TP 1 it also takes the rank's GPU (the engine then runs
+  in the replica), with TP > 1 the rank workers it starts take them.
 """
 
+import json
 from dataclasses import dataclass
 
 import yaml
@@ -26,6 +30,7 @@ IMPORT_PATH = "fathom.serve.app:build_app"
 MODEL_DEPLOYMENT = "model"  # fathom.serve.app names its deployments "ingress" and "model"
 SERVE_PORT = 8000
 WORKER_GROUP = "ranks"
+WORKER_RESOURCE = "fathom_worker"  # advertised by worker pods only; model replicas require it
 LABEL = "fathom.dev/model-service"
 MANAGED_BY = "fathom-operator"
 
@@ -70,10 +75,24 @@ def serve_config(spec: ModelServiceSpec, replicas: int) -> str:
             "import_path": IMPORT_PATH,
             "args": {"engine": engine.to_wire(), "numReplicas": max(1, spec.autoscaling.max_replicas),
                      "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT},
-            "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas}],
+            "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas,
+                             "ray_actor_options": model_actor_options(spec)}],
         }],
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def model_actor_options(spec: ModelServiceSpec) -> dict:
+    """Ray resources of one model replica (the deployment's actor, not its rank workers)."""
+    single_rank = spec.ranks_per_instance == 1
+    return {"num_cpus": 0 if spec.resources.gpus or not single_rank else 1,
+            "num_gpus": spec.resources.gpus if single_rank else 0,
+            "resources": {WORKER_RESOURCE: 1}}
+
+
+def _ray_resources(resources: dict[str, int]) -> str:
+    """rayStartParams `resources` as KubeRay wants it: a quoted JSON object."""
+    return '"' + json.dumps(resources).replace('"', '\\"') + '"'
 
 
 def _container(spec: ModelServiceSpec, name: str, resources: dict, *, shm: bool, ports: list[dict]) -> dict:
@@ -125,7 +144,7 @@ def worker_group(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
         "minReplicas": replicas * pods_per_instance,
         "maxReplicas": max_instances * pods_per_instance,
         "numOfHosts": 1,
-        "rayStartParams": {},
+        "rayStartParams": {"resources": _ray_resources({WORKER_RESOURCE: 1000})},
         "template": {"metadata": {"labels": labels(owner)}, "spec": pod_spec},
     }
 

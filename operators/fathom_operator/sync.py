@@ -27,8 +27,30 @@ async def write_status(client: KubeClient, ref: ResourceRef, obj: dict, status: 
     return True
 
 
-async def sync_model_service(client: KubeClient, obj: dict) -> Result:
-    """Reconcile one ModelService: apply its RayService and Service, then write its status."""
+def _lock(*key: str) -> asyncio.Lock:
+    """One lock per object and event loop: handlers, timers and the autoscaler of one object
+    reconcile one at a time, each from a fresh read, so none re-renders a stale replica count."""
+    return _locks.setdefault((id(asyncio.get_running_loop()), *key), asyncio.Lock())
+
+
+_locks: dict[tuple, asyncio.Lock] = {}
+
+
+async def sync_model_service(client: KubeClient, obj: dict, notify=None) -> Result | None:
+    """Reconcile one ModelService: apply its RayService and Service, then write its status.
+
+    `obj` names the object; it is re-read under the object's lock. `notify(obj, type, reason,
+    message)` is called when the phase turns Invalid or Pending (a Warning Event), so
+    `kubectl describe` shows why nothing is deployed. None if the object is gone."""
+    ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    async with _lock("modelservices", ns, name):
+        fresh = await client.get(kube.MODEL_SERVICES, ns, name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return None
+        return await _sync_model_service(client, fresh, notify)
+
+
+async def _sync_model_service(client: KubeClient, obj: dict, notify) -> Result:
     meta = obj["metadata"]
     ns, name = meta["namespace"], meta["name"]
     installed = await client.has_resource(kube.RAY_SERVICES)
@@ -38,10 +60,11 @@ async def sync_model_service(client: KubeClient, obj: dict) -> Result:
     for child in result.children or []:
         await apply(client, _REFS[child["kind"]], child)
     await write_status(client, kube.MODEL_SERVICES, obj, result.status)
+    old_phase = (obj.get("status") or {}).get("phase")
+    if notify is not None and result.status["phase"] in ("Invalid", "Pending") and old_phase != result.status["phase"]:
+        ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
+        notify(obj, "Warning", ready["reason"], ready["message"])
     return result
-
-
-_tenant_locks: dict[str, asyncio.Lock] = {}
 
 
 async def sync_tenants(client: KubeClient, namespace: str, *, deleting: str | None = None) -> dict[str, dict]:
@@ -50,7 +73,7 @@ async def sync_tenants(client: KubeClient, namespace: str, *, deleting: str | No
     `deleting` names a Tenant being deleted: it is left out of the Secret. Serialised per
     namespace within this process; across processes the apply's resourceVersion check holds.
     """
-    async with _tenant_locks.setdefault(namespace, asyncio.Lock()):
+    async with _lock("tenants", namespace):
         tenants = [t for t in await client.list(kube.TENANTS, namespace) if t["metadata"]["name"] != deleting]
         tenants = [t for t in tenants if not t["metadata"].get("deletionTimestamp")]
         names = {k["secretKeyRef"]["name"] for t in tenants for k in (t.get("spec") or {}).get("apiKeys") or []

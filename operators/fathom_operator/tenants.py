@@ -67,14 +67,19 @@ def render_secret(namespace: str, tenants: list[dict], secrets: dict[str, dict],
     """The tenants Secret for `namespace` and each Tenant's new status."""
     applied: list[TenantManifest] = []
     statuses: dict[str, dict] = {}
+    owners: dict[str, str] = {}  # key digest -> the tenant it authenticates
     for obj in sorted(tenants, key=lambda o: o["metadata"]["name"]):
         name, generation = obj["metadata"]["name"], obj["metadata"].get("generation")
         old = obj.get("status") or {}
         try:
             manifest = resolve_tenant(obj, secrets)
+            shared = sorted({owners[d] for d in manifest.spec.digests if d in owners})
+            if shared:  # one key must name one tenant; the first by name keeps it
+                raise ValueError(f"an API key of this tenant is already a key of tenant {shared[0]!r}")
         except ValueError as exc:
             statuses[name] = _tenant_status(old, generation, now, "Invalid", (False, "InvalidSpec", str(exc)), None)
             continue
+        owners.update(dict.fromkeys(manifest.spec.digests, name))
         applied.append(manifest)
         msg = f"{len(manifest.spec.api_keys)} key(s) and limits in Secret {SECRET_NAME}"
         statuses[name] = _tenant_status(old, generation, now, "Applied", (True, "Applied", msg),

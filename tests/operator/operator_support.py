@@ -251,7 +251,7 @@ async def operator_running(*flags: str):
         raise errors[0]
 
 
-async def eventually(check, timeout: float = 15.0, interval: float = 0.05):
+async def eventually(check, timeout: float = 30.0, interval: float = 0.05):
     """Poll the async or sync `check` until it returns a truthy value; fail with its last value."""
     deadline = time.monotonic() + timeout
     while True:

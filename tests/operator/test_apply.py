@@ -1,4 +1,6 @@
-"""apply() against the emulated API server: optimistic concurrency and idempotence over HTTP."""
+"""apply() and the client against the emulated API server: optimistic concurrency and idempotence over HTTP."""
+
+import os
 
 import kopf
 from operator_support import emulated_cluster
@@ -48,3 +50,19 @@ async def test_stale_write_is_refused_and_retried_without_losing_the_other_write
         finally:
             await ours.close()
             await other.close()
+
+
+async def test_a_rotated_service_account_token_is_picked_up(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("first")
+    async with emulated_cluster() as api:
+        client = KubeClient(kopf.ConnectionInfo(server=str(api.url).rstrip("/"), token="first"), token_file=str(token))
+        try:
+            await client.get(kube.SERVICES, "ns", "x")
+            token.write_text("second")
+            os.utime(token, ns=(1, 10**18))  # a new mtime, as the kubelet's atomic swap gives
+            await client.get(kube.SERVICES, "ns", "x")
+        finally:
+            await client.close()
+        sent = [r.headers.get("Authorization") for r in api._requests if r.url.path.endswith("/services/x")]
+        assert sent == ["Bearer first", "Bearer second"]

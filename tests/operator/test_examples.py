@@ -4,6 +4,7 @@ import pathlib
 import subprocess
 
 import jsonschema
+import kubernetes_validate
 import yaml
 from operator_support import eventually, operator_running
 from test_operator_model_service import KUBERAY_CRD
@@ -64,3 +65,6 @@ async def test_examples_through_the_operator(cluster, kubectl):
         assert tenants["team-a"].spec.digests == [hash_api_key("sk-team-a-demo")]
         assert tenants["ops"].spec.digests == [hash_api_key("sk-ops-demo")]
         assert secret["type"] == "Opaque"
+        # the core objects are valid against Kubernetes' own schemas
+        for obj in [*(_live(cluster, "services").values()), _live(cluster, "secrets")[SECRET_NAME]]:
+            kubernetes_validate.validate(obj, "1.30", strict=True)

@@ -118,6 +118,9 @@ async def test_invalid_spec_is_a_condition_not_a_crash_loop(cluster, kubectl):
         assert "minReplicas (5) exceeds maxReplicas (2)" in ready["message"]
         assert condition(ms, "Degraded")["status"] == "True"
         assert "bad" not in objects(cluster, "rayservices") and "bad-api" not in objects(cluster, "services")
+        warning = await eventually(lambda: [e for e in objects(cluster, "events").values()
+                                            if e.get("reason") == "InvalidSpec" and e.get("type") == "Warning"])
+        assert "must divide" in warning[0]["message"]
         # fixing the spec recovers without a restart
         await kubectl.patch(kube.MODEL_SERVICES, NS, "bad", {"spec": {
             "engine": {"expertParallelSize": 2}, "autoscaling": {"minReplicas": 1}}})

@@ -112,3 +112,9 @@ def test_histogram_quantile_interpolates_like_prometheus():
     buckets = [(0.1, 10.0), (0.5, 60.0), (1.0, 100.0), (math.inf, 100.0)]
     assert histogram_quantile(0.5, buckets) == pytest.approx(0.1 + 0.4 * (50 - 10) / 50)
     assert histogram_quantile(0.95, []) is None
+
+
+def test_zero_turns_a_default_target_off():
+    auto = Autoscaling(targets={"kvCacheUtilization": 0, "waitingRequestsPerReplica": 0, "ttftP95Seconds": 1.0})
+    s = Sample(t=0, waiting=50, running=60, kv_usage_sum=3.0, replicas=2, ttft_p95=0.5)
+    assert asks(s, auto) == {}

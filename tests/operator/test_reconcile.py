@@ -119,8 +119,9 @@ def test_scaling_changes_only_what_kuberay_and_serve_apply_in_place():
     one, three = (render.ray_service(spec, render.Owner("m", "ns", "u"), n) for n in (1, 3))
     apps = [yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0] for rs in (one, three)]
     assert apps[0]["args"] == apps[1]["args"] and apps[0]["import_path"] == apps[1]["import_path"]
-    assert [a["deployments"] for a in apps] == [[{"name": "model", "num_replicas": 1}],
-                                                [{"name": "model", "num_replicas": 3}]]
+    assert [[(d["name"], d["num_replicas"]) for d in a["deployments"]] for a in apps] == [[("model", 1)],
+                                                                                         [("model", 3)]]
+    assert apps[0]["deployments"][0]["ray_actor_options"] == apps[1]["deployments"][0]["ray_actor_options"]
 
     def unscaled(rs):
         cluster = copy.deepcopy(rs["spec"]["rayClusterConfig"])
@@ -129,3 +130,32 @@ def test_scaling_changes_only_what_kuberay_and_serve_apply_in_place():
                 group.pop(key)
         return cluster
     assert unscaled(one) == unscaled(three)
+
+
+def test_endpoint_is_the_load_balancer_once_it_has_one():
+    o = obj(service={"type": "LoadBalancer", "port": 80})
+    assert reconcile(o, Observed(now=NOW)).status["endpoint"] == "http://m-api.ns.svc:80"
+    lb = {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}
+    assert reconcile(o, Observed(service=lb, now=NOW)).status["endpoint"] == "http://203.0.113.7:80"
+
+
+@pytest.mark.parametrize("tp, gpus, cpus, want_gpus", [(1, 1, 0, 1), (8, 1, 0, 0), (1, 0, 1, 0), (2, 0, 0, 0)])
+def test_model_replicas_stay_off_the_head(tp, gpus, cpus, want_gpus):
+    spec = parse_spec({"engine": {"tensorParallelSize": tp}, "resources": {"gpus": gpus}})
+    options = render.model_actor_options(spec)
+    assert options == {"num_cpus": cpus, "num_gpus": want_gpus, "resources": {"fathom_worker": 1}}
+    worker = render.worker_group(spec, render.Owner("m", "ns", "u"), 1)
+    assert worker["rayStartParams"]["resources"] == '"{\\"fathom_worker\\": 1000}"'
+    head = render.head_group(spec, render.Owner("m", "ns", "u"))
+    assert "resources" not in head["rayStartParams"] and head["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_progressing_while_kuberay_catches_up():
+    rs = running(1)
+    rs["metadata"] = {"generation": 3}
+    rs["status"]["observedGeneration"] = 2
+    by_type = {c["type"]: c for c in reconcile(obj(), Observed(ray_service=rs, now=NOW)).status["conditions"]}
+    assert by_type["Ready"]["status"] == "True" and by_type["Progressing"]["reason"] == "RayServiceUpdating"
+    rs["status"]["observedGeneration"] = 3
+    by_type = {c["type"]: c for c in reconcile(obj(), Observed(ray_service=rs, now=NOW)).status["conditions"]}
+    assert by_type["Progressing"]["status"] == "False"

@@ -9,7 +9,7 @@ The operator's CRD manifest is generated from these models (`fathom.api.crd`).
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fathom.api.base import Spec
 from fathom.api.engine import EngineSettings
@@ -44,6 +44,13 @@ class ModelSource(Spec):
     uri: str | None = Field(None, pattern=r"^(hf|s3|gs|https?)://.+", description="Checkpoint fetched by an init container: hf://, s3://, gs://, http(s):// (a tarball).")
     path: str = Field("", pattern=r"^[^/].*$|^$", description="Checkpoint directory relative to the volume root (or to the fetched tree); empty = the root.")
     fetch_image: str | None = Field(None, description="Image of the fetch init container (needs huggingface_hub, awscli, gsutil or curl for the scheme); default: spec.image.")
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_volume(cls, v: str) -> str:
+        if ".." in v.split("/"):
+            raise ValueError(f"path {v!r} must stay inside the volume (no '..')")
+        return v
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> "ModelSource":
@@ -102,14 +109,15 @@ class AutoscalingTargets(Spec):
     """Per-replica load targets; the replica count is the largest any target asks for.
 
     A count is asked for as in the Kubernetes HPA: ceil(replicas × observed / target) for
-    ratios (KV cache, TTFT) and ceil(total / target) for per-replica amounts. Unset = ignored.
+    ratios (KV cache, TTFT) and ceil(total / target) for per-replica amounts. A target set to 0
+    (or unset) is off: with the API server filling in defaults, 0 is how a default is turned off.
     """
 
-    waiting_requests_per_replica: float | None = Field(2.0, gt=0, description="Queued (not yet running) requests per replica (fathom_requests_waiting).")
-    running_requests_per_replica: float | None = Field(None, gt=0, description="Running requests per replica (fathom_requests_running).")
-    kv_cache_utilization: float | None = Field(0.8, gt=0, le=1, description="Mean KV cache usage ratio over replicas (fathom_kv_cache_usage_ratio).")
-    ttft_p95_seconds: float | None = Field(None, gt=0, description="p95 time to first token over the last interval (fathom_time_to_first_token_seconds).")
-    tokens_per_second_per_replica: float | None = Field(None, gt=0, description="Generated tokens per second per replica (fathom_generation_tokens_total).")
+    waiting_requests_per_replica: float | None = Field(2.0, ge=0, description="Queued (not yet running) requests per replica (fathom_requests_waiting); 0 = off.")
+    running_requests_per_replica: float | None = Field(None, ge=0, description="Running requests per replica (fathom_requests_running); 0 or unset = off.")
+    kv_cache_utilization: float | None = Field(0.8, ge=0, le=1, description="Mean KV cache usage ratio over replicas (fathom_kv_cache_usage_ratio); 0 = off.")
+    ttft_p95_seconds: float | None = Field(None, ge=0, description="p95 time to first token over the last interval (fathom_time_to_first_token_seconds); 0 or unset = off.")
+    tokens_per_second_per_replica: float | None = Field(None, ge=0, description="Generated tokens per second per replica (fathom_generation_tokens_total); 0 or unset = off.")
 
 
 class Autoscaling(Spec):
@@ -154,7 +162,7 @@ class ModelServiceSpec(Spec):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy.")
     resources: RankResources = Field(default_factory=RankResources, description="Per-rank resources and placement.")
     head: HeadResources = Field(default_factory=HeadResources, description="Resources of the Ray head (CPU only).")
-    replicas: int = Field(1, ge=0, description="Model instances when autoscaling is off; also the /scale subresource.")
+    replicas: int = Field(1, ge=0, description="Model instances when autoscaling is off (kubectl scale, HPA and KEDA write it through /scale); with autoscaling on, only the starting count.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Load-driven replica count.")
     service: ServiceExposure = Field(default_factory=ServiceExposure, description="How the API is exposed.")
     tenants_secret: str = Field("fathom-tenants", description="Secret (written by the operator from Tenant objects) that the ingress reads; optional.")
