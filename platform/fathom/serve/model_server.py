@@ -27,7 +27,7 @@ from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
 from fathom.serve.responses import Choice, TokenStrings
 from fathom.tenancy.fairness import TenantFairPolicy
-from fathom.tenancy.ingress import RequestTenancy, meter_abandoned
+from fathom.tenancy.ingress import RequestTenancy, meter_abandoned, replica_tenancy_client
 
 logger = logging.getLogger("fathom.serve")
 
@@ -68,7 +68,7 @@ class ModelServer:
     def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
         self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
         self.policy = TenantFairPolicy() if self.settings.tenants else None  # fair share among tenants
-        self.tenancy_client = None  # meters abandoned streams; default: the cluster's tenancy actor
+        self.tenancy_client = replica_tenancy_client(self.settings)  # meters streams abandoned by clients
         if engine_factory is None:
             from fathom.engine.async_engine import AsyncEngine
 

@@ -72,6 +72,8 @@ class TenancyGate:
         if not tenant.allows_model(model):
             raise APIError(403, f"Tenant {tenant.name!r} may not use model `{model}`.", param="model",
                            code="model_not_allowed")
+        if self.open:  # the model replica keeps its own defaults (request priority, `user`)
+            return Grant(tenant, model, None, None, {})
         context = RequestTenancy(tenant.name, -tenant.priority, tenant.weight, tenant.cache_salt,
                                  tenant.limits.max_tokens_per_request)
         if tenant.limits == Limits():

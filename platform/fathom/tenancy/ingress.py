@@ -85,12 +85,13 @@ class RequestTenancy:
 
 @dataclass(frozen=True)
 class Grant:
-    """An admitted request: its tenant, lease (settle exactly once) and response headers."""
+    """An admitted request: its tenant, lease (settle exactly once) and response headers.
+    `context` is None in open mode (the model replica then uses its own defaults)."""
 
     tenant: TenantPolicy
     model: str
     lease: str | None
-    context: RequestTenancy
+    context: RequestTenancy | None
     headers: dict[str, str]
 
 
@@ -130,19 +131,24 @@ class LocalTenancyClient:
         return self.state.usage_rows(time.time(), tenant, start, end)
 
 
+def replica_tenancy_client(settings):
+    """The model replica's client of the shared tenancy state (None without tenants or Ray):
+    made at start, as getting the named actor blocks."""
+    import ray
+
+    if settings.tenants is None or not ray.is_initialized():
+        return None
+    from fathom.tenancy.actor import TenancyClient, tenancy_actor
+
+    return TenancyClient(tenancy_actor())
+
+
 def meter_abandoned(server, ctx: RequestTenancy, prompt: int, cached: int, completion: int) -> None:
     """Settle, from the model replica, a stream whose client went away: the ingress never sees
-    its usage. `server.tenancy_client` (set, or the cluster's tenancy actor when Ray is up)
-    records it; the ingress's release of the same lease is then a no-op, or this one finds the
-    lease released and only meters."""
-    client = server.tenancy_client
-    if client is None:
-        import ray
-
-        if not ray.is_initialized():
-            return
-        from fathom.tenancy.actor import TenancyClient, tenancy_actor
-
-        client = server.tenancy_client = TenancyClient(tenancy_actor())
+    its usage. `server.tenancy_client` records it; the ingress's release of the same lease is
+    then a no-op, or this one finds the lease released and only meters."""
+    if server.tenancy_client is None:
+        return
     cost = cost_of(server.settings.engine.pricing, prompt, cached, completion)
-    client.settle(Settlement(ctx.lease, ctx.tenant, server.model_name, prompt, cached, completion, cost))
+    server.tenancy_client.settle(Settlement(ctx.lease, ctx.tenant, server.model_name, prompt, cached,
+                                            completion, cost))
