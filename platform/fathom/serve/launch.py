@@ -61,6 +61,7 @@ def start_ray(settings: ServeSettings) -> None:
     _say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
     _export_source_root()
     ray.init(
+        address="local",  # a new instance: never join another `ray start` cluster on this machine
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
