@@ -12,7 +12,7 @@ from dataclasses import replace
 from fathom.api.engine import Pricing
 from fathom.serve.errors import APIError
 from fathom.tenancy.ingress import (
-    _REFUSALS,
+    REFUSALS,
     Grant,
     LocalTenancyClient,
     RequestTenancy,
@@ -86,7 +86,7 @@ class TenancyGate:
             raise APIError(503, "Rate-limit state is unavailable; retry shortly.", code="tenancy_unavailable",
                            retry_after=1.0) from None
         if not decision.allowed:
-            code, status = _REFUSALS[decision.reason]
+            code, status = REFUSALS[decision.reason]
             headers = decision.response_headers()
             retry_after = float(headers.pop("retry-after", 1))
             raise TenancyError(status, decision.message, code=code, retry_after=retry_after,

@@ -95,7 +95,7 @@ class Grant:
     headers: dict[str, str]
 
 
-_REFUSALS = {  # Decision.reason -> (OpenAI-style code, status)
+REFUSALS = {  # Decision.reason -> (OpenAI-style code, status)
     "requests": ("rate_limit_exceeded", 429),
     "tokens": ("rate_limit_exceeded", 429),
     "concurrency": ("rate_limit_exceeded", 429),
