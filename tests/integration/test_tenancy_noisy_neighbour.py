@@ -1,7 +1,7 @@
 """Noisy neighbour through real HTTP on the real engine: tenant A keeps 4x more requests waiting
-flight than the engine runs at once while tenant B sends a steady stream. B's median time to
+than the engine runs at once while tenant B sends a steady stream. B's median time to
 first token is measured alone and with A in the same run and compared as a ratio; then both
-flood and the completion tokens served follow the weights. Figures are printed (-s)."""
+flood and the tokens streamed follow the weights. Figures are printed (-s)."""
 
 import asyncio
 import statistics
