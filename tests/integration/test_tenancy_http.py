@@ -73,9 +73,13 @@ async def test_missing_and_unknown_keys_are_401_without_echoing_the_key(server):
         await client(server, "sk-wrong").chat.completions.create(model=MODEL, messages=USER, max_tokens=1)
 
 
-async def test_model_not_allowed_is_403(server):
+async def test_model_not_allowed_is_403_and_not_listed(server):
     with pytest.raises(openai.PermissionDeniedError, match="may not use model"):
         await client(server, "sk-narrow").chat.completions.create(model=MODEL, messages=USER, max_tokens=1)
+    assert [m.id async for m in client(server, "sk-narrow").models.list()] == []
+    assert [m.id async for m in client(server, "sk-bob").models.list()] == [MODEL]
+    with pytest.raises(openai.AuthenticationError):
+        await client(server, "sk-nobody").models.list()
 
 
 async def test_both_keys_of_a_rotation_work_and_headers_come_with_success(server):
