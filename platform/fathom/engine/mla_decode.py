@@ -82,8 +82,9 @@ _last_plan: list[_Plan] = []
 
 
 def _plan(meta, block_size: int, device) -> _Plan:
-    if _last_plan and _last_plan[0].meta is meta:
-        return _last_plan[0]
+    cached = _last_plan[0] if _last_plan else None  # one read: other engines' threads may swap it
+    if cached is not None and cached.meta is meta:
+        return cached
     starts = [0, *accumulate(meta.query_lens)]
     decodes = [i for i, q in enumerate(meta.query_lens) if q == 1]
     prefills = [(i, starts[i], q, meta.seq_lens_list[i]) for i, q in enumerate(meta.query_lens) if q > 1]
