@@ -41,6 +41,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the API cannot listen on host:port (checked before starting Ray), or None."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        return f"cannot listen on {host}:{port}: {e.strerror} (choose another with --port / --host)"
+    return None
+
+
 def _export_source_root() -> None:
     """Make `fathom` importable in Ray's worker processes even when it is not installed (a
     source checkout): a local Ray instance inherits this process's environment."""
@@ -139,7 +150,10 @@ def banner(settings: ServeSettings) -> str:
     url = f"http://{host}:{settings.port}"
     body = json.dumps({"model": settings.model_name, "messages": [{"role": "user", "content": "Hello!"}],
                        "max_tokens": 32})
-    return (
+    exposed = "" if settings.host in ("127.0.0.1", "localhost", "::1") else (
+        f"note: the API listens on {settings.host}, reachable from the network; "
+        "use --tenants FILE for API keys\n")
+    return exposed + (
         f"serving `{settings.model_name}` at {url}/v1 (OpenAI API; readiness {url}/health/ready, "
         f"metrics {url}/metrics)\n"
         f"try:\n  curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'\n"
@@ -162,6 +176,9 @@ def serve_forever(settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     if settings.port == 0:
         settings = settings.model_copy(update={"port": free_port(settings.host)})
+    elif not settings.address and (problem := port_problem(settings.host, settings.port)):
+        print(f"fathom serve: error: {problem}", file=sys.stderr)
+        return 1
     try:
         start_ray(settings)
         handle = deploy(settings)
