@@ -63,6 +63,7 @@ class Ingress:
 @pytest.fixture
 def name(ray_cluster):
     name = f"tenancy-{uuid.uuid4().hex[:8]}"
+    tenancy_actor(name=name, checkpoint_key=name)  # each test its own actor and checkpoint
     yield name
     ray.kill(ray.get_actor(name, namespace=NAMESPACE))
 
@@ -122,3 +123,20 @@ def test_admission_whose_caller_went_away_is_released(name):
         assert time.monotonic() < deadline, "the abandoned admission was never released"
         time.sleep(0.05)
     assert ray.get(a.admit.remote(tenant, 1, 1)).allowed
+
+
+def test_usage_survives_a_restart_of_the_tenancy_actor(ray_cluster):
+    name = f"tenancy-{uuid.uuid4().hex[:8]}"
+    handle = tenancy_actor(name=name, checkpoint_s=0.0, checkpoint_key=name)
+    ray.get(handle.settle.remote([Settlement(None, "t", "m", 10, 2, 5, 0.25)]))
+    ray.kill(handle, no_restart=False)  # a crash: Ray restarts it, from its checkpoint
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            rows = ray.get(ray.get_actor(name, namespace=NAMESPACE).usage.remote("t"), timeout=10)
+            break
+        except (ray.exceptions.RayActorError, ValueError):
+            assert time.monotonic() < deadline, "the tenancy actor did not come back"
+            time.sleep(0.2)
+    assert [(r["requests"], r["prompt_tokens"], r["completion_tokens"], r["cost"]) for r in rows] == [(1, 10, 5, 0.25)]
+    ray.kill(ray.get_actor(name, namespace=NAMESPACE))

@@ -10,9 +10,11 @@ Actor methods are synchronous, so the actor runs one at a time and needs no lock
 
 import asyncio
 import logging
+import pickle
 import time
 
 import ray
+from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
 
 from fathom.tenancy.limits import Decision
 from fathom.tenancy.metering import UsageLedger
@@ -30,22 +32,42 @@ class TenancyUnavailable(RuntimeError):
 
 
 class TenancyActor:
-    """Ray actor around `TenancyState` with the wall clock."""
+    """Ray actor around `TenancyState` with the wall clock.
 
-    def __init__(self, fine_width_s: int = 60, lease_ttl_s: float = 3600.0):
-        self.state = TenancyState(UsageLedger(fine_width_s=fine_width_s), lease_ttl_s=lease_ttl_s)
+    The state is checkpointed to the cluster's key-value store (GCS) at most every
+    `checkpoint_s` seconds, on the calls that change it, and restored when Ray restarts the
+    actor: a crash loses at most that many seconds of usage, not the month's bill.
+    """
+
+    def __init__(self, fine_width_s: int = 60, lease_ttl_s: float = 3600.0, checkpoint_s: float = 5.0,
+                 checkpoint_key: str = ACTOR_NAME):
+        self.checkpoint_s, self.checkpoint_key = checkpoint_s, checkpoint_key
+        restored = _internal_kv_get(checkpoint_key, namespace=NAMESPACE)
+        if restored:
+            self.state = pickle.loads(restored)
+            log.warning("Tenancy state restored from its checkpoint (%d bytes)", len(restored))
+        else:
+            self.state = TenancyState(UsageLedger(fine_width_s=fine_width_s), lease_ttl_s=lease_ttl_s)
+        self._saved = time.monotonic()
+
+    def _changed(self) -> None:
+        if time.monotonic() - self._saved >= self.checkpoint_s:
+            _internal_kv_put(self.checkpoint_key, pickle.dumps(self.state), namespace=NAMESPACE)
+            self._saved = time.monotonic()
 
     def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int) -> Decision:
-        return self.state.admit(tenant, limits, prompt_tokens, max_tokens, time.time())
+        return self.exchange([], [(tenant, limits, prompt_tokens, max_tokens)])[0]
 
     def settle(self, settlements: list[Settlement]) -> None:
-        self.state.settle_many(settlements, time.time())
+        self.exchange(settlements, [])
 
     def exchange(self, settlements: list[Settlement], admissions: list[tuple]) -> list[Decision]:
         """Settle, then admit each `(tenant, limits, prompt_tokens, max_tokens)` in order."""
         now = time.time()
         self.state.settle_many(settlements, now)
-        return [self.state.admit(*args, now) for args in admissions]
+        decisions = [self.state.admit(*args, now) for args in admissions]
+        self._changed()
+        return decisions
 
     def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None) -> list[dict]:
         """Usage rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
