@@ -92,6 +92,11 @@ def deploy(settings: ServeSettings, show_progress: bool = True):
     what = settings.engine.model or "the built-in demo model"
     _say(f"loading {what} as `{settings.model_name}` (TP={settings.engine.tensor_parallel_size}, "
          f"EP={settings.engine.expert_parallel_size}, replicas={settings.num_replicas})")
+    if APP_NAME in serve.status().applications:
+        # Replace, not update in place: a RUNNING status could still be the old version's, and
+        # its replicas (other shapes, other placement) would keep answering until they drain.
+        _say(f"removing the running `{APP_NAME}` app first")
+        serve.delete(APP_NAME)
     [handle] = serve.run_many([RunTarget(build_app(settings, gpus), name=APP_NAME, route_prefix="/")],
                               wait_for_applications_running=False)
     wait_running(show_progress)
@@ -184,7 +189,7 @@ def serve_forever(settings: ServeSettings) -> int:
         handle = deploy(settings)
     except RuntimeError as e:
         print(f"fathom serve: error: {e}", file=sys.stderr)
-        _shutdown()
+        _shutdown(joined=bool(settings.address))
         return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own SIGTERM handler
@@ -195,7 +200,7 @@ def serve_forever(settings: ServeSettings) -> int:
     _say("shutting down: no new requests; finishing in-flight ones")
     _watchdog(settings.graceful_shutdown_timeout_s + SHUTDOWN_SLACK_S)
     drain(handle, settings.graceful_shutdown_timeout_s)
-    _shutdown()
+    _shutdown(joined=bool(settings.address))
     return 0
 
 
@@ -212,9 +217,13 @@ def _watchdog(seconds: float) -> None:
     timer.start()
 
 
-def _shutdown() -> None:
+def _shutdown(joined: bool = False) -> None:
+    """Stop what we started: on a cluster we joined (--address), only our app; else Serve and Ray."""
     try:
-        serve.shutdown()
+        if joined:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
     finally:
         ray.shutdown()
         _say("stopped")

@@ -139,10 +139,10 @@ class ModelServer:
         """Ray node id of each rank of this instance (rank 0 first; W=1 runs in this replica)."""
         import ray
 
-        workers = getattr(getattr(self.engine.engine, "executor", None), "workers", None)
-        if not workers:
+        executor = getattr(self.engine.engine, "executor", None)
+        if not hasattr(executor, "workers"):  # in-process executor (W=1)
             return [ray.get_runtime_context().get_node_id()]
-        return list(await asyncio.gather(*(w.node_id.remote() for w in workers)))
+        return list(await asyncio.gather(*(w.node_id.remote() for w in executor.workers)))  # [] once shut down
 
     def check_health(self) -> None:
         """Ray Serve's health check: a dead engine makes Serve replace this replica."""
