@@ -44,6 +44,17 @@ class LLM:
                 _merge(merged, out)
         return [merged[i] for i in ids]
 
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Render each conversation with the checkpoint's chat template (generation prompt added)
+        and generate; `messages` is one conversation or a list of them."""
+        if self.tokenizer is None:
+            raise ValueError("this checkpoint has no tokenizer.json, so it has no chat template")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [self.tokenizer.encode(self.tokenizer.apply_chat_template(c), add_special_tokens=False)
+                   for c in conversations]
+        return self.generate(prompts, sampling_params)
+
     def _token_ids(self, prompts) -> list[list[int]]:
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]

@@ -14,7 +14,9 @@ from fathom.api.serve import ServeSettings
 from fathom.serve.api import build_api
 from fathom.serve.frontend import Frontend
 from fathom.serve.model_server import ModelServer
-from fathom.tenancy.registry import tenant_manifest
+from fathom.tenancy.gate import TenancyGate
+from fathom.tenancy.ingress import LocalTenancyClient
+from fathom.tenancy.registry import TenantSource, tenant_manifest
 
 MODEL = "fathom-demo"
 
@@ -61,12 +63,14 @@ class HttpServer:
         self.thread.join(timeout=10)
 
 
-def frontend(model_server: ModelServer, s: ServeSettings, tenancy=None) -> Frontend:
-    return Frontend(model_server, s, tenancy=tenancy)
-
-
-def app_for(model_server: ModelServer, s: ServeSettings, tenancy=None):
-    return build_api(frontend(model_server, s, tenancy))
+def app_for(model_server: ModelServer, s: ServeSettings, shared: bool = False):
+    """The FastAPI app. `shared`: tenancy state in the cluster-wide actor (Ray must be up);
+    otherwise in this process, so that tests do not see each other's usage."""
+    tenancy = None if shared else TenancyGate(TenantSource(s.tenants), LocalTenancyClient(), s.model_name,
+                                              s.engine.pricing)
+    if tenancy is not None:
+        model_server.tenancy_client = tenancy.client  # the replica meters abandoned streams here
+    return build_api(Frontend(model_server, s, tenancy=tenancy))
 
 
 async def wait_for(predicate, timeout: float = 10.0) -> None:

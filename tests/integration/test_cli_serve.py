@@ -142,6 +142,15 @@ def test_binds_loopback_and_exposes_no_dashboard_or_job_api(server):
             assert r.status_code >= 400, (ip, port, path, r.status_code)
 
 
+def test_port_in_use_is_a_clear_error_before_starting_ray(server):
+    out = subprocess.run([sys.executable, "-m", "fathom.cli", "serve", "--port", str(server.port)], check=False,
+                         capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "platform")})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in out.stderr
+    assert "starting a local Ray" not in out.stdout
+
+
 def test_sigterm_finishes_in_flight_stream_then_exits(server):
     base = f"http://127.0.0.1:{server.port}"
     body = {"model": "fathom-demo", "prompt": "drain me", "max_tokens": 600, "stream": True, "ignore_eos": True}
@@ -172,3 +181,4 @@ def test_sigterm_finishes_in_flight_stream_then_exits(server):
     assert refused is not None and refused.headers["retry-after"] and refused.json()["error"]["code"] == "shutting_down"
     assert server.proc.wait(120) == 0
     assert "shutting down" in server.output and "stopped" in server.output
+

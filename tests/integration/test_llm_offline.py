@@ -48,6 +48,10 @@ def test_chat_template_matches_transformers(llm):
     ours = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     assert ours == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert llm.tokenizer.encode(ours, add_special_tokens=False) == hf.encode(ours, add_special_tokens=False)
+    out = llm.chat(messages, fathom.SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))[0]
+    assert out.prompt_token_ids == hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                          return_dict=True)["input_ids"]
+    assert len(out.outputs[0].token_ids) == 4
 
 
 def test_errors_are_clear(llm):

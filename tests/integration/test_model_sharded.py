@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from fathom.model import testing as T
 
-PROMPTS = [[5, 17, 99, 3, 200, 41, 8, 250, 1, 77, 33], [9, 9, 12, 130, 64]]
+PROMPTS = [[5, 17, 99, 3, 200, 41, 8, 249, 1, 77, 33], [9, 9, 12, 130, 64]]
 DECODE = 6
 
 
@@ -29,9 +29,10 @@ def references(tmp_path_factory):
     from fathom.model.loader import load_model
 
     refs = {}
-    for name, kind in (("v3", "v3"), ("v2", "v2")):
+    # the V2 vocab (250) does not divide over 4 ranks: the last rank holds a shorter vocab slice
+    for name, kind, vocab in (("v3", "v3", 256), ("v2", "v2", 250)):
         d = tmp_path_factory.mktemp(name)
-        hf = T.save_reference(d, kind, seed=7)
+        hf = T.save_reference(d, kind, seed=7, vocab_size=vocab)
         refs[name] = (d, hf)
     fp8_dir = tmp_path_factory.mktemp("v3-fp8")
     deq_dir = tmp_path_factory.mktemp("v3-dequantised")
@@ -50,7 +51,8 @@ def references(tmp_path_factory):
 def test_sharded_model_matches_transformers(references, tmp_path, tp, ep):
     jobs = [{"path": d, "prompts": PROMPTS, "decode": DECODE} for d, *_ in references.values()]
     mp.spawn(T.run_rank, args=(tp, ep, free_port(), jobs, str(tmp_path)), nprocs=tp, join=True)
-    ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(tp)]
+    saved = [torch.load(tmp_path / f"{r}.pt") for r in range(tp)]
+    ranks = [s["jobs"] for s in saved]
     for j, (name, (_, logits, greedy, full)) in enumerate(references.items()):
         for r, results in enumerate(ranks):
             res = results[j]
@@ -65,3 +67,16 @@ def test_sharded_model_matches_transformers(references, tmp_path, tp, ep):
         shards = [results[j]["experts"] for results in ranks]
         per = 8 // ep
         assert shards == [list(range(r // (tp // ep) * per, (r // (tp // ep) + 1) * per)) for r in range(tp)]
+
+    # the process groups: tp = all ranks; ep = one rank per expert shard; moe_tp = a shard's ranks
+    rank_sums = {
+        name: [s["groups"][name] for s in saved] for name in ("tp_group", "ep_group", "moe_tp_group")
+    }
+    assert (
+        rank_sums
+        == {
+            (2, 1): {"tp_group": [1, 1], "ep_group": [0, 1], "moe_tp_group": [1, 1]},
+            (2, 2): {"tp_group": [1, 1], "ep_group": [1, 1], "moe_tp_group": [0, 1]},
+            (4, 2): {"tp_group": [6] * 4, "ep_group": [2, 4, 2, 4], "moe_tp_group": [1, 1, 5, 5]},
+        }[(tp, ep)]
+    )

@@ -3,7 +3,12 @@ greedy completions through HTTP with TP=2/EP=2 and 2 replicas equal transformers
 token for token; a TP=4 replica places its ranks on both nodes and still matches."""
 
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -100,3 +105,30 @@ def test_tp4_replica_spans_both_nodes(cluster, checkpoint):
     assert len(placement) == 4 and len(set(placement)) == 2, "4 one-CPU ranks cannot fit one 2-CPU node"
     ps = prompts()[:3]
     assert asyncio.run(greedy_over_http(cluster, s.model_name, ps)) == [hf_greedy(hf, p) for p in ps]
+
+
+def test_cli_joins_the_cluster_with_address_and_leaves_it_running(cluster, checkpoint):
+    """`fathom serve --address` deploys onto the running cluster; SIGTERM removes only its app."""
+    path, _ = checkpoint
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "platform")}
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fathom.cli", "serve", "--address", address, "--port", str(cluster),
+         "--model", str(path), "--served-model-name", "joined", "--dtype", "float32", "--max-num-seqs", "4",
+         "--max-ongoing-requests", "8", "--kv-cache-memory", str(1 << 20)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C or SIGTERM"):
+            break
+    out = "".join(lines)
+    assert f"joining Ray cluster at {address}" in out and "starting a local Ray" not in out, out
+    r = httpx.post(f"http://127.0.0.1:{cluster}/v1/completions", timeout=60,
+                   json={"model": "joined", "prompt": [1, 2, 3], "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 0
+    assert ray.is_initialized() and len([n for n in ray.nodes() if n["Alive"]]) == 2  # the cluster lives on
+    assert APP_NAME not in serve.status().applications

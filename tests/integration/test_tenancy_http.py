@@ -25,6 +25,7 @@ TENANTS = {
     "thrifty": {"keys": ["sk-thrifty"], "limits": {"monthlyTokenBudget": 40}},
     "tpm": {"keys": ["sk-tpm"], "limits": {"tokensPerMinute": 100}},
     "capped": {"keys": ["sk-capped"], "limits": {"maxTokensPerRequest": 40}},
+    "quitter": {"keys": ["sk-quitter"], "limits": {"tokensPerMinute": 100000}},
 }
 USER = [{"role": "user", "content": "Hello there"}]
 
@@ -72,9 +73,13 @@ async def test_missing_and_unknown_keys_are_401_without_echoing_the_key(server):
         await client(server, "sk-wrong").chat.completions.create(model=MODEL, messages=USER, max_tokens=1)
 
 
-async def test_model_not_allowed_is_403(server):
+async def test_model_not_allowed_is_403_and_not_listed(server):
     with pytest.raises(openai.PermissionDeniedError, match="may not use model"):
         await client(server, "sk-narrow").chat.completions.create(model=MODEL, messages=USER, max_tokens=1)
+    assert [m.id async for m in client(server, "sk-narrow").models.list()] == []
+    assert [m.id async for m in client(server, "sk-bob").models.list()] == [MODEL]
+    with pytest.raises(openai.AuthenticationError):
+        await client(server, "sk-nobody").models.list()
 
 
 async def test_both_keys_of_a_rotation_work_and_headers_come_with_success(server):
@@ -184,6 +189,21 @@ async def test_usage_equals_sum_of_responses_and_users_see_only_their_own(server
     assert only_bob["data"] == report["data"]
 
 
+async def test_a_stream_abandoned_by_its_client_is_still_metered(server):
+    gate = server.frontend.tenancy
+    async with http(server, "sk-quitter") as h:
+        body = {"model": MODEL, "prompt": "go on", "max_tokens": 60, "stream": True, "ignore_eos": True}
+        async with h.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    break  # the client goes away after the first tokens
+    await wait_for(lambda: gate.client.state.in_flight("quitter") == 0)
+    await wait_for(lambda: gate.client.state.usage_rows(time.time(), "quitter") != [])
+    [row] = gate.client.state.usage_rows(time.time(), "quitter")
+    assert row["requests"] == 1 and 1 <= row["completion_tokens"] < 60
+
+
 async def test_prefix_cache_is_isolated_between_tenants(server):
     prompt = "The quarterly report of a very secret project, page one, in full detail. " * 2
     a, b = client(server, "sk-alice-1"), client(server, "sk-bob")
@@ -222,3 +242,16 @@ async def test_tenants_file_reload_without_restart(server):
         await client(server, "sk-bob").completions.create(model=MODEL, prompt="x", max_tokens=1)
     write_tenants(server.tenants_file, TENANTS)
     os.utime(server.tenants_file, (time.time(), time.time() + 10))
+
+
+async def test_open_mode_needs_no_key_and_meters_as_default():
+    s = settings(None)
+    ms = ModelServer(s)
+    try:
+        with HttpServer(app_for(ms, s)) as srv:
+            r = await client(srv, "anything").completions.create(model=MODEL, prompt="open", max_tokens=2)
+            async with http(srv) as h:
+                [row] = (await h.get("/v1/usage")).json()["data"]
+        assert (row["tenant"], row["requests"], row["completion_tokens"]) == ("default", 1, r.usage.completion_tokens)
+    finally:
+        ms.engine._stopping = True

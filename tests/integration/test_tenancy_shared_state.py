@@ -1,6 +1,8 @@
 """Limit accounting and usage shared by several ingress processes through the named actor (real Ray)."""
 
+import asyncio
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -17,7 +19,7 @@ PLATFORM = str(Path(__file__).resolve().parents[2] / "platform")
 @pytest.fixture(scope="module")
 def ray_cluster():
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PLATFORM, os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=1, include_dashboard=False, namespace="tenancy-test", log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, namespace="tenancy-test", log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -42,6 +44,15 @@ class Ingress:
                 ran += 1
         return ran
 
+    async def admit_then_go_away(self, tenant: TenantPolicy) -> bool:
+        """Start an admission and cancel it while the actor answers; True if it was cancelled."""
+        task = asyncio.ensure_future(self.client.admit(tenant, 1, 1))
+        await asyncio.sleep(0)  # the admission is sent on this loop turn
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.sleep(0)
+        return task.cancelled()  # the decision arrives for nobody and is released
+
     async def usage(self, tenant=None):
         return await self.client.usage(tenant)
 
@@ -52,6 +63,7 @@ class Ingress:
 @pytest.fixture
 def name(ray_cluster):
     name = f"tenancy-{uuid.uuid4().hex[:8]}"
+    tenancy_actor(name=name, checkpoint_key=name)  # each test its own actor and checkpoint
     yield name
     ray.kill(ray.get_actor(name, namespace=NAMESPACE))
 
@@ -99,3 +111,32 @@ def test_token_reservations_settle_across_replicas(name):
     handle = ray.get_actor(name, namespace=NAMESPACE)
     ray.get(handle.settle.remote([Settlement(first.lease, "t", "m", 100, 0, 10)]))
     assert ray.get(b.admit.remote(tenant, 100, 700)).allowed
+
+
+def test_admission_whose_caller_went_away_is_released(name):
+    a = Ingress.remote(name)
+    tenant = TenantPolicy("t", limits=Limits(max_concurrent_requests=1))
+    assert ray.get(a.admit_then_go_away.remote(tenant))
+    handle = ray.get_actor(name, namespace=NAMESPACE)
+    deadline = time.monotonic() + 30
+    while ray.get(handle.in_flight.remote("t")) != 0:
+        assert time.monotonic() < deadline, "the abandoned admission was never released"
+        time.sleep(0.05)
+    assert ray.get(a.admit.remote(tenant, 1, 1)).allowed
+
+
+def test_usage_survives_a_restart_of_the_tenancy_actor(ray_cluster):
+    name = f"tenancy-{uuid.uuid4().hex[:8]}"
+    handle = tenancy_actor(name=name, checkpoint_s=0.0, checkpoint_key=name)
+    ray.get(handle.settle.remote([Settlement(None, "t", "m", 10, 2, 5, 0.25)]))
+    ray.kill(handle, no_restart=False)  # a crash: Ray restarts it, from its checkpoint
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            rows = ray.get(ray.get_actor(name, namespace=NAMESPACE).usage.remote("t"), timeout=10)
+            break
+        except (ray.exceptions.RayActorError, ValueError):
+            assert time.monotonic() < deadline, "the tenancy actor did not come back"
+            time.sleep(0.2)
+    assert [(r["requests"], r["prompt_tokens"], r["completion_tokens"], r["cost"]) for r in rows] == [(1, 10, 5, 0.25)]
+    ray.kill(ray.get_actor(name, namespace=NAMESPACE))

@@ -94,3 +94,9 @@ def test_schema_rejects_what_the_model_rejects():
     for bad in ({"role": "root"}, {"weight": 0}, {"apiKeys": []}, {"apiKeys": [{"sha256": "xyz"}]}):
         spec = {**good["spec"], **bad}
         assert list(validator.iter_errors({"spec": spec})), bad
+
+
+def test_stdout_is_one_applyable_stream(capsys):
+    assert crdgen.main(["--stdout"]) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert [d["metadata"]["name"] for d in docs] == ["modelservices.fathom.dev", "tenants.fathom.dev"]

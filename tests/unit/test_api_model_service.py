@@ -30,6 +30,7 @@ def test_ranks_are_packed_per_node(tp, gpus, per_node, ranks_per_pod, pods):
     ({"model": PVC, "engine": {"model": "/x"}}, "spec.engine.model"),
     ({"model": PVC, "resources": {"gpus": 4, "gpusPerNode": 2}}, "gpusPerNode"),
     ({"model": PVC, "replicaz": 2}, "replicaz"),
+    ({"model": {"hostPath": "/mnt", "path": "a/../../etc"}, "replicas": 1}, "inside the volume"),
 ])
 def test_invalid_specs_name_the_problem(bad, needle):
     with pytest.raises(ValidationError, match=needle):

@@ -55,13 +55,15 @@ async def test_abort_and_cancellation_free_blocks(engine):
     rest = [o async for o in gen]
     assert rest[-1].finished and rest[-1].outputs[0].finish_reason == "abort"
 
+    started = asyncio.Event()
+
     async def consume():
         async for _ in engine.generate("b", [6] * 10, params):
-            pass
+            started.set()
 
-    engine.engine.executor.delay = 0.01
+    engine.engine.executor.delay = 0.05  # ~5 s of generation left when we cancel
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(started.wait(), 30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -201,3 +201,19 @@ def test_fair_share_interleaves_tenants():
             if out.finished:
                 order.append(out.request_id)
     assert order.index("b0") == 1, order
+
+
+@pytest.mark.parametrize("high_priority, preempts", [(0, True), (1, False)])
+def test_higher_priority_arrival_preempts_lower_priority_running(high_priority, preempts):
+    engine = make_engine(num_blocks=10, block_size=4, max_num_batched_tokens=64)
+    params = SamplingParams(temperature=0, max_tokens=10)
+    low = {f"low{i}": prompt(14, 20 + i) for i in range(2)}  # seq ids 0, 1
+    high = prompt(12, 30)  # seq id 2, arrives at step 2 when only 2 blocks are free
+    results, _ = run(engine, {0: [(k, v, params, {"priority": 1}) for k, v in low.items()],
+                              2: [("high", high, params, {"priority": high_priority})]})
+    first = next(i for i, s in enumerate(engine.executor.steps) if 2 in s.seq_ids)
+    assert (first == 2) == preempts, first
+    assert engine.stats().num_preemptions > 0 or not preempts
+    assert results["high"][0] == reference_greedy(high, 10)
+    for k, v in low.items():
+        assert results[k][0] == reference_greedy(v, 10)

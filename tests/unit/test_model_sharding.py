@@ -70,3 +70,19 @@ def test_unknown_tensors_and_uneven_splits_are_errors():
         shard_for("model.layers.0.bogus", (1,), layout(0, 1, 1))
     with pytest.raises(ValueError, match="q_b_proj"):
         shard_for("model.layers.0.self_attn.q_b_proj.weight", (15, 6), layout(0, 2, 1))
+
+
+@pytest.mark.parametrize(
+    "world, ep, needle", [(8, 1, "num_attention_heads=4"), (4, 4, "moe_intermediate_size"), (16, 16, "heads")]
+)
+def test_model_that_cannot_split_over_the_ranks_is_refused_by_name(world, ep, needle):
+    from fathom.model.config import DeepseekConfig
+    from fathom.model.deepseek import DeepseekForCausalLM
+    from fathom.model.testing import tiny_v3_kwargs
+    from fathom.parallel.context import ParallelContext
+
+    kw = tiny_v3_kwargs(moe_intermediate_size=30)
+    config = DeepseekConfig.from_dict({"model_type": "deepseek_v3", **kw})
+    ctx = ParallelContext(rank=0, world_size=world, ep_size=ep, tp_group=object())
+    with pytest.raises(ValueError, match=needle):
+        DeepseekForCausalLM(config, ctx)

@@ -74,3 +74,24 @@ async def test_errors_are_values_before_anything_starts(server):
     assert isinstance(result, APIError) and result.param == "response_format"
     stats = await server.stats()
     assert stats["num_running"] == 0 and stats["active_streams"] == 0
+
+
+async def test_checkpoint_without_tokenizer_serves_token_ids_only(tmp_path):
+    from fathom.model.testing import save_reference
+
+    hf = save_reference(tmp_path, "v3", seed=2)
+    ms = ModelServer(ServeSettings(engine={"model": str(tmp_path), "dtype": "float32", "max_num_seqs": 2,
+                                           "block_size": 4, "kv_cache_memory": 1 << 20}, max_ongoing_requests=2))
+    try:
+        ids = [5, 17, 42, 7, 99]
+        r = await ms.complete("completion", CompletionRequest(
+            model=ms.model_name, prompt=ids, max_tokens=6, temperature=0, ignore_eos=True, logprobs=0))
+        got = [int(t.removeprefix("token_id:")) for t in r["choices"][0]["logprobs"]["tokens"]]
+        want = hf.generate(torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False)[0, 5:].tolist()
+        assert got == want
+        chat = await ms.complete("chat", ChatCompletionRequest(model=ms.model_name,
+                                                               messages=[{"role": "user", "content": "x"}]))
+        text = await ms.complete("completion", CompletionRequest(model=ms.model_name, prompt="x"))
+        assert chat.status == text.status == 400 and chat.code == text.code == "no_tokenizer"
+    finally:
+        ms.engine._stopping = True

@@ -37,6 +37,18 @@ def test_order_is_priority_then_least_weighted_service_then_arrival():
     assert sorted([a1, a2, b1, hi], key=p.key) == [hi, b1, a1, a2]
 
 
+def test_share_counts_the_tenants_earlier_waiting_sequences():
+    """Two free slots, shares 1.5 : 0.5: b's first waiting sequence is within its share, its
+    second is not, so a (served less) takes the other slot in the same step."""
+    p = TenantFairPolicy({"a": 1.0, "b": 3.0})
+    a1, b1 = seq("a"), seq("b")
+    p.begin_step([], [a1, b1], 2)
+    p.on_scheduled(b1, 300)  # b: 100, a: 0
+    a2, b3, b4 = seq("a"), seq("b"), seq("b")
+    p.begin_step([b3, b4, a2], [], 2)
+    assert sorted([b4, a2, b3], key=p.key) == [b3, a2, b4]
+
+
 def test_returning_tenant_is_lifted_to_the_busy_tenants_service():
     p = TenantFairPolicy()
     a, b = seq("a"), seq("b")
@@ -59,6 +71,17 @@ def test_alone_keeps_its_counter():
     a = seq("a")
     p.begin_step([a], [], 4)
     assert p.counters["a"] == 0
+
+
+def test_after_an_idle_engine_newcomers_start_level_with_the_last_busy_tenant():
+    p = TenantFairPolicy()
+    b = seq("b")
+    p.begin_step([b], [], 4)
+    p.on_scheduled(b, 500)
+    p.begin_step([], [], 4)  # b finished; the engine is idle
+    a, b2 = seq("a"), seq("b")
+    p.begin_step([a, b2], [], 4)
+    assert p.counters["a"] == p.counters["b"] == 500  # a is not owed b's past service
 
 
 def test_running_order_puts_lowest_priority_then_most_over_share_then_newest_last():

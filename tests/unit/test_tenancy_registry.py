@@ -117,3 +117,21 @@ def test_open_mode_is_announced(caplog):
     with caplog.at_level(logging.WARNING):
         assert TenantSource(None).current().open
     assert "open" in caplog.text
+
+
+def test_missing_file_is_open_until_it_appears(tmp_path):
+    f = tmp_path / "mount" / "tenants.yaml"  # an optional Secret not created yet
+    src = TenantSource(f, poll_s=0.0)
+    assert src.current().open
+    f.parent.mkdir()
+    f.write_text(tenant_yaml("a", "k"))
+    assert src.current().authenticate("Bearer k").name == "a"
+
+
+def test_example_tenants_file_loads_with_its_demo_keys():
+    from pathlib import Path
+
+    reg = load_registry(Path(__file__).resolve().parents[2] / "examples" / "tenants.yaml")
+    names = [reg.authenticate(f"Bearer {k}").name for k in ("sk-team-a-demo", "sk-team-b-demo", "sk-ops-demo")]
+    assert names == ["team-a", "team-b", "ops"]
+    assert reg.tenants["ops"].is_admin and reg.tenants["team-a"].weight == 2

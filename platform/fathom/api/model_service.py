@@ -9,7 +9,7 @@ The operator's CRD manifest is generated from these models (`fathom.api.crd`).
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fathom.api.base import Spec
 from fathom.api.engine import EngineSettings
@@ -44,6 +44,13 @@ class ModelSource(Spec):
     uri: str | None = Field(None, pattern=r"^(hf|s3|gs|https?)://.+", description="Checkpoint fetched by an init container: hf://, s3://, gs://, http(s):// (a tarball).")
     path: str = Field("", pattern=r"^[^/].*$|^$", description="Checkpoint directory relative to the volume root (or to the fetched tree); empty = the root.")
     fetch_image: str | None = Field(None, description="Image of the fetch init container (needs huggingface_hub, awscli, gsutil or curl for the scheme); default: spec.image.")
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_volume(cls, v: str) -> str:
+        if ".." in v.split("/"):
+            raise ValueError(f"path {v!r} must stay inside the volume (no '..')")
+        return v
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> "ModelSource":
@@ -102,14 +109,15 @@ class AutoscalingTargets(Spec):
     """Per-replica load targets; the replica count is the largest any target asks for.
 
     A count is asked for as in the Kubernetes HPA: ceil(replicas × observed / target) for
-    ratios (KV cache, TTFT) and ceil(total / target) for per-replica amounts. Unset = ignored.
+    ratios (KV cache, TTFT) and ceil(total / target) for per-replica amounts. A target set to 0
+    (or unset) is off: with the API server filling in defaults, 0 is how a default is turned off.
     """
 
-    waiting_requests_per_replica: float | None = Field(2.0, gt=0, description="Queued (not yet running) requests per replica (fathom_requests_waiting).")
-    running_requests_per_replica: float | None = Field(None, gt=0, description="Running requests per replica (fathom_requests_running).")
-    kv_cache_utilization: float | None = Field(0.8, gt=0, le=1, description="Mean KV cache usage ratio over replicas (fathom_kv_cache_usage_ratio).")
-    ttft_p95_seconds: float | None = Field(None, gt=0, description="p95 time to first token over the last interval (fathom_time_to_first_token_seconds).")
-    tokens_per_second_per_replica: float | None = Field(None, gt=0, description="Generated tokens per second per replica (fathom_generation_tokens_total).")
+    waiting_requests_per_replica: float | None = Field(2.0, ge=0, description="Queued (not yet running) requests per replica (fathom_requests_waiting); 0 = off.")
+    running_requests_per_replica: float | None = Field(None, ge=0, description="Running requests per replica (fathom_requests_running); 0 or unset = off.")
+    kv_cache_utilization: float | None = Field(0.8, ge=0, le=1, description="Mean KV cache usage ratio over replicas (fathom_kv_cache_usage_ratio); 0 = off.")
+    ttft_p95_seconds: float | None = Field(None, ge=0, description="p95 time to first token over the last interval (fathom_time_to_first_token_seconds); 0 or unset = off.")
+    tokens_per_second_per_replica: float | None = Field(None, ge=0, description="Generated tokens per second per replica (fathom_generation_tokens_total); 0 or unset = off.")
 
 
 class Autoscaling(Spec):
@@ -130,6 +138,12 @@ class Autoscaling(Spec):
     scale_down_stabilization_seconds: float = Field(300.0, ge=0, description="Window over which scale-down takes the largest recommendation.")
     scale_to_zero_after_seconds: float = Field(900.0, ge=0, description="Idle time (no running or waiting requests) before scaling to zero when minReplicas is 0.")
 
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas ({self.min_replicas}) exceeds maxReplicas ({self.max_replicas})")
+        return self
+
 
 class ServiceExposure(Spec):
     """The Kubernetes Service in front of the OpenAI-compatible API."""
@@ -142,13 +156,13 @@ class ServiceExposure(Spec):
 class ModelServiceSpec(Spec):
     """What to serve (`model`, `engine`), on what (`resources`, `image`) and how many (`replicas`, `autoscaling`)."""
 
-    model: ModelSource = Field(..., description="Where the checkpoint comes from.")
+    model: ModelSource | None = Field(None, description="Where the checkpoint comes from; unset serves the built-in demo model (a small random DeepSeek-V3 checkpoint made in the pod).")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Engine settings of each instance (the `fathom serve` vocabulary); engine.model is set from spec.model.")
     image: str = Field(DEFAULT_IMAGE, description="Container image with Fathom and Ray for the head and workers.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy.")
     resources: RankResources = Field(default_factory=RankResources, description="Per-rank resources and placement.")
     head: HeadResources = Field(default_factory=HeadResources, description="Resources of the Ray head (CPU only).")
-    replicas: int = Field(1, ge=0, description="Model instances when autoscaling is off; also the /scale subresource.")
+    replicas: int = Field(1, ge=0, description="Model instances when autoscaling is off (kubectl scale, HPA and KEDA write it through /scale); with autoscaling on, only the starting count.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Load-driven replica count.")
     service: ServiceExposure = Field(default_factory=ServiceExposure, description="How the API is exposed.")
     tenants_secret: str = Field("fathom-tenants", description="Secret (written by the operator from Tenant objects) that the ingress reads; optional.")
@@ -158,11 +172,6 @@ class ModelServiceSpec(Spec):
     def _consistent(self) -> "ModelServiceSpec":
         if self.engine.model is not None:
             raise ValueError("spec.engine.model is set by the operator from spec.model; remove it")
-        if self.autoscaling.min_replicas > self.autoscaling.max_replicas:
-            raise ValueError(
-                f"spec.autoscaling.minReplicas ({self.autoscaling.min_replicas}) exceeds "
-                f"maxReplicas ({self.autoscaling.max_replicas})"
-            )
         return self
 
     @property

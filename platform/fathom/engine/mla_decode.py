@@ -50,8 +50,10 @@ def forward(self, x, cos_sin, rotary, kv_cache, meta):
     flat = kv_cache.view(-1, kv_cache.shape[-1])
     flat[meta.slot_mapping] = torch.cat([c_kv, k_pe], dim=-1).to(flat.dtype)
 
-    out = x.new_empty(T, self.n_heads, self.v_dim)
     plan = _plan(meta, kv_cache.shape[1], x.device)
+    if not plan.prefills:  # a pure decode step: every row is one sequence's only new token
+        return self.o_proj(_decode(self, q_nope, q_pe, kv_cache, plan).to(x.dtype).reshape(T, -1))
+    out = x.new_empty(T, self.n_heads, self.v_dim)
     if plan.rows is not None:
         out[plan.rows] = _decode(self, q_nope[plan.rows], q_pe[plan.rows], kv_cache, plan).to(out.dtype)
     block_size = kv_cache.shape[1]
@@ -80,8 +82,9 @@ _last_plan: list[_Plan] = []
 
 
 def _plan(meta, block_size: int, device) -> _Plan:
-    if _last_plan and _last_plan[0].meta is meta:
-        return _last_plan[0]
+    cached = _last_plan[0] if _last_plan else None  # one read: other engines' threads may swap it
+    if cached is not None and cached.meta is meta:
+        return cached
     starts = [0, *accumulate(meta.query_lens)]
     decodes = [i for i, q in enumerate(meta.query_lens) if q == 1]
     prefills = [(i, starts[i], q, meta.seq_lens_list[i]) for i, q in enumerate(meta.query_lens) if q > 1]

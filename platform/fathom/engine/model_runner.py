@@ -6,7 +6,7 @@ only the driver rank (rank 0) samples and returns tokens."""
 
 import torch
 
-from fathom.engine import mla_decode
+from fathom.engine import mla_decode, moe_dense
 from fathom.engine.sampler import Sampler
 from fathom.engine.step_input import StepInput, StepOutput
 from fathom.model.attention_metadata import AttentionMetadata
@@ -17,7 +17,9 @@ class ModelRunner:
     def __init__(self, model, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
                  samples: bool = True, batched_decode: bool = True):
         self.model = model
+        # engine-side kernels for small decode batches (each a no-op if the model's layout is unknown)
         self.batched_decode = batched_decode and mla_decode.install(model)
+        self.dense_moe = batched_decode and moe_dense.install(model)
         self.device = model.ctx.device
         self.block_size = block_size
         self.num_blocks = num_blocks

@@ -24,7 +24,8 @@ class SchedulingPolicy(Protocol):
         """Sort key of a running sequence: smallest is scheduled first, largest preempted first."""
 
     def preempt_for(self, seq: Sequence, running: list[Sequence], capacity: int) -> Sequence | None:
-        """A running sequence to preempt so that waiting `seq` is admitted now, or None."""
+        """A running sequence to preempt so that waiting `seq`, which does not fit (slots,
+        blocks or step budget), is admitted now; None to let it wait."""
 
 
 class FcfsPolicy:
@@ -41,7 +42,8 @@ class FcfsPolicy:
         return seq.priority_key
 
     def preempt_for(self, seq: Sequence, running: list[Sequence], capacity: int) -> Sequence | None:
-        return None
+        victim = max(running, key=lambda s: s.priority_key, default=None)  # lowest priority, newest
+        return victim if victim is not None and victim.request.priority > seq.request.priority else None
 
 
 class FairSharePolicy(FcfsPolicy):

@@ -73,9 +73,8 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         self.policy.begin_step(self.waiting, self.running, self.config.max_num_seqs)
-        made_room = self._make_room(out)
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
-        if len(out.preempted) == made_room:  # no preemption for lack of blocks
+        if not out.preempted:  # blocks are short: admitting more now would only thrash
             self._admit_waiting(out, budget)
         for chunk in out.chunks:
             self.policy.on_scheduled(chunk.seq, chunk.num_tokens)
@@ -109,40 +108,56 @@ class Scheduler:
         seq.block_table += self.blocks.allocate(max(need, 0))
         return True
 
-    def _make_room(self, out: SchedulerOutput) -> int:
-        """Policy preemption when all slots are taken: the first waiting sequence may take the
-        slot of a running one the policy names (e.g. a tenant over its fair share)."""
-        if not self.waiting or len(self.running) < self.config.max_num_seqs:
-            return 0
+    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        """Admit in policy order; a waiting sequence that does not fit may preempt the running
+        sequences its policy names (FCFS: strictly lower priority only; fair share: also a
+        tenant over its share)."""
         self.waiting.sort(key=self.policy.key)
-        victim = self.policy.preempt_for(self.waiting[0], self.running, self.config.max_num_seqs)
+        while self.waiting and self.waiting[0] not in out.preempted:
+            seq = self.waiting[0]
+            n = self._try_admit(seq, out, budget)
+            if n is not None:
+                budget -= n
+                continue
+            freed = self._preempt_for(seq, out)
+            if freed is None:
+                break
+            budget += freed
+
+    def _try_admit(self, seq: Sequence, out: SchedulerOutput, budget: int) -> int | None:
+        """Schedule seq's first chunk (reusing prefix-cached blocks); None if it does not fit."""
+        if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+            return None
+        hits, hashes = self.blocks.match_prefix(seq.token_ids, seq.request.hash_salt)
+        computed = len(hits) * self.blocks.block_size
+        n = min(len(seq.token_ids) - computed, budget)
+        if n < len(seq.token_ids) - computed and not self.config.enable_chunked_prefill:
+            return None
+        new_blocks = self.blocks.blocks_needed(computed + n) - len(hits)
+        if not self.blocks.can_take(hits, new_blocks):
+            return None
+        self.blocks.take(hits)
+        seq.block_table = hits + self.blocks.allocate(new_blocks)
+        seq.block_hashes, seq.num_computed_tokens = hashes, computed
+        self._count_prefix_hit(seq, computed)
+        self.waiting.remove(seq)
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        out.chunks.append(ScheduledChunk(seq, computed, n))
+        return n
+
+    def _preempt_for(self, seq: Sequence, out: SchedulerOutput) -> int | None:
+        """Preempt the running sequence the policy names to make room for waiting seq; returns
+        the step budget its (now withdrawn) chunk had used, or None if there is no victim."""
+        victim = self.policy.preempt_for(seq, self.running, self.config.max_num_seqs)
         if victim is None:
-            return 0
+            return None
+        chunk = next((c for c in out.chunks if c.seq is victim), None)
+        if chunk is not None:
+            out.chunks.remove(chunk)
         self.preempt(victim)
         out.preempted.append(victim)
-        return 1
-
-    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        self.waiting.sort(key=self.policy.key)
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
-            hits, hashes = self.blocks.match_prefix(seq.token_ids, seq.request.hash_salt)
-            computed = len(hits) * self.blocks.block_size
-            n = min(len(seq.token_ids) - computed, budget)
-            if n < len(seq.token_ids) - computed and not self.config.enable_chunked_prefill:
-                break
-            new_blocks = self.blocks.blocks_needed(computed + n) - len(hits)
-            if not self.blocks.can_take(hits, new_blocks):
-                break
-            self.blocks.take(hits)
-            seq.block_table = hits + self.blocks.allocate(new_blocks)
-            seq.block_hashes, seq.num_computed_tokens = hashes, computed
-            self._count_prefix_hit(seq, computed)
-            self.waiting.pop(0)
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
-            out.chunks.append(ScheduledChunk(seq, computed, n))
-            budget -= n
+        return chunk.num_tokens if chunk is not None else 0
 
     def _count_prefix_hit(self, seq: Sequence, computed: int) -> None:
         if seq.admitted_once:

@@ -46,11 +46,13 @@ def build_api(frontend: Frontend) -> FastAPI:
         return await frontend.openai("completion", request)
 
     @app.get("/v1/models")
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
+        tenant = frontend.tenancy.authenticate(request.headers.get("authorization"))
         info = app.state.model_info or {}
         card = ModelCard(id=frontend.model_name, created=created, root=info.get("root"),
                          max_model_len=info.get("max_model_len"))
-        return JSONResponse(ModelList(data=[card]).model_dump())
+        cards = [card] if tenant.allows_model(frontend.model_name) else []
+        return JSONResponse(ModelList(data=cards).model_dump())
 
     @app.get("/health")
     async def health() -> Response:

@@ -41,6 +41,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the API cannot listen on host:port (checked before starting Ray), or None."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        return f"cannot listen on {host}:{port}: {e.strerror} (choose another with --port / --host)"
+    return None
+
+
 def _export_source_root() -> None:
     """Make `fathom` importable in Ray's worker processes even when it is not installed (a
     source checkout): a local Ray instance inherits this process's environment."""
@@ -61,6 +72,7 @@ def start_ray(settings: ServeSettings) -> None:
     _say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
     _export_source_root()
     ray.init(
+        address="local",  # a new instance: never join another `ray start` cluster on this machine
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
@@ -72,14 +84,19 @@ def start_ray(settings: ServeSettings) -> None:
 def deploy(settings: ServeSettings, show_progress: bool = True):
     """Start Serve's proxy on host:port and deploy the app; return the ingress handle once
     it is running (raises RuntimeError with Serve's message if the deployment fails)."""
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our own progress lines instead
     settings = _with_tenants(settings)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our own progress lines instead
     serve.start(http_options={"host": settings.host, "port": settings.port},
                 proxy_location="HeadOnly" if not settings.address else "EveryNode")
     gpus = 1.0 if settings.engine.tensor_parallel_size == 1 and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     what = settings.engine.model or "the built-in demo model"
     _say(f"loading {what} as `{settings.model_name}` (TP={settings.engine.tensor_parallel_size}, "
          f"EP={settings.engine.expert_parallel_size}, replicas={settings.num_replicas})")
+    if APP_NAME in serve.status().applications:
+        # Replace, not update in place: a RUNNING status could still be the old version's, and
+        # its replicas (other shapes, other placement) would keep answering until they drain.
+        _say(f"removing the running `{APP_NAME}` app first")
+        serve.delete(APP_NAME)
     [handle] = serve.run_many([RunTarget(build_app(settings, gpus), name=APP_NAME, route_prefix="/")],
                               wait_for_applications_running=False)
     wait_running(show_progress)
@@ -138,7 +155,10 @@ def banner(settings: ServeSettings) -> str:
     url = f"http://{host}:{settings.port}"
     body = json.dumps({"model": settings.model_name, "messages": [{"role": "user", "content": "Hello!"}],
                        "max_tokens": 32})
-    return (
+    exposed = "" if settings.host in ("127.0.0.1", "localhost", "::1") else (
+        f"note: the API listens on {settings.host}, reachable from the network; "
+        "use --tenants FILE for API keys\n")
+    return exposed + (
         f"serving `{settings.model_name}` at {url}/v1 (OpenAI API; readiness {url}/health/ready, "
         f"metrics {url}/metrics)\n"
         f"try:\n  curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'\n"
@@ -161,12 +181,15 @@ def serve_forever(settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     if settings.port == 0:
         settings = settings.model_copy(update={"port": free_port(settings.host)})
+    elif not settings.address and (problem := port_problem(settings.host, settings.port)):
+        print(f"fathom serve: error: {problem}", file=sys.stderr)
+        return 1
     try:
         start_ray(settings)
         handle = deploy(settings)
     except RuntimeError as e:
         print(f"fathom serve: error: {e}", file=sys.stderr)
-        _shutdown()
+        _shutdown(joined=bool(settings.address))
         return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own SIGTERM handler
@@ -177,7 +200,7 @@ def serve_forever(settings: ServeSettings) -> int:
     _say("shutting down: no new requests; finishing in-flight ones")
     _watchdog(settings.graceful_shutdown_timeout_s + SHUTDOWN_SLACK_S)
     drain(handle, settings.graceful_shutdown_timeout_s)
-    _shutdown()
+    _shutdown(joined=bool(settings.address))
     return 0
 
 
@@ -194,9 +217,13 @@ def _watchdog(seconds: float) -> None:
     timer.start()
 
 
-def _shutdown() -> None:
+def _shutdown(joined: bool = False) -> None:
+    """Stop what we started: on a cluster we joined (--address), only our app; else Serve and Ray."""
     try:
-        serve.shutdown()
+        if joined:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
     finally:
         ray.shutdown()
         _say("stopped")

@@ -31,7 +31,7 @@ from fathom.telemetry.metrics import process_metrics
 from fathom.telemetry.runtime import replica_name, start_telemetry
 from fathom.telemetry.spans import RequestTrace, start_request_trace
 from fathom.tenancy.fairness import TenantFairPolicy
-from fathom.tenancy.ingress import RequestTenancy
+from fathom.tenancy.ingress import RequestTenancy, meter_abandoned, replica_tenancy_client
 
 logger = logging.getLogger("fathom.serve")
 
@@ -73,6 +73,7 @@ class ModelServer:
     def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
         self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
         self.policy = TenantFairPolicy() if self.settings.tenants else None  # fair share among tenants
+        self.tenancy_client = replica_tenancy_client(self.settings)  # meters streams abandoned by clients
         if engine_factory is None:
             from fathom.engine.async_engine import AsyncEngine
 
@@ -122,14 +123,18 @@ class ModelServer:
         r.trace_context = trace_context
         self.active_streams += 1
         pumps = [asyncio.create_task(self._pump(r, i)) for i in range(len(r.calls))]
+        ended = False
         try:
             async for item in self._chunks(r):
+                ended = ended or isinstance(item, StreamEnd | APIError)
                 yield item
         finally:
             self.active_streams -= 1
             for task in pumps:
                 task.cancel()
             await self._abort(r)
+            if not ended and r.tenancy is not None:  # the client went away: meter what was generated
+                meter_abandoned(self, r.tenancy, *(sum(u[k] for u in r.usage) for k in range(3)))
 
     async def stats(self, routing_key: int | None = None) -> dict:
         """This replica's engine snapshot (`routing_key` lets a caller aim at the replica that
@@ -143,10 +148,10 @@ class ModelServer:
         """Ray node id of each rank of this instance (rank 0 first; W=1 runs in this replica)."""
         import ray
 
-        workers = getattr(getattr(self.engine.engine, "executor", None), "workers", None)
-        if not workers:
+        executor = getattr(self.engine.engine, "executor", None)
+        if not hasattr(executor, "workers"):  # in-process executor (W=1)
             return [ray.get_runtime_context().get_node_id()]
-        return list(await asyncio.gather(*(w.node_id.remote() for w in workers)))
+        return list(await asyncio.gather(*(w.node_id.remote() for w in executor.workers)))  # [] once shut down
 
     def check_health(self) -> None:
         """Ray Serve's health check: a dead engine makes Serve replace this replica."""

@@ -88,10 +88,13 @@ def render_chat(req: ChatCompletionRequest, tokenizer: Tokenizer) -> str:
 
 
 def prepare(
-    kind: str, req: ChatCompletionRequest | CompletionRequest, tokenizer: Tokenizer, max_model_len: int,
+    kind: str, req: ChatCompletionRequest | CompletionRequest, tokenizer: Tokenizer | None, max_model_len: int,
     skip_special_tokens: bool = True,
 ) -> list[EngineCall]:
-    """The engine calls that answer `req` (one per prompt), or an APIError."""
+    """The engine calls that answer `req` (one per prompt), or an APIError. Without a tokenizer
+    (a checkpoint with no tokenizer.json) only token-id prompts can be served."""
+    if tokenizer is None:
+        return _prepare_token_ids(kind, req, max_model_len)
     if kind == "chat":
         if req.response_format is not None and req.response_format.type == "json_schema":
             raise APIError(400, "response_format json_schema is not supported", param="response_format")
@@ -116,4 +119,17 @@ def prepare(
             raise APIError(400, "the prompt is empty after tokenisation", param="prompt")
         check_length(len(ids), req.max_new_tokens(), max_model_len)
         calls.append(EngineCall(ids, text, params, choice_offset=i * req.n))
+    return calls
+
+
+def _prepare_token_ids(kind: str, req: CompletionRequest, max_model_len: int) -> list[EngineCall]:
+    prompts = req.prompts() if kind == "completion" else []
+    if kind == "chat" or any(isinstance(p, str) for p in prompts):
+        raise APIError(400, "this model has no tokenizer (tokenizer.json): send token-id prompts to /v1/completions",
+                       param="messages" if kind == "chat" else "prompt", code="no_tokenizer")
+    params = sampling_params(req, skip_special_tokens=True)
+    calls = []
+    for i, ids in enumerate(prompts):
+        check_length(len(ids), req.max_new_tokens(), max_model_len)
+        calls.append(EngineCall(list(ids), "", params, choice_offset=i * req.n))
     return calls

@@ -30,7 +30,7 @@ def _byte_decoder() -> dict[str, int]:
 class TokenStrings:
     """Token id -> (text, UTF-8 bytes) as OpenAI's logprobs report them."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer | None):
         self.tokenizer = tokenizer
         self._cache: dict[int, tuple[str, list[int]]] = {}
 
@@ -41,6 +41,8 @@ class TokenStrings:
         return hit
 
     def _compute(self, token_id: int) -> tuple[str, list[int]]:
+        if self.tokenizer is None:  # no tokenizer.json: tokens are their ids
+            return f"token_id:{token_id}", []
         piece = self.tokenizer.id_to_token(token_id) or ""
         dec = _byte_decoder()
         if piece and all(ch in dec for ch in piece):  # byte-level BPE piece: exact bytes

@@ -4,15 +4,17 @@ Every ingress replica, on every node, gets the same actor by name (`fathom-tenan
 `fathom` namespace), created on first use with `get_if_exists`. It is detached so that it
 outlives the replica that happened to create it: usage and limits survive ingress replica
 restarts and scale-downs. The hot path is one actor call per admission and one per
-settlement, and settlements finishing in the same event-loop iteration share one call.
+settlement, and those made in the same event-loop iteration share one call.
 Actor methods are synchronous, so the actor runs one at a time and needs no locks.
 """
 
 import asyncio
 import logging
+import pickle
 import time
 
 import ray
+from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
 
 from fathom.tenancy.limits import Decision
 from fathom.tenancy.metering import UsageLedger
@@ -25,17 +27,47 @@ ACTOR_NAME = "fathom-tenancy"
 NAMESPACE = "fathom"
 
 
-class TenancyActor:
-    """Ray actor around `TenancyState` with the wall clock."""
+class TenancyUnavailable(RuntimeError):
+    """The shared tenancy actor could not answer an admission."""
 
-    def __init__(self, fine_width_s: int = 60, lease_ttl_s: float = 3600.0):
-        self.state = TenancyState(UsageLedger(fine_width_s=fine_width_s), lease_ttl_s=lease_ttl_s)
+
+class TenancyActor:
+    """Ray actor around `TenancyState` with the wall clock.
+
+    The state is checkpointed to the cluster's key-value store (GCS) at most every
+    `checkpoint_s` seconds, on the calls that change it, and restored when Ray restarts the
+    actor: a crash loses at most that many seconds of usage, not the month's bill.
+    """
+
+    def __init__(self, fine_width_s: int = 60, lease_ttl_s: float = 3600.0, checkpoint_s: float = 5.0,
+                 checkpoint_key: str = ACTOR_NAME):
+        self.checkpoint_s, self.checkpoint_key = checkpoint_s, checkpoint_key
+        restored = _internal_kv_get(checkpoint_key, namespace=NAMESPACE)
+        if restored:
+            self.state = pickle.loads(restored)
+            log.warning("Tenancy state restored from its checkpoint (%d bytes)", len(restored))
+        else:
+            self.state = TenancyState(UsageLedger(fine_width_s=fine_width_s), lease_ttl_s=lease_ttl_s)
+        self._saved = time.monotonic()
+
+    def _changed(self) -> None:
+        if time.monotonic() - self._saved >= self.checkpoint_s:
+            _internal_kv_put(self.checkpoint_key, pickle.dumps(self.state), namespace=NAMESPACE)
+            self._saved = time.monotonic()
 
     def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int) -> Decision:
-        return self.state.admit(tenant, limits, prompt_tokens, max_tokens, time.time())
+        return self.exchange([], [(tenant, limits, prompt_tokens, max_tokens)])[0]
 
     def settle(self, settlements: list[Settlement]) -> None:
-        self.state.settle_many(settlements, time.time())
+        self.exchange(settlements, [])
+
+    def exchange(self, settlements: list[Settlement], admissions: list[tuple]) -> list[Decision]:
+        """Settle, then admit each `(tenant, limits, prompt_tokens, max_tokens)` in order."""
+        now = time.time()
+        self.state.settle_many(settlements, now)
+        decisions = [self.state.admit(*args, now) for args in admissions]
+        self._changed()
+        return decisions
 
     def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None) -> list[dict]:
         """Usage rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
@@ -59,33 +91,66 @@ def tenancy_actor(
 
 
 class TenancyClient:
-    """What an ingress replica uses: admit before a request, settle after, query usage."""
+    """What an ingress replica uses: admit before a request, settle after, query usage.
+
+    Admissions and settlements made in the same event-loop turn travel in one actor call
+    (`exchange`): under load one call serves many requests. Settlements are fire and forget
+    (Ray runs one caller's calls to an actor in order, so this replica's later usage query sees
+    them). An admission whose caller went away meanwhile is released at once, not leaked.
+    """
 
     def __init__(self, handle: "ray.actor.ActorHandle"):
         self.handle = handle
-        self._batch: list[Settlement] = []
+        self._admits: list[tuple[tuple, asyncio.Future]] = []
+        self._settles: list[Settlement] = []
+        self._scheduled = False
 
     async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int) -> Decision:
-        return await self.handle.admit.remote(tenant.name, tenant.limits, prompt_tokens, max_tokens)
+        future = asyncio.get_running_loop().create_future()
+        self._admits.append(((tenant.name, tenant.limits, prompt_tokens, max_tokens), future))
+        self._schedule()
+        return await future
 
     def settle(self, settlement: Settlement) -> None:
-        """Queue a settlement; it is sent (with any others queued meanwhile) on the next loop turn."""
-        if not self._batch:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop: send now
-                self._batch.append(settlement)
-                self.flush()
-                return
-        self._batch.append(settlement)
+        """Queue a settlement; it is sent (with whatever else is queued) on the next loop turn."""
+        self._settles.append(settlement)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._scheduled:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+            self._scheduled = True
+        except RuntimeError:  # no running loop: send now
+            self.flush()
 
     def flush(self) -> None:
-        """Send queued settlements now (fire and forget; the actor applies them in order)."""
-        if not self._batch:
+        """Send what is queued now."""
+        self._scheduled = False
+        admits, self._admits = self._admits, []
+        settles, self._settles = self._settles, []
+        if not admits and not settles:
             return
-        batch, self._batch = self._batch, []
-        ref = self.handle.settle.remote(batch)
-        ref.future().add_done_callback(_log_failure)
+        ref = self.handle.exchange.remote(settles, [args for args, _ in admits])
+        if admits:
+            asyncio.ensure_future(self._deliver(ref, admits))
+        else:
+            ref.future().add_done_callback(_log_failure)
+
+    async def _deliver(self, ref, admits: list[tuple[tuple, asyncio.Future]]) -> None:
+        try:
+            decisions = await ref
+        except Exception as e:  # noqa: BLE001 - whatever failed, every waiting admission must hear of it
+            for _, future in admits:
+                if not future.done():
+                    future.set_exception(TenancyUnavailable(f"tenancy state unreachable: {type(e).__name__}"))
+            return
+        for (args, future), decision in zip(admits, decisions, strict=True):
+            if not future.done():
+                future.set_result(decision)
+            elif decision.allowed:  # the caller went away while waiting: release its slot
+                self.settle(Settlement(decision.lease, args[0], "", 0, metered=False))
 
     async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None):
         self.flush()  # this replica's own settlements come first

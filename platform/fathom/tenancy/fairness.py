@@ -42,7 +42,10 @@ class TenantFairPolicy:
         self.counters: dict[str | None, float] = {}
         self._active: set[Group] = set()  # (priority, key) with work at the last begin_step
         self._running: Counter[Group] = Counter()
+        self._last_floor: float | None = None  # least counter of the last busy tenants
         self._capacity = 1
+        self._ranks: dict[int, int] = {}
+        self._queued: Counter[Group] = Counter()
 
     def weight(self, key: str | None) -> float:
         if callable(self._weights):
@@ -62,23 +65,34 @@ class TenantFairPolicy:
 
     def begin_step(self, waiting: Iterable, running: Iterable, capacity: int) -> None:
         """Called once per step before admission: who has work, who runs, and how many
-        sequences the engine runs at most. Lifts tenants back from idle (VTC)."""
+        sequences the engine runs at most. A tenant that comes back (or arrives) is lifted to
+        the least counter of the tenants that stayed busy, or, if the engine went idle, of
+        those busy last (VTC), so counters never drift apart while tenants are away."""
         running = list(running)
         active = {_group(s) for s in (*waiting, *running)}
+        if self._active:
+            self._last_floor = min(self.counters.get(k, 0.0) for _, k in self._active)
         stayed = [self.counters.get(k, 0.0) for _, k in active & self._active]
-        floor = min(stayed, default=None)
+        floor = min(stayed) if stayed else self._last_floor
         for _, key in active - self._active:
             current = self.counters.get(key, 0.0)
             self.counters[key] = current if floor is None else max(current, floor)
         self._active = active
         self._running = Counter(_group(s) for s in running)
         self._capacity = max(1, capacity)
+        self._ranks, self._queued = {}, Counter()  # place of each waiting seq in its tenant's line
+        for s in sorted(waiting, key=lambda s: (s.request.arrival_order, s.index)):
+            g = _group(s)
+            self._ranks[id(s)] = self._queued[g]
+            self._queued[g] += 1
 
     def key(self, seq) -> tuple:
-        """Sort key of a waiting sequence: priority; tenants that would stay within their
-        share of the slots first; least weighted tokens served; arrival."""
+        """Sort key of a waiting sequence: priority; sequences whose tenant would stay within
+        its share of the slots (counting its earlier waiting sequences, which go first) before
+        the others; least weighted tokens served; arrival."""
         r = seq.request
-        over = self._excess(self._running, self._capacity)(seq, extra=1) > 0
+        ahead = self._ranks.get(id(seq), self._queued[_group(seq)])  # admitted before it this step
+        over = self._excess(self._running, self._capacity)(seq, extra=1 + ahead) > 1e-9
         return (r.priority, over, self.counters.get(r.fairness_key, 0.0), r.arrival_order, seq.index)
 
     def on_scheduled(self, seq, num_tokens: int) -> None:

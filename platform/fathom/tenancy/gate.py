@@ -7,11 +7,12 @@ limits; nothing is awaited on the hot path (no admission call), usage is still m
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 from fathom.api.engine import Pricing
 from fathom.serve.errors import APIError
 from fathom.tenancy.ingress import (
-    _REFUSALS,
+    REFUSALS,
     Grant,
     LocalTenancyClient,
     RequestTenancy,
@@ -71,19 +72,26 @@ class TenancyGate:
         if not tenant.allows_model(model):
             raise APIError(403, f"Tenant {tenant.name!r} may not use model `{model}`.", param="model",
                            code="model_not_allowed")
+        if self.open:  # the model replica keeps its own defaults (request priority, `user`)
+            return Grant(tenant, model, None, None, {})
         context = RequestTenancy(tenant.name, -tenant.priority, tenant.weight, tenant.cache_salt,
                                  tenant.limits.max_tokens_per_request)
         if tenant.limits == Limits():
             return Grant(tenant, model, None, context, {})
-        decision = await self.client.admit(tenant, estimate_prompt_tokens(kind, req),
-                                           completion_reservation(kind, req))
+        try:
+            decision = await self.client.admit(tenant, estimate_prompt_tokens(kind, req),
+                                               completion_reservation(kind, req))
+        except RuntimeError as e:  # TenancyUnavailable: fail closed, the limits cannot be checked
+            log.error("admission failed: %s", e)
+            raise APIError(503, "Rate-limit state is unavailable; retry shortly.", code="tenancy_unavailable",
+                           retry_after=1.0) from None
         if not decision.allowed:
-            code, status = _REFUSALS[decision.reason]
+            code, status = REFUSALS[decision.reason]
             headers = decision.response_headers()
             retry_after = float(headers.pop("retry-after", 1))
             raise TenancyError(status, decision.message, code=code, retry_after=retry_after,
                                extra_headers=headers)
-        return Grant(tenant, model, decision.lease, context, decision.headers)
+        return Grant(tenant, model, decision.lease, replace(context, lease=decision.lease), decision.headers)
 
     def settle(self, grant: Grant, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
         """Meter a finished request and release its lease; returns its cost."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from fathom.serve.errors import APIError
 from fathom.tenancy.limits import Decision
+from fathom.tenancy.metering import cost_of
 from fathom.tenancy.policy import TenantPolicy
 from fathom.tenancy.state import Settlement, TenancyState
 
@@ -54,6 +55,7 @@ class RequestTenancy:
     weight: float
     cache_salt: str
     max_total_tokens: int | None = None  # prompt + completion cap (maxTokensPerRequest)
+    lease: str | None = None  # the admission; a replica settles it when the client went away
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments of `AsyncEngine.generate`."""
@@ -83,16 +85,17 @@ class RequestTenancy:
 
 @dataclass(frozen=True)
 class Grant:
-    """An admitted request: its tenant, lease (settle exactly once) and response headers."""
+    """An admitted request: its tenant, lease (settle exactly once) and response headers.
+    `context` is None in open mode (the model replica then uses its own defaults)."""
 
     tenant: TenantPolicy
     model: str
     lease: str | None
-    context: RequestTenancy
+    context: RequestTenancy | None
     headers: dict[str, str]
 
 
-_REFUSALS = {  # Decision.reason -> (OpenAI-style code, status)
+REFUSALS = {  # Decision.reason -> (OpenAI-style code, status)
     "requests": ("rate_limit_exceeded", 429),
     "tokens": ("rate_limit_exceeded", 429),
     "concurrency": ("rate_limit_exceeded", 429),
@@ -126,3 +129,26 @@ class LocalTenancyClient:
 
     async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None):
         return self.state.usage_rows(time.time(), tenant, start, end)
+
+
+def replica_tenancy_client(settings):
+    """The model replica's client of the shared tenancy state (None without tenants or Ray):
+    made at start, as getting the named actor blocks."""
+    import ray
+
+    if settings.tenants is None or not ray.is_initialized():
+        return None
+    from fathom.tenancy.actor import TenancyClient, tenancy_actor
+
+    return TenancyClient(tenancy_actor())
+
+
+def meter_abandoned(server, ctx: RequestTenancy, prompt: int, cached: int, completion: int) -> None:
+    """Settle, from the model replica, a stream whose client went away: the ingress never sees
+    its usage. `server.tenancy_client` records it; the ingress's release of the same lease is
+    then a no-op, or this one finds the lease released and only meters."""
+    if server.tenancy_client is None:
+        return
+    cost = cost_of(server.settings.engine.pricing, prompt, cached, completion)
+    server.tenancy_client.settle(Settlement(ctx.lease, ctx.tenant, server.model_name, prompt, cached,
+                                            completion, cost))

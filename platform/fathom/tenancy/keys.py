@@ -10,6 +10,8 @@ nor the lookup time depends on how much of a digest matches.
 import hashlib
 import hmac
 import re
+import secrets
+import sys
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -58,3 +60,30 @@ class KeyIndex:
             if hmac.compare_digest(presented, stored):
                 found = owner
         return found
+
+
+def new_key() -> str:
+    """A fresh random API key (256 bits)."""
+    return "sk-fathom-" + secrets.token_urlsafe(32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fathom.tenancy.keys`: print the SHA-256 digest of each key read from stdin
+    (one per line; never from argv, which shells keep in history). `--new`: make a key and
+    print it with its digest."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--new"]:
+        key = new_key()
+        print(f"key:    {key}\nsha256: {digest(key)}")
+        return 0
+    if args:
+        print("usage: python -m fathom.tenancy.keys [--new] < keys.txt", file=sys.stderr)
+        return 2
+    for line in sys.stdin:
+        if line.strip():
+            print(digest(line.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,9 +54,15 @@ def policy_from_manifest(m: TenantManifest) -> TenantPolicy:
 
 
 def _secret_texts(doc: dict, where: str) -> list[str]:
-    """The tenants files inside a Secret manifest (`stringData` as is, `data` base64)."""
-    texts = [str(v) for v in (doc.get("stringData") or {}).values()]
+    """The tenants files (keys named *.yaml / *.yml, like the operator's `tenants.yaml`) inside a
+    Secret manifest (`stringData` as is, `data` base64); other keys are not tenants files."""
+    def is_file(key: str) -> bool:
+        return key.endswith((".yaml", ".yml"))
+
+    texts = [str(v) for k, v in (doc.get("stringData") or {}).items() if is_file(k)]
     for key, value in (doc.get("data") or {}).items():
+        if not is_file(key):
+            continue
         try:
             texts.append(base64.b64decode(value, validate=True).decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
@@ -162,8 +168,10 @@ def _signature(path: Path) -> tuple:
 class TenantSource:
     """The current registry of a path, reloaded when the path changes (no restart needed).
 
-    No path (None) means open mode. A path that fails to load at start raises; a later
-    broken edit is logged and the previous registry stays in force.
+    No path (None) means open mode. A path that does not exist yet also means open mode until
+    it appears (the operator's tenants Secret is mounted as optional: no Tenant, no Secret);
+    `fathom serve` checks a user-given file at start, so a typo fails there. A file that fails
+    to load at start raises; a later broken edit is logged and the previous tenants stay.
     """
 
     def __init__(self, path: str | os.PathLike | None, poll_s: float = 1.0):
@@ -172,8 +180,11 @@ class TenantSource:
         self._lock = threading.Lock()
         self._checked = time.monotonic()
         self._signature = _signature(self.path) if self.path else ()
-        self._registry = load_registry(self.path) if self.path else TenantRegistry()
-        if self._registry.open:
+        present = self.path is not None and self.path.exists()
+        self._registry = load_registry(self.path) if present else TenantRegistry()
+        if self.path is not None and not present:
+            log.warning("Tenants file %s does not exist (yet): the API is open until it appears.", self.path)
+        elif self._registry.open:
             log.warning("No tenants configured: the API is open (no API keys, no per-tenant limits).")
         else:
             log.info("Loaded %d tenants from %s", len(self._registry.tenants), self.path)

@@ -21,6 +21,8 @@ the all-to-all combine (dispatch is the identity); see docs/sharding.md.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,13 +118,23 @@ class MoE(nn.Module):
                                       "moe_intermediate_size * n_shared_experts", reduce=False, dtype=dtype)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, H = x.shape
         weights, ids = self.gate(x)  # [T, k], [T, k]
-        y = self.shared_experts(x) if self.shared_experts is not None else torch.zeros_like(x)
-        counts = torch.bincount(ids.flatten(), minlength=self.gate.n_experts).tolist()
+        k = ids.shape[1]
+        flat = ids.flatten()  # [T*k] one entry per (token, choice)
+        order = flat.argsort(stable=True)  # choices grouped by expert
+        bounds = [0, *accumulate(torch.bincount(flat, minlength=self.gate.n_experts).tolist())]
+        lo, hi = bounds[self.local.start], bounds[self.local.stop]  # this rank's experts' choices
+        mine = order[lo:hi]
+        x_mine = x[mine // k]  # [n, H] tokens, grouped by (local) expert
+        y_mine = torch.empty_like(x_mine)
         for j, e in enumerate(self.local):
-            if counts[e] == 0:
-                continue
-            tok, slot = torch.where(ids == e)
-            out = self.experts[j](x[tok]) * weights[tok, slot, None].to(x.dtype)
-            y.index_add_(0, tok, out)
+            a, b = bounds[e] - lo, bounds[e + 1] - lo
+            if a < b:
+                y_mine[a:b] = self.experts[j](x_mine[a:b])
+        routed = x.new_zeros(T * k, H)
+        routed[mine] = y_mine  # back to (token, choice) order; other ranks' choices stay 0
+        y = (routed.view(T, k, H) * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
         return all_reduce(y, self.ctx)

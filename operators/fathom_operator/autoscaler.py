@@ -1,0 +1,93 @@
+"""The autoscaling loop of one ModelService (run as a kopf daemon, one per object).
+
+Every `autoscaling.intervalSeconds` it reads the app's /metrics from the API Service (or the
+URL in the `fathom.dev/metrics-url` annotation), derives a sample, asks the pure policy for a
+count, and on a change writes `status.desiredReplicas` / `lastScaleTime`, re-renders the
+RayService (model deployment `num_replicas` and worker group size) and emits an Event.
+"""
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from fathom_operator import kube, metrics, render
+from fathom_operator.conditions import now_rfc3339
+from fathom_operator.kube import KubeClient
+from fathom_operator.policy import Decision, decide, history_span
+from fathom_operator.reconcile import desired_replicas, owner_of, parse_spec
+from fathom_operator.sync import sync_model_service
+
+METRICS_URL_ANNOTATION = "fathom.dev/metrics-url"
+DEFAULT_METRICS_URL = "http://{service}.{namespace}.svc:{port}/metrics"
+IDLE_POLL_SECONDS = 15.0
+
+
+def metrics_url(obj: dict, port: int, template: str = DEFAULT_METRICS_URL) -> str:
+    """Where the app's metrics are read: the annotation if set, else the API Service."""
+    annotations = obj["metadata"].get("annotations") or {}
+    if annotations.get(METRICS_URL_ANNOTATION):
+        return annotations[METRICS_URL_ANNOTATION]
+    owner = owner_of(obj)
+    return template.format(service=render.api_service_name(owner), namespace=owner.namespace, port=port,
+                           name=owner.name)
+
+
+Notify = Callable[[dict, str, str], Awaitable[None] | None]
+
+
+async def scale(client: KubeClient, obj: dict, current: int, decision: Decision, notify: Notify | None) -> None:
+    """Record the decision in the ModelService status, re-render the RayService, emit an Event."""
+    meta = obj["metadata"]
+    await client.patch(kube.MODEL_SERVICES, meta["namespace"], meta["name"],
+                       {"status": {"desiredReplicas": decision.replicas, "lastScaleTime": now_rfc3339()}}, sub="status")
+    await sync_model_service(client, obj)
+    if notify is not None:
+        result = notify(obj, "Scaled", f"replicas {current} -> {decision.replicas}: {decision.reason}")
+        if asyncio.iscoroutine(result):
+            await result
+
+
+async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify: Notify | None = None,
+              url_template: str = DEFAULT_METRICS_URL, logger: logging.Logger | None = None) -> None:
+    """Loop until `stopped` (kopf.DaemonStopped or anything with `wait(timeout)` and truthiness)."""
+    log = logger or logging.getLogger(__name__)
+    history: collections.deque[metrics.Sample] = collections.deque()
+    previous: metrics.Scrape | None = None
+    failing = False  # log a metrics outage once, and its end
+    async with aiohttp.ClientSession() as http:
+        while not stopped:
+            obj = await client.get(kube.MODEL_SERVICES, namespace, name)
+            if obj is None or obj["metadata"].get("deletionTimestamp"):
+                return
+            spec = parse_spec(obj.get("spec") or {})
+            if isinstance(spec, str) or not spec.autoscaling.enabled:
+                history.clear()
+                previous = None
+                await stopped.wait(IDLE_POLL_SECONDS if isinstance(spec, str) else spec.autoscaling.interval_seconds)
+                continue
+            auto = spec.autoscaling
+            try:
+                scrape = await metrics.fetch(http, metrics_url(obj, spec.service.port, url_template), time.monotonic())
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                (log.debug if failing else log.warning)("metrics of %s/%s unavailable (holding the "
+                                                        "replica count): %s", namespace, name, exc)
+                failing = True
+                await stopped.wait(auto.interval_seconds)
+                continue
+            if failing:
+                log.info("metrics of %s/%s available again", namespace, name)
+                failing = False
+            history.append(metrics.derive(previous, scrape))
+            previous = scrape
+            while history and history[0].t < scrape.t - history_span(auto):
+                history.popleft()
+            current = desired_replicas(spec, obj.get("status") or {})
+            decision = decide(list(history), auto, current)
+            if decision.replicas != current:
+                log.info("scaling %s/%s %d -> %d: %s", namespace, name, current, decision.replicas, decision.reason)
+                await scale(client, obj, current, decision, notify)
+            await stopped.wait(auto.interval_seconds)

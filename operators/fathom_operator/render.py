@@ -1,0 +1,195 @@
+"""Render a ModelService into its children: one KubeRay `RayService` and one API `Service`.
+
+Layout of the RayService (ray.io/v1):
+- head group: CPU only (`num-cpus: 0` keeps rank workers off it); runs the Serve controller,
+  the HTTP proxy and the Fathom ingress, which stays up at zero model replicas and reports queued
+  requests. The dashboard listens inside the cluster only (ClusterIP head service, no ingress):
+  KubeRay reads Serve status through it.
+- one worker group `ranks`: pods of `ranksPerPod` ranks each; replicas = instances × pods per
+  instance. KubeRay applies replica changes of a worker group to the running cluster in place.
+- `serveConfigV2`: the Fathom app (`fathom.serve.app:build_app`, whose argument is the
+  `ServeSettings` model: engine settings, tenants file, HTTP bind) and a `deployments` override
+  with `num_replicas` of the model deployment. Scaling changes only that override, which Ray
+  Serve applies in place (a change of `args` would rebuild the app and restart every replica);
+  `args.numReplicas` is maxReplicas, which only sizes the ingress queue. The model deployment
+  asks for the custom resource `fathom_worker`, which only worker pods advertise, so a model
+  replica never lands on the head; with TP 1 it also takes the rank's GPU (the engine then runs
+  in the replica), with TP > 1 the rank workers it starts take them.
+"""
+
+import json
+from dataclasses import dataclass
+
+import yaml
+
+from fathom.api.model_service import API_VERSION, ModelServiceSpec
+from fathom_operator import pods
+
+APP_NAME = "fathom"
+IMPORT_PATH = "fathom.serve.app:build_app"
+MODEL_DEPLOYMENT = "model"  # fathom.serve.app names its deployments "ingress" and "model"
+SERVE_PORT = 8000
+WORKER_GROUP = "ranks"
+WORKER_RESOURCE = "fathom_worker"  # advertised by worker pods only; model replicas require it
+LABEL = "fathom.dev/model-service"
+MANAGED_BY = "fathom-operator"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelService being rendered (what owner references and labels need)."""
+
+    name: str
+    namespace: str
+    uid: str
+    kind: str = "ModelService"
+
+    def reference(self) -> dict:
+        return {"apiVersion": API_VERSION, "kind": self.kind, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+def labels(owner: Owner) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "fathom", "app.kubernetes.io/instance": owner.name,
+            "app.kubernetes.io/managed-by": MANAGED_BY, LABEL: owner.name}
+
+
+def worker_selector(owner: Owner) -> str:
+    """Label selector of the model worker pods (the /scale subresource's `status.selector`)."""
+    return f"{LABEL}={owner.name},ray.io/node-type=worker"
+
+
+def metadata(owner: Owner, name: str) -> dict:
+    return {"name": name, "namespace": owner.namespace, "labels": labels(owner), "ownerReferences": [owner.reference()]}
+
+
+def serve_config(spec: ModelServiceSpec, replicas: int) -> str:
+    """serveConfigV2: the Fathom application, its settings, and the model deployment's replicas."""
+    engine = spec.engine.model_copy(update={"model": spec.model.checkpoint_dir if spec.model else None})
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+        "applications": [{
+            "name": APP_NAME,
+            "route_prefix": "/",
+            "import_path": IMPORT_PATH,
+            "args": {"engine": engine.to_wire(), "numReplicas": max(1, spec.autoscaling.max_replicas),
+                     "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT},
+            "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas,
+                             "ray_actor_options": model_actor_options(spec)}],
+        }],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def model_actor_options(spec: ModelServiceSpec) -> dict:
+    """Ray resources of one model replica (the deployment's actor, not its rank workers)."""
+    single_rank = spec.ranks_per_instance == 1
+    return {"num_cpus": 0 if spec.resources.gpus or not single_rank else 1,
+            "num_gpus": spec.resources.gpus if single_rank else 0,
+            "resources": {WORKER_RESOURCE: 1}}
+
+
+def _ray_resources(resources: dict[str, int]) -> str:
+    """rayStartParams `resources` as KubeRay wants it: a quoted JSON object."""
+    return '"' + json.dumps(resources).replace('"', '\\"') + '"'
+
+
+def _container(spec: ModelServiceSpec, name: str, resources: dict, *, shm: bool, ports: list[dict]) -> dict:
+    return {
+        "name": name, "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
+        "resources": resources, "env": pods.env_vars(spec), "ports": ports,
+        "volumeMounts": pods.volume_mounts(spec, shm=shm),
+    }
+
+
+def head_group(spec: ModelServiceSpec, owner: Owner) -> dict:
+    res = {"cpu": str(spec.head.cpu), "memory": str(spec.head.memory)}
+    ports = [{"name": "gcs", "containerPort": 6379}, {"name": "dashboard", "containerPort": 8265},
+             {"name": "client", "containerPort": 10001}, {"name": "serve", "containerPort": SERVE_PORT}]
+    return {
+        "serviceType": "ClusterIP",
+        "enableIngress": False,
+        "rayStartParams": {"num-cpus": "0", "num-gpus": "0", "dashboard-host": "0.0.0.0"},
+        "template": {
+            "metadata": {"labels": labels(owner)},
+            "spec": {
+                "initContainers": pods.fetch_init_containers(spec, tokenizer_only=True),
+                "containers": [_container(spec, "ray-head", {"requests": res, "limits": res}, shm=False, ports=ports)],
+                "volumes": pods.volumes(spec, shm=False),
+            },
+        },
+    }
+
+
+def worker_group(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
+    r, k = spec.resources, spec.ranks_per_pod
+    requests = {"cpu": pods.scale_quantity(r.cpu, k), "memory": pods.scale_quantity(r.memory, k)}
+    limits = {"memory": requests["memory"]}
+    if r.gpus:
+        requests[r.gpu_resource_name] = limits[r.gpu_resource_name] = str(r.gpus * k)
+    pod_spec = {
+        "initContainers": pods.fetch_init_containers(spec, tokenizer_only=False),
+        "containers": [_container(spec, "ray-worker", {"requests": requests, "limits": limits}, shm=bool(r.gpus),
+                                  ports=[{"name": "serve", "containerPort": SERVE_PORT}])],
+        "volumes": pods.volumes(spec, shm=bool(r.gpus)),
+        "nodeSelector": dict(r.node_selector),
+        "tolerations": [t.to_wire() for t in r.tolerations],
+    }
+    pods_per_instance = spec.pods_per_instance
+    max_instances = max(spec.autoscaling.max_replicas if spec.autoscaling.enabled else replicas, replicas)
+    return {
+        "groupName": WORKER_GROUP,
+        "replicas": replicas * pods_per_instance,
+        "minReplicas": replicas * pods_per_instance,
+        "maxReplicas": max_instances * pods_per_instance,
+        "numOfHosts": 1,
+        "rayStartParams": {"resources": _ray_resources({WORKER_RESOURCE: 1000})},
+        "template": {"metadata": {"labels": labels(owner)}, "spec": pod_spec},
+    }
+
+
+def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
+    """The RayService for `replicas` model instances."""
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": metadata(owner, owner.name),
+        "spec": {
+            "serveConfigV2": serve_config(spec, replicas),
+            "upgradeStrategy": {"type": "NewCluster"},
+            "rayClusterConfig": {
+                # The Ray autoscaler removes only idle worker pods when minReplicas drops, so a
+                # scale-down never kills a rank that still holds a live Serve replica.
+                "enableInTreeAutoscaling": True,
+                "autoscalerOptions": {"idleTimeoutSeconds": 60, "upscalingMode": "Default"},
+                "headGroupSpec": head_group(spec, owner),
+                "workerGroupSpecs": [worker_group(spec, owner, replicas)],
+            },
+        },
+    }
+
+
+def api_service_name(owner: Owner) -> str:
+    return f"{owner.name}-api"
+
+
+def api_service(spec: ModelServiceSpec, owner: Owner) -> dict:
+    """The Service in front of the OpenAI API: every Ray pod whose Serve proxy is healthy."""
+    meta = metadata(owner, api_service_name(owner))
+    if spec.service.annotations:
+        meta["annotations"] = dict(spec.service.annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "type": spec.service.type,
+            "selector": {LABEL: owner.name, "ray.io/serve": "true"},
+            "ports": [{"name": "http", "port": spec.service.port, "targetPort": SERVE_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint(spec: ModelServiceSpec, owner: Owner) -> str:
+    return f"http://{api_service_name(owner)}.{owner.namespace}.svc:{spec.service.port}"

@@ -1,0 +1,90 @@
+"""One reconciliation pass against the API server: read, call the pure function, write.
+
+These coroutines are what the kopf handlers run; they are idempotent (a second pass with
+nothing changed sends no write) and never raise for an invalid spec (that is a status).
+"""
+
+import asyncio
+
+from fathom_operator import kube, render
+from fathom_operator.apply import apply, merge_patch
+from fathom_operator.conditions import now_rfc3339
+from fathom_operator.kube import KubeClient, ResourceRef
+from fathom_operator.reconcile import Observed, Result, reconcile
+from fathom_operator.tenants import render_secret
+
+_REFS = {"RayService": kube.RAY_SERVICES, "Service": kube.SERVICES, "Secret": kube.SECRETS}
+
+
+async def write_status(client: KubeClient, ref: ResourceRef, obj: dict, status: dict) -> bool:
+    """Patch `status` of `obj` through the status subresource if it differs; True if written."""
+    old = obj.get("status") or {}
+    patch = merge_patch({k: v for k, v in old.items() if k != "kopf"}, {k: v for k, v in status.items() if v is not None})
+    if not patch:
+        return False
+    meta = obj["metadata"]
+    await client.patch(ref, meta["namespace"], meta["name"], {"status": patch}, sub="status")
+    return True
+
+
+def _lock(*key: str) -> asyncio.Lock:
+    """One lock per object and event loop: handlers, timers and the autoscaler of one object
+    reconcile one at a time, each from a fresh read, so none re-renders a stale replica count."""
+    return _locks.setdefault((id(asyncio.get_running_loop()), *key), asyncio.Lock())
+
+
+_locks: dict[tuple, asyncio.Lock] = {}
+
+
+async def sync_model_service(client: KubeClient, obj: dict, notify=None) -> Result | None:
+    """Reconcile one ModelService: apply its RayService and Service, then write its status.
+
+    `obj` names the object; it is re-read under the object's lock. `notify(obj, type, reason,
+    message)` is called when the phase turns Invalid or Pending (a Warning Event), so
+    `kubectl describe` shows why nothing is deployed. None if the object is gone."""
+    ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    async with _lock("modelservices", ns, name):
+        fresh = await client.get(kube.MODEL_SERVICES, ns, name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return None
+        return await _sync_model_service(client, fresh, notify)
+
+
+async def _sync_model_service(client: KubeClient, obj: dict, notify) -> Result:
+    meta = obj["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    installed = await client.has_resource(kube.RAY_SERVICES)
+    ray_service = await client.get(kube.RAY_SERVICES, ns, name) if installed else None
+    service = await client.get(kube.SERVICES, ns, render.api_service_name(render.Owner(name, ns, "")))
+    result = reconcile(obj, Observed(ray_service, service, installed, now_rfc3339()))
+    for child in result.children or []:
+        await apply(client, _REFS[child["kind"]], child)
+    await write_status(client, kube.MODEL_SERVICES, obj, result.status)
+    old_phase = (obj.get("status") or {}).get("phase")
+    if notify is not None and result.status["phase"] in ("Invalid", "Pending") and old_phase != result.status["phase"]:
+        ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
+        notify(obj, "Warning", ready["reason"], ready["message"])
+    return result
+
+
+async def sync_tenants(client: KubeClient, namespace: str, *, deleting: str | None = None) -> dict[str, dict]:
+    """Rewrite the namespace's tenants Secret from all its Tenants; write each Tenant's status.
+
+    `deleting` names a Tenant being deleted: it is left out of the Secret. Serialised per
+    namespace within this process; across processes the apply's resourceVersion check holds.
+    """
+    async with _lock("tenants", namespace):
+        tenants = [t for t in await client.list(kube.TENANTS, namespace) if t["metadata"]["name"] != deleting]
+        tenants = [t for t in tenants if not t["metadata"].get("deletionTimestamp")]
+        names = {k["secretKeyRef"]["name"] for t in tenants for k in (t.get("spec") or {}).get("apiKeys") or []
+                 if isinstance(k, dict) and isinstance(k.get("secretKeyRef"), dict) and k["secretKeyRef"].get("name")}
+        secrets = {}
+        for secret_name in sorted(names):
+            found = await client.get(kube.SECRETS, namespace, secret_name)
+            if found is not None:
+                secrets[secret_name] = found
+        rendered = render_secret(namespace, tenants, secrets, now=now_rfc3339())
+        await apply(client, kube.SECRETS, rendered.secret)
+        for tenant in tenants:
+            await write_status(client, kube.TENANTS, tenant, rendered.statuses[tenant["metadata"]["name"]])
+        return rendered.statuses

@@ -1,0 +1,23 @@
+"""Fixtures: an emulated API server over HTTP, a kubeconfig pointing at it, the real operator."""
+
+import kopf
+import pytest
+from operator_support import emulated_cluster, write_kubeconfig
+
+from fathom_operator.kube import KubeClient
+
+
+@pytest.fixture
+async def cluster(tmp_path, monkeypatch):
+    async with emulated_cluster() as api:
+        write_kubeconfig(tmp_path / "kubeconfig", str(api.url).rstrip("/"))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        yield api
+
+
+@pytest.fixture
+async def kubectl(cluster):
+    """A plain API client on the emulator (what kubectl would do)."""
+    client = KubeClient(kopf.ConnectionInfo(server=str(cluster.url).rstrip("/")))
+    yield client
+    await client.close()

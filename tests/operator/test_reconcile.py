@@ -1,0 +1,161 @@
+"""The pure reconcile / render / apply functions, without an API server."""
+
+import copy
+
+import pytest
+import yaml
+
+from fathom_operator import pods, render
+from fathom_operator.apply import merge, merge_patch
+from fathom_operator.reconcile import Observed, parse_spec, reconcile
+
+NOW = "2026-11-29T12:00:00Z"
+
+
+def obj(generation=1, status=None, **spec) -> dict:
+    base = {"model": {"pvc": {"claimName": "models"}}, "engine": {"tensorParallelSize": 8},
+            "autoscaling": {"enabled": False}}
+    base.update(spec)
+    return {"metadata": {"name": "m", "namespace": "ns", "uid": "u-1", "generation": generation},
+            "spec": base, "status": status or {}}
+
+
+def running(ready_workers: int, app="RUNNING") -> dict:
+    return {"status": {"activeServiceStatus": {"applicationStatuses": {"fathom": {"status": app, "message": "boom"}},
+                                               "rayClusterStatus": {"readyWorkerReplicas": ready_workers}}}}
+
+
+def test_reconcile_is_idempotent():
+    first = reconcile(obj(), Observed(now=NOW))
+    again = reconcile(obj(status=first.status), Observed(now="2026-11-29T13:00:00Z"))
+    assert again.children == first.children and again.status == first.status
+
+
+def test_condition_transition_time_moves_only_on_change():
+    deploying = reconcile(obj(), Observed(now=NOW)).status
+    ready = reconcile(obj(status=deploying), Observed(ray_service=running(1), now="T2")).status
+    by_type = {c["type"]: c for c in ready["conditions"]}
+    assert by_type["Ready"]["status"] == "True" and by_type["Ready"]["lastTransitionTime"] == "T2"
+    assert by_type["Degraded"]["lastTransitionTime"] == NOW  # stayed False
+    assert ready["phase"] == "Ready" and ready["readyReplicas"] == 1
+
+
+@pytest.mark.parametrize("app, phase, ready_status", [
+    ("DEPLOY_FAILED", "Degraded", "False"), ("DEPLOYING", "Deploying", "False"), ("RUNNING", "Ready", "True")])
+def test_phase_follows_kuberay_status(app, phase, ready_status):
+    status = reconcile(obj(), Observed(ray_service=running(1, app), now=NOW)).status
+    assert status["phase"] == phase
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == ready_status
+
+
+def test_scaled_to_zero_is_ready():
+    status = reconcile(obj(replicas=0), Observed(ray_service=running(0), now=NOW)).status
+    assert status["phase"] == "ScaledToZero" and status["replicas"] == 0
+
+
+def test_autoscaler_decision_is_clamped_to_new_bounds():
+    o = obj(autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3}, status={"desiredReplicas": 7})
+    result = reconcile(o, Observed(now=NOW))
+    assert result.status["desiredReplicas"] == 3
+    assert yaml.safe_load(result.children[0]["spec"]["serveConfigV2"])["applications"][0]["deployments"][0][
+        "num_replicas"] == 3
+
+
+def test_invalid_spec_names_every_field():
+    message = parse_spec({"model": {"uri": "ftp://x"}, "engine": {"tensorParallelSize": 0}, "replicas": -1})
+    assert "spec.model.uri" in message and "spec.engine.tensorParallelSize" in message and "spec.replicas" in message
+
+
+def test_render_uri_source_fetches_weights_on_workers_and_tokenizer_on_head():
+    spec = parse_spec({"model": {"uri": "hf://deepseek-ai/DeepSeek-V3@main"}, "engine": {"tensorParallelSize": 8}})
+    rs = render.ray_service(spec, render.Owner("m", "ns", "u"), 1)
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert "allow_patterns=[" in head["initContainers"][0]["command"][-1]
+    assert "allow_patterns=None" in worker["initContainers"][0]["command"][-1]
+    assert 'revision="main"' in worker["initContainers"][0]["command"][-1]
+    assert {"name": "model", "emptyDir": {}} in worker["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in worker["volumes"]
+
+
+def test_render_placement_and_tenants_mount():
+    spec = parse_spec({"model": {"hostPath": "/mnt/models"}, "resources": {
+        "nodeSelector": {"gpu": "h200"}, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}})
+    worker = render.worker_group(spec, render.Owner("m", "ns", "u"), 2)
+    pod = worker["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "h200"} and pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert {"name": "tenants", "secret": {"secretName": "fathom-tenants", "optional": True}} in pod["volumes"]
+    assert worker["replicas"] == 2 and worker["maxReplicas"] == 4  # autoscaling on by default: max 4
+
+
+@pytest.mark.parametrize("q, k, out", [(8, 4, "32"), ("500m", 4, "2000m"), ("64Gi", 8, "512Gi"), ("1.5", 2, "3")])
+def test_scale_quantity(q, k, out):
+    assert pods.scale_quantity(q, k) == out
+
+
+def test_merge_keeps_foreign_fields_and_drops_only_ours():
+    last = {"metadata": {"labels": {"ours": "1", "old": "x"}},
+            "spec": {"containers": [{"name": "a", "image": "v1", "env": [{"name": "OURS", "value": "1"}]}]}}
+    observed = copy.deepcopy(last)
+    observed["metadata"]["labels"]["theirs"] = "y"
+    observed["spec"]["containers"][0]["env"].append({"name": "THEIRS", "value": "2"})
+    observed["spec"]["containers"].append({"name": "sidecar", "image": "istio"})
+    desired = {"metadata": {"labels": {"ours": "2"}},
+               "spec": {"containers": [{"name": "a", "image": "v2", "env": [{"name": "OURS", "value": "1"}]}]}}
+    target = merge(observed, last, desired)
+    assert target["metadata"]["labels"] == {"ours": "2", "theirs": "y"}
+    assert [c["name"] for c in target["spec"]["containers"]] == ["a", "sidecar"]
+    assert target["spec"]["containers"][0]["image"] == "v2"
+    assert {"name": "THEIRS", "value": "2"} in target["spec"]["containers"][0]["env"]
+    patch = merge_patch(observed, target)
+    assert patch["metadata"]["labels"] == {"ours": "2", "old": None}
+    assert merge_patch(target, merge(target, desired, desired)) == {}
+
+
+def test_scaling_changes_only_what_kuberay_and_serve_apply_in_place():
+    """Replica counts live in the worker group and the deployment override; the app args and the
+    rest of the cluster spec (KubeRay's hash) stay identical, so nothing restarts."""
+    spec = parse_spec({"engine": {"tensorParallelSize": 8}})
+    one, three = (render.ray_service(spec, render.Owner("m", "ns", "u"), n) for n in (1, 3))
+    apps = [yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0] for rs in (one, three)]
+    assert apps[0]["args"] == apps[1]["args"] and apps[0]["import_path"] == apps[1]["import_path"]
+    assert [[(d["name"], d["num_replicas"]) for d in a["deployments"]] for a in apps] == [[("model", 1)],
+                                                                                         [("model", 3)]]
+    assert apps[0]["deployments"][0]["ray_actor_options"] == apps[1]["deployments"][0]["ray_actor_options"]
+
+    def unscaled(rs):
+        cluster = copy.deepcopy(rs["spec"]["rayClusterConfig"])
+        for group in cluster["workerGroupSpecs"]:
+            for key in ("replicas", "minReplicas", "maxReplicas"):
+                group.pop(key)
+        return cluster
+    assert unscaled(one) == unscaled(three)
+
+
+def test_endpoint_is_the_load_balancer_once_it_has_one():
+    o = obj(service={"type": "LoadBalancer", "port": 80})
+    assert reconcile(o, Observed(now=NOW)).status["endpoint"] == "http://m-api.ns.svc:80"
+    lb = {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}
+    assert reconcile(o, Observed(service=lb, now=NOW)).status["endpoint"] == "http://203.0.113.7:80"
+
+
+@pytest.mark.parametrize("tp, gpus, cpus, want_gpus", [(1, 1, 0, 1), (8, 1, 0, 0), (1, 0, 1, 0), (2, 0, 0, 0)])
+def test_model_replicas_stay_off_the_head(tp, gpus, cpus, want_gpus):
+    spec = parse_spec({"engine": {"tensorParallelSize": tp}, "resources": {"gpus": gpus}})
+    options = render.model_actor_options(spec)
+    assert options == {"num_cpus": cpus, "num_gpus": want_gpus, "resources": {"fathom_worker": 1}}
+    worker = render.worker_group(spec, render.Owner("m", "ns", "u"), 1)
+    assert worker["rayStartParams"]["resources"] == '"{\\"fathom_worker\\": 1000}"'
+    head = render.head_group(spec, render.Owner("m", "ns", "u"))
+    assert "resources" not in head["rayStartParams"] and head["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_progressing_while_kuberay_catches_up():
+    rs = running(1)
+    rs["metadata"] = {"generation": 3}
+    rs["status"]["observedGeneration"] = 2
+    by_type = {c["type"]: c for c in reconcile(obj(), Observed(ray_service=rs, now=NOW)).status["conditions"]}
+    assert by_type["Ready"]["status"] == "True" and by_type["Progressing"]["reason"] == "RayServiceUpdating"
+    rs["status"]["observedGeneration"] = 3
+    by_type = {c["type"]: c for c in reconcile(obj(), Observed(ray_service=rs, now=NOW)).status["conditions"]}
+    assert by_type["Progressing"]["status"] == "False"
