@@ -44,7 +44,8 @@ def ray_cluster(receiver):
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     assert env["env_vars"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == receiver.endpoint
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
+    # address="local": always a private instance, even if another `ray start` cluster runs on the machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
     yield
     ray.shutdown()
 
