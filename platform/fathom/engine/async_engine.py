@@ -58,11 +58,14 @@ class AsyncEngine:
     # ----- caller side (any thread / event loop)
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                        *, priority: int = 0, fairness_key: str | None = None,
-                       cache_salt: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Stream deltas of one request (see docs/architecture.md for the contract)."""
+                       cache_salt: str | None = None,
+                       trace_context: dict[str, str] | None = None) -> AsyncIterator[RequestOutput]:
+        """Stream deltas of one request (see docs/architecture.md for the contract).
+        `trace_context`: the caller's W3C carrier; the forward steps serving it link to it."""
         self._raise_if_dead()
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        kwargs = {"priority": priority, "fairness_key": fairness_key, "cache_salt": cache_salt}
+        kwargs = {"priority": priority, "fairness_key": fairness_key, "cache_salt": cache_salt,
+                  "trace_context": trace_context}
         self._inbox.put(("add", request_id, (list(prompt_token_ids), sampling_params, kwargs), stream))
         finished = False
         try:

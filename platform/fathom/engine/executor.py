@@ -10,6 +10,7 @@ import torch
 
 from fathom.engine.errors import EngineDeadError
 from fathom.engine.step_input import StepInput, StepOutput
+from fathom.telemetry.spans import forward_step_span
 
 
 class Executor(Protocol):
@@ -79,7 +80,8 @@ class InProcessExecutor:
         if self._dead is not None:
             raise EngineDeadError(f"the model executor failed earlier: {self._dead!r}")
         try:
-            return self.runner.execute(step)
+            with forward_step_span(step.trace_contexts, rank=0, world_size=1, num_tokens=len(step.token_ids)):
+                return self.runner.execute(step)
         except Exception as e:  # a failed forward leaves the KV cache in an unknown state
             self._dead = e
             raise EngineDeadError(f"model forward failed: {e!r}") from e

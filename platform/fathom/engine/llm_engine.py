@@ -61,7 +61,7 @@ class LLMEngine:
     # ----- requests
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None,
                     *, priority: int = 0, fairness_key: str | None = None, cache_salt: str | None = None,
-                    arrival_time: float | None = None) -> Request:
+                    arrival_time: float | None = None, trace_context: dict[str, str] | None = None) -> Request:
         """Queue a request. Raises InvalidRequestError / PromptTooLongError before queueing."""
         params = params or SamplingParams()
         prompt = self._check_prompt(request_id, prompt_token_ids, params)
@@ -69,7 +69,8 @@ class LLMEngine:
         capacity = self.blocks.num_blocks * self.config.block_size
         max_total = min(self.config.max_model_len, capacity, len(prompt) + (params.max_tokens or 1 << 62))
         req = Request(request_id, prompt, params, RequestMetrics(arrival_time or time.monotonic()),
-                      priority=priority, fairness_key=fairness_key, hash_salt=salt, max_total_tokens=max_total)
+                      priority=priority, fairness_key=fairness_key, hash_salt=salt, max_total_tokens=max_total,
+                      trace_context=trace_context or None)
         for i in range(params.n):
             req.seqs.append(Sequence(self._next_seq_id, req, i, list(prompt)))
             self._next_seq_id += 1
@@ -135,6 +136,8 @@ class LLMEngine:
             step.block_tables.append(seq.block_table)
             if seq.request.metrics.first_scheduled_time is None:
                 seq.request.metrics.first_scheduled_time = now
+            if seq.request.trace_context is not None:
+                _note_for_tracing(step, chunk, now)
             if chunk.samples:
                 step.sample_rows.append(row)
                 if seq.seq_id not in self._spec_sent:
@@ -203,3 +206,12 @@ class LLMEngine:
         return EngineStats(len(s.running), len(s.waiting) + sum(len(r.pending_samples) for r in self.requests.values()),
                            self.blocks.num_used, self.blocks.num_blocks, s.prefix_stats.queried_tokens,
                            s.prefix_stats.hit_tokens, s.num_preemptions)
+
+
+def _note_for_tracing(step: StepInput, chunk, now: float) -> None:
+    """Traced requests only: prefill chunks become span events, and the step links to the request."""
+    req = chunk.seq.request
+    if chunk.start < chunk.seq.prompt_len:
+        req.metrics.prefill_chunks.append((now, chunk.num_tokens))
+    if not any(c is req.trace_context for c in step.trace_contexts):  # n samples: one link
+        step.trace_contexts.append(req.trace_context)

@@ -1,6 +1,8 @@
 """Appends sampled tokens to sequences, detokenises them incrementally, applies stop
 conditions (stop token ids, EOS, stop strings, max_tokens / max_model_len) and cuts deltas."""
 
+import time
+
 from fathom.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob, Usage
 from fathom.engine.sequence import Request, Sequence
 from fathom.engine.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -33,10 +35,12 @@ class OutputProcessor:
     def _detokenize(self, seq: Sequence, tokens: list[int]) -> None:
         if self.tokenizer is None:
             return
+        t0 = time.perf_counter()
         if seq.detokenizer is None:
             seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.request.prompt_token_ids,
                                                      seq.request.params.skip_special_tokens)
         seq.text += seq.detokenizer.add(tokens)
+        seq.request.metrics.detokenize_time += time.perf_counter() - t0
 
     def _check_stop_strings(self, seq: Sequence) -> bool:
         p = seq.request.params

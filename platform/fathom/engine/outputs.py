@@ -54,6 +54,8 @@ class RequestMetrics:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
+    prefill_chunks: list[tuple[float, int]] = field(default_factory=list)  # (stamp, tokens), for tracing
+    detokenize_time: float = 0.0  # seconds spent detokenising this request's samples
 
 
 @dataclass

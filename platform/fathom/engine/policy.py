@@ -17,6 +17,16 @@ class SchedulingPolicy(Protocol):
     def on_scheduled(self, seq: Sequence, num_tokens: int) -> None:
         """Accounting hook: `num_tokens` of `seq` were scheduled this step."""
 
+    def begin_step(self, waiting: list[Sequence], running: list[Sequence], capacity: int) -> None:
+        """Called at the start of each step, before anything is scheduled."""
+
+    def running_key(self, seq: Sequence) -> tuple:
+        """Sort key of a running sequence: smallest is scheduled first, largest preempted first."""
+
+    def preempt_for(self, seq: Sequence, running: list[Sequence], capacity: int) -> Sequence | None:
+        """A running sequence to preempt so that waiting `seq`, which does not fit (slots,
+        blocks or step budget), is admitted now; None to let it wait."""
+
 
 class FcfsPolicy:
     def key(self, seq: Sequence) -> tuple:
@@ -25,8 +35,18 @@ class FcfsPolicy:
     def on_scheduled(self, seq: Sequence, num_tokens: int) -> None:
         pass
 
+    def begin_step(self, waiting: list[Sequence], running: list[Sequence], capacity: int) -> None:
+        pass
 
-class FairSharePolicy:
+    def running_key(self, seq: Sequence) -> tuple:
+        return seq.priority_key
+
+    def preempt_for(self, seq: Sequence, running: list[Sequence], capacity: int) -> Sequence | None:
+        victim = max(running, key=lambda s: s.priority_key, default=None)  # lowest priority, newest
+        return victim if victim is not None and victim.request.priority > seq.request.priority else None
+
+
+class FairSharePolicy(FcfsPolicy):
     """Weighted fair queueing over fairness keys by tokens served (prefill + decode).
 
     A key seen for the first time starts at the least-served active key's count, so it is

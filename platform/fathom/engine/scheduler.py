@@ -72,6 +72,7 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
+        self.policy.begin_step(self.waiting, self.running, self.config.max_num_seqs)
         budget = self._schedule_running(out, self.config.max_num_batched_tokens)
         if not out.preempted:  # blocks are short: admitting more now would only thrash
             self._admit_waiting(out, budget)
@@ -80,7 +81,7 @@ class Scheduler:
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
-        self.running.sort(key=lambda s: s.priority_key)
+        self.running.sort(key=self.policy.running_key)
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -108,8 +109,9 @@ class Scheduler:
         return True
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        """Admit in policy order; a waiting sequence that does not fit may preempt running
-        sequences of strictly lower priority (never equal: FCFS within a priority)."""
+        """Admit in policy order; a waiting sequence that does not fit may preempt the running
+        sequences its policy names (FCFS: strictly lower priority only; fair share: also a
+        tenant over its share)."""
         self.waiting.sort(key=self.policy.key)
         while self.waiting and self.waiting[0] not in out.preempted:
             seq = self.waiting[0]
@@ -117,7 +119,7 @@ class Scheduler:
             if n is not None:
                 budget -= n
                 continue
-            freed = self._preempt_lower_priority(seq, out)
+            freed = self._preempt_for(seq, out)
             if freed is None:
                 break
             budget += freed
@@ -144,11 +146,11 @@ class Scheduler:
         out.chunks.append(ScheduledChunk(seq, computed, n))
         return n
 
-    def _preempt_lower_priority(self, seq: Sequence, out: SchedulerOutput) -> int | None:
-        """Preempt the lowest-priority running sequence if it ranks strictly below seq; returns
-        the step budget its (now withdrawn) chunk had used, or None if there is no such victim."""
-        victim = max(self.running, key=lambda s: s.priority_key, default=None)
-        if victim is None or victim.request.priority <= seq.request.priority:
+    def _preempt_for(self, seq: Sequence, out: SchedulerOutput) -> int | None:
+        """Preempt the running sequence the policy names to make room for waiting seq; returns
+        the step budget its (now withdrawn) chunk had used, or None if there is no victim."""
+        victim = self.policy.preempt_for(seq, self.running, self.config.max_num_seqs)
+        if victim is None:
             return None
         chunk = next((c for c in out.chunks if c.seq is victim), None)
         if chunk is not None:

@@ -32,6 +32,7 @@ class Request:
     seqs: list["Sequence"] = field(default_factory=list)
     pending_samples: list["Sequence"] = field(default_factory=list)  # n>1: wait for sample 0's prompt
     num_cached_tokens: int = 0
+    trace_context: dict[str, str] | None = None  # W3C carrier of the caller's span (fathom.telemetry)
 
     @property
     def finished(self) -> bool:

@@ -33,6 +33,7 @@ class StepInput:
     sample_rows: list[int]
     new_specs: list[SamplingSpec] = field(default_factory=list)
     freed_seq_ids: list[int] = field(default_factory=list)
+    trace_contexts: list[dict[str, str]] = field(default_factory=list)  # of the batch's requests: span links
 
 
 @dataclass

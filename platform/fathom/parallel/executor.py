@@ -21,6 +21,7 @@ from fathom.engine.factory import CacheSpec
 from fathom.engine.step_input import StepInput, StepOutput
 from fathom.parallel.placement import create_rank_placement_group
 from fathom.parallel.workers import RankWorker
+from fathom.telemetry.tracing import ray_runtime_env_vars
 
 
 class RayExecutor:
@@ -34,7 +35,8 @@ class RayExecutor:
         # GPUs in the cluster decide (the driver, e.g. a Serve replica, may itself have none).
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
         self.pg = create_rank_placement_group(self.world_size, use_gpu, cpus_per_rank)
-        env = {"PYTHONPATH": os.pathsep.join(filter(None, [_source_root(), os.environ.get("PYTHONPATH")]))}
+        env = {**ray_runtime_env_vars(),  # ranks trace like this process (OTEL_*)
+               "PYTHONPATH": os.pathsep.join(filter(None, [_source_root(), os.environ.get("PYTHONPATH")]))}
         self.workers = [
             RankWorker.options(
                 num_cpus=cpus_per_rank, num_gpus=1 if use_gpu else 0, runtime_env={"env_vars": env},

@@ -15,12 +15,15 @@ from fathom.engine.executor import resolve_dtype
 from fathom.engine.factory import CacheSpec, blocks_for
 from fathom.engine.model_runner import ModelRunner
 from fathom.engine.step_input import StepInput, StepOutput
+from fathom.telemetry.spans import forward_step_span
+from fathom.telemetry.tracing import configure_tracing
 
 
 @ray.remote
 class RankWorker:
     def __init__(self, rank: int, world_size: int, ep_size: int, threads: int = 1):
         self.rank, self.world_size, self.ep_size = rank, world_size, ep_size
+        configure_tracing("rank")
         torch.set_num_threads(max(1, threads))
         self.model = self.runner = None
         self.block_size = 0
@@ -49,7 +52,9 @@ class RankWorker:
         return self.model.config.vocab_size
 
     def execute(self, step: StepInput) -> StepOutput | None:
-        return self.runner.execute(step)
+        with forward_step_span(step.trace_contexts, rank=self.rank, world_size=self.world_size,
+                               num_tokens=len(step.token_ids)):
+            return self.runner.execute(step)
 
     def ping(self) -> int:
         return os.getpid()

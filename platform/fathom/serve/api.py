@@ -6,6 +6,7 @@ Routes:
 - `GET /health/ready`: readiness, 503 until a model replica has loaded its model, then 200
   with the model's id and max_model_len (Kubernetes readinessProbe, load balancers).
 - `GET /metrics`: Prometheus text.
+- `GET /v1/usage`: metered usage and cost (fathom.tenancy.gate.TenancyGate.usage).
 Every error, including unknown routes and internal failures, is OpenAI's error JSON; no
 stack trace reaches a client.
 """
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from fathom.serve.errors import APIError
 from fathom.serve.frontend import NOT_READY_RETRY_AFTER_S, Frontend
 from fathom.serve.protocol import ModelCard, ModelList
+from fathom.telemetry.http import TracingMiddleware, fastapi_kwargs
 
 logger = logging.getLogger("fathom.serve")
 
@@ -30,7 +32,7 @@ def error_response(err: APIError) -> JSONResponse:
 
 
 def build_api(frontend: Frontend) -> FastAPI:
-    app = FastAPI(title="Fathom", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Fathom", docs_url=None, redoc_url=None, openapi_url=None, **fastapi_kwargs())
     app.state.frontend = frontend
     app.state.model_info = None
     created = int(time.time())
@@ -44,11 +46,13 @@ def build_api(frontend: Frontend) -> FastAPI:
         return await frontend.openai("completion", request)
 
     @app.get("/v1/models")
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
+        tenant = frontend.tenancy.authenticate(request.headers.get("authorization"))
         info = app.state.model_info or {}
         card = ModelCard(id=frontend.model_name, created=created, root=info.get("root"),
                          max_model_len=info.get("max_model_len"))
-        return JSONResponse(ModelList(data=[card]).model_dump())
+        cards = [card] if tenant.allows_model(frontend.model_name) else []
+        return JSONResponse(ModelList(data=cards).model_dump())
 
     @app.get("/health")
     async def health() -> Response:
@@ -65,18 +69,24 @@ def build_api(frontend: Frontend) -> FastAPI:
             return error_response(APIError(503, msg, code="not_ready", retry_after=NOT_READY_RETRY_AFTER_S))
         return JSONResponse({"status": "ready", "model": frontend.model_name, **app.state.model_info})
 
+    @app.get("/v1/usage")
+    async def usage(request: Request) -> Response:
+        tenant = frontend.tenancy.authenticate(request.headers.get("authorization"))
+        return JSONResponse(await frontend.tenancy.usage(tenant, request.query_params))
+
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(frontend.metrics.render(), media_type=frontend.metrics.content_type)
+        return Response(await frontend.metrics.render(), media_type=frontend.metrics.content_type)
 
     _add_error_handlers(app, frontend)
+    app.add_middleware(TracingMiddleware)  # SERVER span enrichment, traceparent in responses
     return app
 
 
 def _add_error_handlers(app: FastAPI, frontend: Frontend) -> None:
     @app.exception_handler(APIError)
-    async def api_error(_: Request, err: APIError) -> Response:
-        frontend.metrics.request_done(err.status)
+    async def api_error(request: Request, err: APIError) -> Response:
+        frontend.metrics.request_done(err.status, getattr(request.state, "tenant", "default"))
         return error_response(err)
 
     @app.exception_handler(HTTPException)

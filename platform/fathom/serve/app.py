@@ -28,6 +28,10 @@ from fathom.serve.api import build_api
 from fathom.serve.errors import APIError
 from fathom.serve.frontend import OVERLOAD_RETRY_AFTER_S, Frontend
 from fathom.serve.model_server import ModelServer
+from fathom.telemetry.generation import OPERATIONS
+from fathom.telemetry.runtime import start_telemetry
+from fathom.telemetry.spans import open_route_span
+from fathom.telemetry.tracing import with_tracing_env
 
 APP_NAME = "fathom"
 READY_PROBE_TIMEOUT_S = 2.0
@@ -47,26 +51,32 @@ class HandleBackend:
         self._unary = handle
         self._streaming = handle.options(stream=True)
 
-    async def complete(self, kind: str, req: Any, routing_key: int | None) -> dict | APIError:
-        try:
-            return await self._unary.complete.remote(kind, req, routing_key=routing_key)
-        except BackPressureError as e:
-            return _overloaded(e)
+    async def complete(self, kind: str, req: Any, routing_key: int | None, tenancy=None) -> dict | APIError:
+        with open_route_span(req.model, OPERATIONS[kind]) as route:
+            try:
+                return await self._unary.complete.remote(kind, req, routing_key=routing_key, tenancy=tenancy,
+                                                         trace_context=route.carrier)
+            except BackPressureError as e:
+                route.reject(429, str(e))
+                return _overloaded(e)
 
-    async def stream(self, kind: str, req: Any, routing_key: int | None) -> AsyncIterator[Any]:
-        gen = self._streaming.stream.remote(kind, req, routing_key=routing_key)
-        ended = False
-        try:
-            async for item in gen:
-                yield item
-            ended = True
-        except BackPressureError as e:
-            ended = True
-            yield _overloaded(e)
-        finally:
-            if not ended:  # the client went away: cancel the replica call, which aborts the engine request
-                with contextlib.suppress(RayError, RayServeException, asyncio.CancelledError, CancelledError):
-                    gen.cancel()
+    async def stream(self, kind: str, req: Any, routing_key: int | None, tenancy=None) -> AsyncIterator[Any]:
+        with open_route_span(req.model, OPERATIONS[kind]) as route:
+            gen = self._streaming.stream.remote(kind, req, routing_key=routing_key, tenancy=tenancy,
+                                                trace_context=route.carrier)
+            ended = False
+            try:
+                async for item in gen:
+                    yield item
+                ended = True
+            except BackPressureError as e:
+                ended = True
+                route.reject(429, str(e))
+                yield _overloaded(e)
+            finally:
+                if not ended:  # the client went away: cancel the replica call, which aborts the engine request
+                    with contextlib.suppress(RayError, RayServeException, asyncio.CancelledError, CancelledError):
+                        gen.cancel()
 
     async def ready(self) -> dict | None:
         """Model info once a replica has loaded its model; None while none has (or on timeout)."""
@@ -87,6 +97,7 @@ async def _awaited(response):
 @serve.ingress()
 class Ingress:
     def __init__(self, model: DeploymentHandle, settings: dict):
+        start_telemetry("ingress")
         self.frontend = Frontend(HandleBackend(model), ServeSettings.model_validate(settings))
 
     def __serve_build_asgi_app__(self):
@@ -109,7 +120,7 @@ def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.A
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
         health_check_period_s=10.0,
         health_check_timeout_s=60.0,
-        ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica},
+        ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica, "runtime_env": with_tracing_env()},
         request_router_config=RequestRouterConfig(
             request_router_class="fathom.serve.router.FathomRequestRouter",
         ),
@@ -120,6 +131,6 @@ def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.A
         num_replicas=1,
         max_ongoing_requests=ingress_capacity,
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "runtime_env": with_tracing_env()},
     )
     return ingress.bind(model.bind(wire), wire)

@@ -27,6 +27,8 @@ from fathom.serve.errors import APIError, body_too_large, from_validation_error,
 from fathom.serve.metrics import ServeMetrics
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
 from fathom.serve.router import chat_prefix_text, prefix_key
+from fathom.telemetry.spans import auth_span, limits_span, set_tenant
+from fathom.tenancy.gate import Grant, TenancyGate
 
 logger = logging.getLogger("fathom.serve")
 
@@ -83,11 +85,13 @@ def sse_error(err: APIError) -> str:
 
 
 class Frontend:
-    def __init__(self, backend: Backend, settings: ServeSettings, metrics: ServeMetrics | None = None):
+    def __init__(self, backend: Backend, settings: ServeSettings, metrics: ServeMetrics | None = None,
+                 tenancy: TenancyGate | None = None):
         self.backend = backend
         self.settings = settings
         self.model_name = settings.model_name
         self.metrics = metrics or ServeMetrics(self.model_name)
+        self.tenancy = tenancy or TenancyGate.from_settings(settings)
         self.draining = False
         self.inflight = 0  # requests accepted and not yet answered in full (graceful shutdown waits)
 
@@ -107,6 +111,10 @@ class Frontend:
         started = time.time()
         if self.draining:
             raise APIError(503, "server is shutting down", code="shutting_down", retry_after=NOT_READY_RETRY_AFTER_S)
+        with auth_span() as span:
+            tenant = self.tenancy.authenticate(http.headers.get("authorization"))
+            set_tenant(span, tenant.name)
+        http.state.tenant = tenant.name
         raw = await read_body(http, self.settings.max_request_body_bytes)
         req = parse_request(kind, raw, self.settings.max_request_body_bytes)
         if req.model != self.model_name:
@@ -114,35 +122,50 @@ class Frontend:
                 404, f"The model `{req.model}` does not exist; this server serves `{self.model_name}`.",
                 param="model", code="model_not_found",
             )
+        with limits_span(tenant.name):
+            grant = await self.tenancy.admit(tenant, kind, req)
+        settled = False  # the grant is settled or released exactly once
+        try:
+            response = await self._generate(kind, req, started, grant)
+            settled = True
+            return response
+        finally:
+            if not settled:
+                self.tenancy.release(grant)
+
+    async def _generate(self, kind: str, req: Any, started: float, grant: Grant) -> Response:
         key = routing_key(kind, req)
+        tenancy = {"tenancy": grant.context} if grant.context else {}
         if not req.stream:
-            result = await self.backend.complete(kind, req, key)
+            result = await self.backend.complete(kind, req, key, **tenancy)
             if isinstance(result, APIError):
                 raise result
             usage = result["usage"]
             self._finished(200, started, usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
-                           usage["completion_tokens"], None)
-            return Response(json.dumps(result), media_type="application/json")
-        stream = self.backend.stream(kind, req, key)
+                           usage["completion_tokens"], None, grant)
+            return Response(json.dumps(result), media_type="application/json", headers=grant.headers)
+        stream = self.backend.stream(kind, req, key, **tenancy)
         first = await anext(stream)
         if isinstance(first, APIError):
             await stream.aclose()
             raise first
         return StreamingResponse(
-            self._relay(first, stream, started), media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            self._relay(first, stream, started, grant), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **grant.headers},
         )
 
-    async def _relay(self, first: str, stream: AsyncIterator[Any], started: float) -> AsyncIterator[str]:
-        """Forward SSE text; swallow the StreamEnd into metrics. A client that goes away
-        cancels this generator, which closes `stream` and so aborts the request upstream."""
+    async def _relay(self, first: str, stream: AsyncIterator[Any], started: float, grant: Grant) -> AsyncIterator[str]:
+        """Forward SSE text; swallow the StreamEnd into metrics and metering. A client that goes
+        away cancels this generator, which closes `stream` and so aborts the request upstream."""
         status = 200
+        settled = False
         try:
             yield first
             async for item in stream:
                 if isinstance(item, StreamEnd):
+                    settled = True
                     self._finished(200, started, item.prompt_tokens, item.cached_tokens,
-                                   item.completion_tokens, item.first_token_at)
+                                   item.completion_tokens, item.first_token_at, grant)
                 elif isinstance(item, APIError):
                     status = item.status
                     yield sse_error(item)
@@ -158,12 +181,16 @@ class Frontend:
         finally:
             self.inflight -= 1
             await stream.aclose()
+            if not settled:
+                self.tenancy.release(grant)
             if status != 200:
-                self.metrics.request_done(status)
+                self.metrics.request_done(status, grant.tenant.name)
 
-    def _finished(self, status, started, prompt, cached, completion, first_token_at) -> None:
+    def _finished(self, status, started, prompt, cached, completion, first_token_at, grant: Grant) -> None:
         m = self.metrics
-        m.request_done(status)
-        m.usage(prompt, cached, completion)
+        tenant = grant.tenant.name
+        m.request_done(status, tenant)
+        cost = self.tenancy.settle(grant, prompt, cached, completion)
+        m.usage(prompt, cached, completion, tenant, cost)
         ttft = first_token_at - started if first_token_at else None
         m.latency(time.time() - started, ttft, completion)

@@ -25,6 +25,7 @@ from ray.serve.api import RunTarget
 import fathom
 from fathom.api.serve import ServeSettings
 from fathom.serve.app import APP_NAME, build_app
+from fathom.tenancy.registry import TenantConfigError, describe_tenants
 
 POLL_S = 0.5
 SHUTDOWN_SLACK_S = 30.0  # for Serve and Ray to stop after the grace period
@@ -71,6 +72,7 @@ def start_ray(settings: ServeSettings) -> None:
     _say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
     _export_source_root()
     ray.init(
+        address="local",  # a new instance: never join another `ray start` cluster on this machine
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         logging_level=logging.WARNING,
@@ -82,6 +84,7 @@ def start_ray(settings: ServeSettings) -> None:
 def deploy(settings: ServeSettings, show_progress: bool = True):
     """Start Serve's proxy on host:port and deploy the app; return the ingress handle once
     it is running (raises RuntimeError with Serve's message if the deployment fails)."""
+    settings = _with_tenants(settings)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our own progress lines instead
     serve.start(http_options={"host": settings.host, "port": settings.port},
                 proxy_location="HeadOnly" if not settings.address else "EveryNode")
@@ -98,6 +101,18 @@ def deploy(settings: ServeSettings, show_progress: bool = True):
                               wait_for_applications_running=False)
     wait_running(show_progress)
     return handle
+
+
+def _with_tenants(settings: ServeSettings) -> ServeSettings:
+    """Validate the tenants file now (a clear error, not a failed replica), say whether the API
+    is open, and make its path absolute for the replicas."""
+    try:
+        _say(describe_tenants(settings.tenants))
+    except TenantConfigError as e:
+        raise RuntimeError(str(e)) from None
+    if settings.tenants is None:
+        return settings
+    return settings.model_copy(update={"tenants": os.path.abspath(settings.tenants)})
 
 
 def wait_running(show_progress: bool) -> None:

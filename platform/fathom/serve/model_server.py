@@ -11,6 +11,7 @@ waits for a client: tokens accumulate in the stream's `Choice`s until taken.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -25,6 +26,12 @@ from fathom.serve.preprocess import EngineCall, engine_error, prepare
 from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
 from fathom.serve.responses import Choice, TokenStrings
+from fathom.telemetry.generation import OPERATIONS, traced_outputs
+from fathom.telemetry.metrics import process_metrics
+from fathom.telemetry.runtime import replica_name, start_telemetry
+from fathom.telemetry.spans import RequestTrace, start_request_trace
+from fathom.tenancy.fairness import TenantFairPolicy
+from fathom.tenancy.ingress import RequestTenancy, meter_abandoned, replica_tenancy_client
 
 logger = logging.getLogger("fathom.serve")
 
@@ -46,6 +53,7 @@ class _Request:
                                            echo, call.params.logprobs is not None, req.return_tokens_as_token_ids))
         self.usage = [(len(c.prompt_ids), 0, 0) for c in calls]  # (prompt, cached, completion) per call
         self.first_token_at: float | None = None
+        self.trace_context: dict | None = None  # the ingress's W3C carrier (fathom.telemetry)
         self.error: APIError | None = None
         self.pending = len(calls)
         self.wake = asyncio.Event()
@@ -64,10 +72,12 @@ class ModelServer:
 
     def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
         self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
+        self.policy = TenantFairPolicy() if self.settings.tenants else None  # fair share among tenants
+        self.tenancy_client = replica_tenancy_client(self.settings)  # meters streams abandoned by clients
         if engine_factory is None:
             from fathom.engine.async_engine import AsyncEngine
 
-            engine_factory = AsyncEngine.from_settings
+            engine_factory = functools.partial(AsyncEngine.from_settings, policy=self.policy)
         t0 = time.monotonic()
         self.engine = engine_factory(self.settings.engine)
         self.model_name = self.settings.model_name
@@ -76,6 +86,8 @@ class ModelServer:
         self.reasoning_parser = self.settings.engine.reasoning_parser
         self.active_streams = 0
         self.generated_tokens = 0  # cumulative over every engine request, aborted ones included
+        self.replica = replica_name()
+        start_telemetry("replica", before_push=self._record_engine_stats)
         logger.info("model %s loaded in %.1fs", self.model_name, time.monotonic() - t0)
 
     # ------------------------------------------------------------------ backend contract
@@ -83,11 +95,13 @@ class ModelServer:
     async def ready(self, routing_key: int | None = None) -> dict:
         return {"root": self.settings.engine.model or "fathom-demo", "max_model_len": self.max_model_len}
 
-    async def complete(self, kind: str, req: Any, routing_key: int | None = None) -> dict | APIError:
+    async def complete(self, kind: str, req: Any, routing_key: int | None = None,
+                       tenancy: RequestTenancy | None = None, trace_context: dict | None = None) -> dict | APIError:
         try:
-            r = self._start(kind, req)
+            r = self._start(kind, req, tenancy)
         except APIError as e:
             return e
+        r.trace_context = trace_context
         try:
             await self._run(r)
         finally:
@@ -99,22 +113,28 @@ class ModelServer:
                 "usage": r.usage_dict(), "system_fingerprint": None}
         return body
 
-    async def stream(self, kind: str, req: Any, routing_key: int | None = None) -> AsyncIterator[Any]:
+    async def stream(self, kind: str, req: Any, routing_key: int | None = None,
+                     tenancy: RequestTenancy | None = None, trace_context: dict | None = None) -> AsyncIterator[Any]:
         try:
-            r = self._start(kind, req)
+            r = self._start(kind, req, tenancy)
         except APIError as e:
             yield e
             return
+        r.trace_context = trace_context
         self.active_streams += 1
         pumps = [asyncio.create_task(self._pump(r, i)) for i in range(len(r.calls))]
+        ended = False
         try:
             async for item in self._chunks(r):
+                ended = ended or isinstance(item, StreamEnd | APIError)
                 yield item
         finally:
             self.active_streams -= 1
             for task in pumps:
                 task.cancel()
             await self._abort(r)
+            if not ended and r.tenancy is not None:  # the client went away: meter what was generated
+                meter_abandoned(self, r.tenancy, *(sum(u[k] for u in r.usage) for k in range(3)))
 
     async def stats(self, routing_key: int | None = None) -> dict:
         """This replica's engine snapshot (`routing_key` lets a caller aim at the replica that
@@ -142,10 +162,16 @@ class ModelServer:
 
     # ------------------------------------------------------------------ internals
 
-    def _start(self, kind: str, req: Any) -> _Request:
+    def _start(self, kind: str, req: Any, tenancy: RequestTenancy | None = None) -> _Request:
         skip = req.skip_special_tokens and not (kind == "chat" and self.reasoning_parser != "none")
         calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip)
-        return _Request(self, kind, req, calls)
+        if tenancy is not None:
+            calls = tenancy.cap_calls(calls)
+            if self.policy is not None:
+                self.policy.set_weight(tenancy.tenant, tenancy.weight)
+        r = _Request(self, kind, req, calls)
+        r.tenancy = tenancy
+        return r
 
     async def _run(self, r: _Request) -> None:
         await asyncio.gather(*(self._pump(r, i) for i in range(len(r.calls))))
@@ -154,8 +180,10 @@ class ModelServer:
         """Feed engine call i's deltas into the request's choices."""
         call = r.calls[i]
         try:
-            gen = self.engine.generate(r.engine_ids[i], call.prompt_ids, call.params,
-                                       priority=r.req.priority, fairness_key=r.req.user)
+            who = r.tenancy.engine_kwargs() if r.tenancy else {"priority": r.req.priority, "fairness_key": r.req.user}
+            rt = self._trace(r, i)
+            gen = traced_outputs(self.engine.generate(r.engine_ids[i], call.prompt_ids, call.params, **who,
+                                                      trace_context=rt.carrier), rt)
             async for out in gen:
                 if r.first_token_at is None and out.outputs:
                     r.first_token_at = time.time()
@@ -177,6 +205,18 @@ class ModelServer:
             self.generated_tokens += r.usage[i][2]
             r.pending -= 1
             r.wake.set()
+
+    def _trace(self, r: _Request, i: int) -> RequestTrace:
+        """The span of engine call i, under the ingress's route span (fathom.telemetry)."""
+        p = r.calls[i].params
+        return start_request_trace(r.trace_context, model=self.model_name, operation=OPERATIONS[r.kind],
+                                   request_id=r.engine_ids[i], replica=self.replica,
+                                   tenant=r.tenancy.tenant if r.tenancy else None,
+                                   max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
+                                   prompt=r.calls[i].prompt_text)
+
+    def _record_engine_stats(self) -> None:
+        process_metrics().engine_stats(self.model_name, self.replica, self.engine.stats())
 
     async def _abort(self, r: _Request) -> None:
         for rid in r.engine_ids:

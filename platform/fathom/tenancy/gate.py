@@ -1,0 +1,140 @@
+"""`TenancyGate`: the ingress's one object for tenancy (see fathom.tenancy.ingress for the flow).
+
+Open mode (no tenants configured): every caller is the `default` admin tenant with no
+limits; nothing is awaited on the hot path (no admission call), usage is still metered.
+"""
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+
+from fathom.api.engine import Pricing
+from fathom.serve.errors import APIError
+from fathom.tenancy.ingress import (
+    REFUSALS,
+    Grant,
+    LocalTenancyClient,
+    RequestTenancy,
+    TenancyError,
+    completion_reservation,
+    estimate_prompt_tokens,
+)
+from fathom.tenancy.metering import cost_of
+from fathom.tenancy.policy import Limits, TenantPolicy
+from fathom.tenancy.registry import TenantSource
+from fathom.tenancy.state import Settlement
+
+log = logging.getLogger(__name__)
+
+NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
+          "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+BAD_KEY = "Incorrect API key provided. You can find your API key with your Fathom administrator."
+
+
+class TenancyGate:
+    def __init__(self, source: TenantSource, client, model: str, pricing: Pricing | None = None):
+        self.source = source
+        self.client = client
+        self.model = model
+        self.pricing = pricing or Pricing()
+
+    @classmethod
+    def from_settings(cls, settings) -> "TenancyGate":
+        """From ServeSettings: `tenants` file (None = open mode); the cluster-wide actor when
+        Ray is up (a Serve replica), an in-process state otherwise."""
+        import ray
+
+        if ray.is_initialized():
+            from fathom.tenancy.actor import TenancyClient, tenancy_actor
+
+            client = TenancyClient(tenancy_actor())
+        else:
+            client = LocalTenancyClient()
+        return cls(TenantSource(settings.tenants), client, settings.model_name, settings.engine.pricing)
+
+    @property
+    def open(self) -> bool:
+        return self.source.current().open
+
+    def authenticate(self, authorization: str | None) -> TenantPolicy:
+        """The calling tenant, or 401. The key itself never appears in errors or logs."""
+        registry = self.source.current()
+        tenant = registry.authenticate(authorization)
+        if tenant is None:
+            msg = NO_KEY if not authorization else BAD_KEY
+            raise APIError(401, msg, code="invalid_api_key")
+        return tenant
+
+    async def admit(self, tenant: TenantPolicy, kind: str, req) -> Grant:
+        """403 for a model the tenant may not use; 429 over a limit or budget; else a Grant."""
+        model = getattr(req, "model", self.model)
+        if not tenant.allows_model(model):
+            raise APIError(403, f"Tenant {tenant.name!r} may not use model `{model}`.", param="model",
+                           code="model_not_allowed")
+        if self.open:  # the model replica keeps its own defaults (request priority, `user`)
+            return Grant(tenant, model, None, None, {})
+        context = RequestTenancy(tenant.name, -tenant.priority, tenant.weight, tenant.cache_salt,
+                                 tenant.limits.max_tokens_per_request)
+        if tenant.limits == Limits():
+            return Grant(tenant, model, None, context, {})
+        try:
+            decision = await self.client.admit(tenant, estimate_prompt_tokens(kind, req),
+                                               completion_reservation(kind, req))
+        except RuntimeError as e:  # TenancyUnavailable: fail closed, the limits cannot be checked
+            log.error("admission failed: %s", e)
+            raise APIError(503, "Rate-limit state is unavailable; retry shortly.", code="tenancy_unavailable",
+                           retry_after=1.0) from None
+        if not decision.allowed:
+            code, status = REFUSALS[decision.reason]
+            headers = decision.response_headers()
+            retry_after = float(headers.pop("retry-after", 1))
+            raise TenancyError(status, decision.message, code=code, retry_after=retry_after,
+                               extra_headers=headers)
+        return Grant(tenant, model, decision.lease, replace(context, lease=decision.lease), decision.headers)
+
+    def settle(self, grant: Grant, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> float:
+        """Meter a finished request and release its lease; returns its cost."""
+        cost = cost_of(self.pricing, prompt_tokens, cached_tokens, completion_tokens)
+        self.client.settle(Settlement(grant.lease, grant.tenant.name, grant.model, prompt_tokens,
+                                      cached_tokens, completion_tokens, cost))
+        return cost
+
+    def release(self, grant: Grant) -> None:
+        """Release the lease of a request that failed before producing usage (nothing metered)."""
+        if grant.lease is not None:
+            self.client.settle(Settlement(grant.lease, grant.tenant.name, grant.model, 0, metered=False))
+
+    async def usage(self, tenant: TenantPolicy, query: Mapping[str, str]) -> dict:
+        """GET /v1/usage: `start_time`, `end_time` (Unix seconds), `tenant` (admins only for
+        other tenants). A user-role tenant sees only its own usage."""
+        start, end = _time_param(query, "start_time"), _time_param(query, "end_time")
+        if start is not None and end is not None and start >= end:
+            raise APIError(400, "start_time must be before end_time", param="start_time")
+        who = query.get("tenant")
+        if not tenant.is_admin:
+            if who is not None and who != tenant.name:
+                raise APIError(403, "A user-role tenant may only read its own usage.", param="tenant",
+                               code="permission_denied")
+            who = tenant.name
+        rows = await self.client.usage(who, start, end)
+        return {"object": "list", "tenant": who, "start_time": start, "end_time": end,
+                "data": [{"object": "usage", **r} for r in rows], "total": _total(rows)}
+
+
+def _time_param(query: Mapping[str, str], name: str) -> float | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise APIError(400, f"{name} must be a Unix time in seconds, got {raw!r}", param=name)
+    return value
+
+
+def _total(rows: list[dict]) -> dict:
+    keys = ("requests", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "total_tokens", "cost")
+    return {k: sum(r[k] for r in rows) for k in keys}

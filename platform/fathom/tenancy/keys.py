@@ -1,0 +1,89 @@
+"""API keys, handled only as SHA-256 digests.
+
+Contract: a plaintext key exists only in the request header and in `digest()`'s argument.
+It is never stored, logged, traced, used as a metric label, or returned. Stored keys are
+lowercase hex SHA-256 digests; a presented key is hashed and then compared against every
+stored digest with `hmac.compare_digest`, visiting all of them, so neither the comparison
+nor the lookup time depends on how much of a digest matches.
+"""
+
+import hashlib
+import hmac
+import re
+import secrets
+import sys
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def digest(key: str) -> str:
+    """Lowercase hex SHA-256 of the UTF-8 key: what a tenant file or Secret stores."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def normalize_digest(value: str) -> str:
+    """A stored digest, lowercased and validated (64 hex characters) or ValueError naming it."""
+    d = value.strip().lower()
+    if not _HEX64.fullmatch(d):
+        # Show only the length: a misplaced plaintext key must not end up in a log.
+        raise ValueError(f"sha256 must be 64 hex characters (a SHA-256 digest), got {len(value)} characters")
+    return d
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, or None when absent or malformed."""
+    if not authorization:
+        return None
+    scheme, _, key = authorization.strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        return None
+    return key
+
+
+class KeyIndex:
+    """Maps key digests to owners (tenant names); several keys per owner (rotation)."""
+
+    def __init__(self, entries: dict[str, str] | None = None):
+        self._entries: tuple[tuple[bytes, str], ...] = tuple(
+            (normalize_digest(d).encode(), owner) for d, owner in (entries or {}).items()
+        )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def owner(self, key: str) -> str | None:
+        """The owner of a plaintext key, or None. Time is independent of which digest matches."""
+        presented = digest(key).encode()
+        found = None
+        for stored, owner in self._entries:
+            if hmac.compare_digest(presented, stored):
+                found = owner
+        return found
+
+
+def new_key() -> str:
+    """A fresh random API key (256 bits)."""
+    return "sk-fathom-" + secrets.token_urlsafe(32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fathom.tenancy.keys`: print the SHA-256 digest of each key read from stdin
+    (one per line; never from argv, which shells keep in history). `--new`: make a key and
+    print it with its digest."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--new"]:
+        key = new_key()
+        print(f"key:    {key}\nsha256: {digest(key)}")
+        return 0
+    if args:
+        print("usage: python -m fathom.tenancy.keys [--new] < keys.txt", file=sys.stderr)
+        return 2
+    for line in sys.stdin:
+        if line.strip():
+            print(digest(line.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
