@@ -12,10 +12,12 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
+REPLICA_THREADS = 1
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from fathom.api.serve import ServeSettings
@@ -41,34 +43,25 @@ async def run_pool(n_requests: int, concurrency: int, one) -> tuple[int, float]:
     return total, time.perf_counter() - t0
 
 
-async def in_process(settings: ServeSettings, args) -> tuple[int, float]:
-    from fathom.engine.async_engine import AsyncEngine
+def in_process_round(engine, args, tag: str):
     from fathom.engine.sampling_params import SamplingParams
 
-    engine = AsyncEngine.from_settings(settings.engine)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
 
     async def one(i: int) -> int:
-        ids = engine.tokenizer.encode(prompt(i))
         n = 0
-        async for out in engine.generate(f"r{i}", ids, params):
+        async for out in engine.generate(f"{tag}-{i}", engine.tokenizer.encode(prompt(i)), params):
             for o in out.outputs:
                 n += len(o.token_ids)
         return n
 
-    await one(-1)  # warm-up
-    result = await run_pool(args.requests, args.concurrency, one)
-    await engine.shutdown()
-    return result
+    return one
 
 
-async def over_http(settings: ServeSettings, args) -> tuple[int, float]:
-    import httpx
-
+def http_round(client, settings: ServeSettings, args):
     url = f"http://127.0.0.1:{settings.port}/v1/completions"
-    limits = httpx.Limits(max_connections=args.concurrency + 4, max_keepalive_connections=args.concurrency + 4)
 
-    async def one(i: int, client: httpx.AsyncClient) -> int:
+    async def one(i: int) -> int:
         body = {"model": settings.model_name, "prompt": prompt(i), "max_tokens": args.max_tokens,
                 "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
         tokens = 0
@@ -81,23 +74,32 @@ async def over_http(settings: ServeSettings, args) -> tuple[int, float]:
                         tokens = usage["completion_tokens"]
         return tokens
 
+    return one
+
+
+async def side_by_side(settings: ServeSettings, args) -> tuple[list[float], list[float]]:
+    """Alternate in-process and HTTP rounds (the machine's load drifts); tokens/s of each round."""
+    import httpx
+    import torch
+
+    from fathom.engine.async_engine import AsyncEngine
+
+    torch.set_num_threads(REPLICA_THREADS)  # as in the replica: Ray sets OMP_NUM_THREADS=1 for num_cpus=0 actors
+    engine = AsyncEngine.from_settings(settings.engine)
+    limits = httpx.Limits(max_connections=args.concurrency + 4, max_keepalive_connections=args.concurrency + 4)
+    local, served = [], []
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        await one(-1, client)  # warm-up
-        return await run_pool(args.requests, args.concurrency, lambda i: one(i, client))
-
-
-def serve_path(settings: ServeSettings, args) -> tuple[int, float]:
-    from ray import serve
-
-    from fathom.serve.launch import _shutdown, deploy, start_ray
-
-    start_ray(settings)
-    deploy(settings, show_progress=False)
-    try:
-        return asyncio.run(over_http(settings, args))
-    finally:
-        serve.shutdown()
-        _shutdown()
+        for r in range(args.rounds + 1):  # round 0 warms both paths up
+            for rates, one in ((local, in_process_round(engine, args, f"r{r}")),
+                               (served, http_round(client, settings, args))):
+                tokens, seconds = await run_pool(args.requests if r else args.concurrency, args.concurrency, one)
+                assert tokens == (args.requests if r else args.concurrency) * args.max_tokens, tokens
+                if r:
+                    rates.append(tokens / seconds)
+            if r:
+                print(f"round {r}: in-process {local[-1]:7.1f} tok/s, HTTP + Ray Serve {served[-1]:7.1f} tok/s")
+    await engine.shutdown()
+    return local, served
 
 
 def main() -> None:
@@ -105,20 +107,31 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--requests", type=int, default=96)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of each path (after a warm-up)")
     ap.add_argument("--model", default=None, help="checkpoint dir (default: the demo model)")
+    ap.add_argument("--stream-chunks-per-s", type=float, default=None,
+                    help="override ServeSettings.stream_chunks_per_s (chunk budget per replica)")
     args = ap.parse_args()
     from fathom.serve.launch import free_port
 
     settings = ServeSettings(engine={"model": args.model, "max_num_seqs": args.concurrency, "max_model_len": 512},
                              port=free_port(), max_ongoing_requests=max(64, args.concurrency))
+    if args.stream_chunks_per_s:
+        settings.stream_chunks_per_s = args.stream_chunks_per_s
     print(f"workload: {args.requests} streaming requests x {args.max_tokens} tokens, {args.concurrency} concurrent, "
-          f"{os.cpu_count()} CPUs")
-    tok_a, sec_a = asyncio.run(in_process(settings, args))
-    print(f"in-process engine : {tok_a:6d} tokens in {sec_a:6.2f}s = {tok_a / sec_a:8.1f} tok/s")
-    tok_b, sec_b = serve_path(settings, args)
-    print(f"HTTP + Ray Serve  : {tok_b:6d} tokens in {sec_b:6.2f}s = {tok_b / sec_b:8.1f} tok/s")
-    assert tok_a == tok_b == args.requests * args.max_tokens, (tok_a, tok_b)
-    print(f"ratio serving / in-process = {(tok_b / sec_b) / (tok_a / sec_a):.2f} (target >= 0.8)")
+          f"{os.cpu_count()} CPUs, stream_chunks_per_s={settings.stream_chunks_per_s:g}")
+    from fathom.serve.launch import _shutdown, deploy, start_ray
+
+    start_ray(settings)
+    deploy(settings, show_progress=False)
+    try:
+        local, served = asyncio.run(side_by_side(settings, args))
+    finally:
+        _shutdown()
+    a, b = statistics.median(local), statistics.median(served)
+    print(f"in-process engine : {a:8.1f} tok/s (median of {len(local)})")
+    print(f"HTTP + Ray Serve  : {b:8.1f} tok/s (median of {len(served)})")
+    print(f"ratio serving / in-process = {b / a:.2f} (target >= 0.8)")
 
 
 if __name__ == "__main__":

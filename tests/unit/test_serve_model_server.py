@@ -40,6 +40,7 @@ async def collect(ms, req) -> tuple[list[dict], StreamEnd]:
 
 
 async def test_chunks_carry_several_tokens_when_the_chunk_budget_is_exceeded(server):
+    default = server.settings.stream_chunks_per_s
     whole = await server.complete("completion", completion())
     text = whole["choices"][0]["text"]
     server.settings.stream_chunks_per_s = 1e9  # no budget pressure: a chunk per step
@@ -48,7 +49,7 @@ async def test_chunks_carry_several_tokens_when_the_chunk_budget_is_exceeded(ser
     try:
         coalesced, _ = await collect(server, completion())
     finally:
-        server.settings.stream_chunks_per_s = 500.0
+        server.settings.stream_chunks_per_s = default
     for chunks in (eager, coalesced):
         assert "".join(c["choices"][0]["text"] for c in chunks) == text
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"

@@ -30,7 +30,7 @@ class ServeSettings(Spec):
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before the server exits."
     )
     stream_chunks_per_s: float = Field(
-        500.0, gt=0, description=(
+        100.0, gt=0, description=(
             "Streamed chunks per second one model replica aims to send over all its streams; beyond it, "
             "each chunk carries several tokens (one stream alone still gets every token as it comes)."
         ),
