@@ -51,6 +51,7 @@ def server():
         s.proc.kill()
         pytest.fail(f"fathom serve did not start:\n{s.output}")
     yield s
+    assert "Traceback" not in s.output, s.output
     if s.proc.poll() is None:
         s.proc.kill()
         s.proc.wait(30)
@@ -124,6 +125,7 @@ def _listening_sockets(pids: set[int]) -> list[tuple[str, int, int]]:
 
 
 def test_binds_loopback_and_exposes_no_dashboard_or_job_api(server):
+    assert server.proc.poll() is None, server.output
     base = f"http://127.0.0.1:{server.port}"
     assert httpx.get(f"{base}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{base}/health/ready").json()
@@ -152,6 +154,7 @@ def test_port_in_use_is_a_clear_error_before_starting_ray(server):
 
 
 def test_sigterm_finishes_in_flight_stream_then_exits(server):
+    assert server.proc.poll() is None, server.output
     base = f"http://127.0.0.1:{server.port}"
     body = {"model": "fathom-demo", "prompt": "drain me", "max_tokens": 600, "stream": True, "ignore_eos": True}
     started, events = threading.Event(), []
