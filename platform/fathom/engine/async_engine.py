@@ -8,9 +8,11 @@ raises `EngineDeadError` and the engine reports itself unhealthy; nothing hangs.
 """
 
 import asyncio
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -32,6 +34,17 @@ class _Stream:
             pass
 
 
+_LIVE: "weakref.WeakSet[AsyncEngine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_engines() -> None:
+    """Join every step-loop thread before the interpreter finalises: a daemon thread that is
+    still freeing tensors when finalisation stops it aborts the whole process (exit code 134)."""
+    for engine in list(_LIVE):
+        engine.stop_loop(timeout_s=5)
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.5, health_interval_s: float = 5.0):
         self.engine = engine
@@ -47,6 +60,7 @@ class AsyncEngine:
         self._stats = engine.stats()
         self._thread = threading.Thread(target=self._run, name="fathom-engine-loop", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     @classmethod
     def from_settings(cls, settings, policy=None) -> "AsyncEngine":
@@ -110,10 +124,14 @@ class AsyncEngine:
             raise
 
     async def shutdown(self) -> None:
+        await asyncio.to_thread(self.stop_loop, 30)
+        self.engine.executor.shutdown()
+
+    def stop_loop(self, timeout_s: float) -> None:
+        """Stop the step loop (in-flight streams end with EngineDeadError) and join its thread."""
         self._stopping = True
         self._inbox.put(("noop", "", None, None))
-        await asyncio.to_thread(self._thread.join, 30)
-        self.engine.executor.shutdown()
+        self._thread.join(timeout_s)
 
     def _raise_if_dead(self) -> None:
         if self._dead is not None:
