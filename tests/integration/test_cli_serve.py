@@ -14,42 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from fathom.serve.launch import free_port
+from serve_process import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class ServerProcess:
-    def __init__(self, port: int):
-        self.port = port
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fathom.cli", "serve", "--port", str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
-        )
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith("Ctrl-C or SIGTERM"):
-                self.ready.set()
-        self.ready.set()
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-
 @pytest.fixture(scope="module")
 def server():
-    s = ServerProcess(free_port())
-    if not s.ready.wait(240) or s.proc.poll() is not None:
-        s.proc.kill()
-        pytest.fail(f"fathom serve did not start:\n{s.output}")
+    s = ServeProcess().wait_ready()
     yield s
     assert "Traceback" not in s.output, s.output
     if s.proc.poll() is None:

@@ -2,21 +2,17 @@
 and model deployments): the tenancy path through Ray Serve, the shared actor and the model
 replica, and a bad tenants file refused at start with the field named."""
 
-import os
 import subprocess
 import sys
-import threading
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from serve_process import ENV, ROOT, ServeProcess
 from tenancy_server import MODEL, write_tenants
 
 from fathom.serve.launch import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.environ.get("PYTHONPATH", "")])}
 TENANTS = {
     "alice": {"keys": ["sk-alice"], "limits": {"requestsPerMinute": 3}},
     "bob": {"keys": ["sk-bob"]},
@@ -24,39 +20,13 @@ TENANTS = {
 }
 
 
-class Server:
-    def __init__(self, tenants_file: Path, port: int):
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fathom.cli", "serve", "--port", str(port), "--tenants", str(tenants_file),
-             "--max-model-len", "256"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith("Ctrl-C or SIGTERM"):
-                self.ready.set()
-        self.ready.set()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     f = tmp_path_factory.mktemp("tenants") / "tenants.yaml"
     write_tenants(f, TENANTS)
-    s = Server(f, free_port())
-    if not s.ready.wait(240) or s.proc.poll() is not None:
-        s.proc.kill()
-        pytest.fail("fathom serve did not start:\n" + "\n".join(s.lines))
+    s = ServeProcess("--tenants", str(f), "--max-model-len", "256").wait_ready()
     yield s
-    s.proc.terminate()
-    try:
-        s.proc.wait(60)
-    except subprocess.TimeoutExpired:
-        s.proc.kill()
+    s.stop()
 
 
 def client(server, key):

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # annotation only: importing this module never loads the engine
+    from fathom.engine.outputs import EngineStats
 
 TTFT_BUCKETS = (
     0.001,
@@ -135,17 +138,6 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] =
 _PROM_TYPES = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
 
 
-class EngineStatsLike(Protocol):
-    """What ``fathom.engine.outputs.EngineStats`` (``AsyncEngine.stats()``) carries; counters cumulative."""
-
-    num_running: int
-    num_waiting: int
-    kv_blocks_used: int
-    kv_blocks_total: int
-    prefix_cache_queried_tokens: int
-    prefix_cache_hit_tokens: int
-
-
 class FathomMetrics:
     """This process's metrics; the recording methods are what the hooks call."""
 
@@ -221,7 +213,7 @@ class FathomMetrics:
         self._inc("fathom_generation_tokens_total", completion_tokens, model=model, tenant=tenant)
         self._inc("fathom_cost_total", cost, model=model, tenant=tenant)
 
-    def engine_stats(self, model: str, replica: str, stats: EngineStatsLike) -> None:
+    def engine_stats(self, model: str, replica: str, stats: EngineStats) -> None:
         """A replica's gauges, and its cumulative prefix-cache counters turned into increments."""
         labels = {"model": model, "replica": replica}
         used, total = stats.kv_blocks_used, stats.kv_blocks_total
