@@ -82,9 +82,8 @@ def test_prefix_cache_hits_are_reused_and_reported():
     assert b_step is not None
 
 
-def test_cached_tokens_in_usage_and_disabled_prefix_cache():
-    engine = make_engine(enable_prefix_caching=False)
-    shared = prompt(20, 4)
+def _second_of_two_sharing_a_prefix(engine, shared):
+    """Run "a" to completion, then "b" with the same 20-token prefix; b's last output."""
     engine.add_request("a", shared + [1], GREEDY)
     while engine.has_unfinished_requests():
         engine.step()
@@ -92,18 +91,18 @@ def test_cached_tokens_in_usage_and_disabled_prefix_cache():
     outs = []
     while engine.has_unfinished_requests():
         outs += engine.step()
-    assert outs[-1].usage.cached_tokens == 0 and engine.stats().prefix_cache_hit_tokens == 0
+    return outs[-1]
 
-    engine = make_engine(enable_prefix_caching=True)
-    engine.add_request("a", shared + [1], GREEDY)
-    while engine.has_unfinished_requests():
-        engine.step()
-    engine.add_request("b", shared + [2], GREEDY)
-    outs = []
-    while engine.has_unfinished_requests():
-        outs += engine.step()
-    assert outs[-1].usage.cached_tokens == 20
-    assert outs[-1].usage.prompt_tokens == 21 and outs[-1].usage.completion_tokens == 12
+
+def test_cached_tokens_in_usage_and_disabled_prefix_cache():
+    shared = prompt(20, 4)
+    engine = make_engine(enable_prefix_caching=False)
+    last = _second_of_two_sharing_a_prefix(engine, shared)
+    assert last.usage.cached_tokens == 0 and engine.stats().prefix_cache_hit_tokens == 0
+
+    last = _second_of_two_sharing_a_prefix(make_engine(enable_prefix_caching=True), shared)
+    assert last.usage.cached_tokens == 20
+    assert last.usage.prompt_tokens == 21 and last.usage.completion_tokens == 12
 
 
 def test_preemption_by_recompute_keeps_tokens_exact():
