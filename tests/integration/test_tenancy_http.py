@@ -41,7 +41,7 @@ def server(tmp_path_factory):
     with HttpServer(app) as srv:
         srv.tenants_file, srv.frontend = tenants_file, app.state.frontend
         yield srv
-    ms.engine._stopping = True
+    ms.engine.stop_loop(10)
 
 
 def client(server, key, **kw):
@@ -254,4 +254,4 @@ async def test_open_mode_needs_no_key_and_meters_as_default():
                 [row] = (await h.get("/v1/usage")).json()["data"]
         assert (row["tenant"], row["requests"], row["completion_tokens"]) == ("default", 1, r.usage.completion_tokens)
     finally:
-        ms.engine._stopping = True
+        ms.engine.stop_loop(10)

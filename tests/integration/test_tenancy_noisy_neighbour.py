@@ -31,7 +31,7 @@ def server(tmp_path_factory):
     with HttpServer(app_for(ms, s)) as srv:
         srv.model_server = ms
         yield srv
-    ms.engine._stopping = True
+    ms.engine.stop_loop(10)
 
 
 def client(server, tenant):

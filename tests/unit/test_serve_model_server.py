@@ -2,6 +2,7 @@
 coalescing, error values, usage."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ def server():
     torch.set_num_threads(1)
     ms = ModelServer(ServeSettings(engine={"max_model_len": 256, "max_num_seqs": 4}, max_ongoing_requests=4))
     yield ms
-    ms.engine._stopping = True
+    ms.engine.stop_loop(10)
 
 
 def completion(**kw) -> CompletionRequest:
@@ -55,6 +56,22 @@ async def test_chunks_carry_several_tokens_when_the_chunk_budget_is_exceeded(ser
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert end.completion_tokens == 48 and end.first_token_at is not None
     assert len(coalesced) < len(eager) // 2, (len(coalesced), len(eager))
+
+
+async def test_the_end_of_a_stream_does_not_wait_out_the_coalescing_interval(server):
+    """With a budget of 0.1 chunk/s a stream may send a chunk every 10 s; the request ends long
+    before that, and its last tokens, usage and [DONE] must go out when it does."""
+    default = server.settings.stream_chunks_per_s
+    server.settings.stream_chunks_per_s = 0.1
+    try:
+        t0 = time.monotonic()
+        chunks, end = await collect(server, completion())
+        elapsed = time.monotonic() - t0
+    finally:
+        server.settings.stream_chunks_per_s = default
+    assert end.completion_tokens == 48 and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert len(chunks) == 2  # the first token at once, the other 47 together at the end
+    assert elapsed < 5, f"the stream ended {elapsed:.1f}s after it started"
 
 
 async def test_usage_chunk_and_done(server):
@@ -95,4 +112,4 @@ async def test_checkpoint_without_tokenizer_serves_token_ids_only(tmp_path):
         text = await ms.complete("completion", CompletionRequest(model=ms.model_name, prompt="x"))
         assert chat.status == text.status == 400 and chat.code == text.code == "no_tokenizer"
     finally:
-        ms.engine._stopping = True
+        ms.engine.stop_loop(10)

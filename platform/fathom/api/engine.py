@@ -35,6 +35,7 @@ class EngineSettings(Spec):
     enable_prefix_caching: bool = Field(True, description="Reuse cached KV blocks of shared prompt prefixes.")
     enable_chunked_prefill: bool = Field(True, description="Split long prompts over several steps so decodes are not stalled.")
     reasoning_parser: Literal["none", "deepseek_r1"] = Field("none", description="Return <think>...</think> as reasoning_content.")
+    engine_core_process: bool = Field(True, description="W=1: run the engine core (scheduler, model, sampler) in a child process, so serving work never contends with it for the GIL; false runs it on a thread of the replica.")
     seed: int = Field(0, description="Seed for weight generation of the demo model and for unseeded sampling.")
     pricing: Pricing = Field(default_factory=Pricing, description="Prices per million tokens for metering.")
 

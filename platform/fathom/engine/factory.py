@@ -73,6 +73,11 @@ def eos_token_ids(model_dir: Path, tokenizer: Tokenizer | None) -> set[int]:
     return ids
 
 
+def load_tokenizer(model_dir: Path) -> Tokenizer | None:
+    """The checkpoint's tokenizer (tokenizer.json), or None: the engine then takes and returns ids only."""
+    return Tokenizer.from_pretrained(model_dir) if (model_dir / "tokenizer.json").is_file() else None
+
+
 def in_process_executor(model_dir: Path, settings: EngineSettings, max_model_len: int) -> InProcessExecutor:
     from fathom.model.loader import load_model
     from fathom.parallel.context import ParallelContext
@@ -88,7 +93,7 @@ def create_engine(settings: EngineSettings, executor: Executor | None = None,
     """The engine for `settings`: W=1 runs in this process; W>1 on Ray rank workers."""
     model_dir = resolve_model_dir(settings)
     max_len = max_model_len_of(settings, model_dir)
-    tokenizer = Tokenizer.from_pretrained(model_dir) if (model_dir / "tokenizer.json").is_file() else None
+    tokenizer = load_tokenizer(model_dir)
     config = EngineConfig(max_model_len=max_len, block_size=settings.block_size,
                           max_num_seqs=settings.max_num_seqs,
                           max_num_batched_tokens=settings.max_num_batched_tokens,

@@ -57,6 +57,25 @@ class _Request:
         self.error: APIError | None = None
         self.pending = len(calls)
         self.wake = asyncio.Event()
+        self._pause: asyncio.Future | None = None
+
+    async def pause(self, seconds: float) -> None:
+        """Let tokens gather for up to `seconds`; returns at once when the request ends (its
+        last tokens, usage and [DONE] must not wait out the coalescing interval)."""
+        loop = asyncio.get_running_loop()
+        self._pause = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, self._pause)
+        try:
+            await self._pause
+        finally:
+            timer.cancel()
+            self._pause = None
+
+    def call_ended(self) -> None:
+        self.pending -= 1
+        self.wake.set()
+        if (not self.pending or self.error is not None) and self._pause is not None:
+            _resolve(self._pause)
 
     def usage_dict(self) -> dict:
         prompt = sum(u[0] for u in self.usage)
@@ -73,6 +92,7 @@ class ModelServer:
     def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
         self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
         self.policy = TenantFairPolicy() if self.settings.tenants else None  # fair share among tenants
+        self._weights: dict[str, float] = {}  # tenant weights last sent to the engine's policy
         self.tenancy_client = replica_tenancy_client(self.settings)  # meters streams abandoned by clients
         if engine_factory is None:
             from fathom.engine.async_engine import AsyncEngine
@@ -148,8 +168,8 @@ class ModelServer:
         """Ray node id of each rank of this instance (rank 0 first; W=1 runs in this replica)."""
         import ray
 
-        executor = getattr(self.engine.engine, "executor", None)
-        if not hasattr(executor, "workers"):  # in-process executor (W=1)
+        executor = getattr(getattr(self.engine, "engine", None), "executor", None)
+        if not hasattr(executor, "workers"):  # W=1: in this replica, or in its engine core process
             return [ray.get_runtime_context().get_node_id()]
         return list(await asyncio.gather(*(w.node_id.remote() for w in executor.workers)))  # [] once shut down
 
@@ -167,8 +187,9 @@ class ModelServer:
         calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip)
         if tenancy is not None:
             calls = tenancy.cap_calls(calls)
-            if self.policy is not None:
-                self.policy.set_weight(tenancy.tenant, tenancy.weight)
+            if self.policy is not None and self._weights.get(tenancy.tenant) != tenancy.weight:
+                self._weights[tenancy.tenant] = tenancy.weight
+                self.engine.set_weight(tenancy.tenant, tenancy.weight)  # the policy lives with the loop
         r = _Request(self, kind, req, calls)
         r.tenancy = tenancy
         return r
@@ -203,8 +224,7 @@ class ModelServer:
             r.error = r.error or APIError(500, f"generation failed ({type(e).__name__})", code="internal_error")
         finally:
             self.generated_tokens += r.usage[i][2]
-            r.pending -= 1
-            r.wake.set()
+            r.call_ended()
 
     def _trace(self, r: _Request, i: int) -> RequestTrace:
         """The span of engine call i, under the ingress's route span (fathom.telemetry)."""
@@ -236,7 +256,7 @@ class ModelServer:
             await r.wake.wait()
             wait = last + self._min_interval() - time.monotonic()
             if sent_any and wait > 0 and r.pending:
-                await asyncio.sleep(wait)  # let more tokens gather into this chunk
+                await r.pause(wait)  # let more tokens gather into this chunk
             r.wake.clear()
             if r.error is not None:
                 yield r.error if not sent_any else _sse(r.error.body()) + "data: [DONE]\n\n"
@@ -253,6 +273,11 @@ class ModelServer:
             if text:
                 sent_any, last = True, time.monotonic()
                 yield text
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _sse(obj: dict) -> str:

@@ -41,7 +41,8 @@ def faulty_engine(settings):
 
 class Server:
     def __init__(self, tenants: str | None = None):
-        engine = {"max_model_len": 256, "max_num_seqs": 4, "max_num_batched_tokens": 64}
+        # engine_core_process off: the fault is injected into, and the forward spans come from, this process
+        engine = {"max_model_len": 256, "max_num_seqs": 4, "max_num_batched_tokens": 64, "engine_core_process": False}
         settings = ServeSettings(engine=engine, tenants=tenants)
         self.model = ModelServer(settings, faulty_engine)
         app = build_api(Frontend(self.model, settings))
