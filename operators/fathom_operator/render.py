@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import yaml
 
 from fathom.api.model_service import API_VERSION, ModelServiceSpec
+from fathom.api.serve import RAY_SERVE_THROUGHPUT_ENV
 from fathom_operator import pods
 
 APP_NAME = "fathom"
@@ -98,7 +99,7 @@ def _ray_resources(resources: dict[str, int]) -> str:
 def _container(spec: ModelServiceSpec, name: str, resources: dict, *, shm: bool, ports: list[dict]) -> dict:
     return {
         "name": name, "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
-        "resources": resources, "env": pods.env_vars(spec), "ports": ports,
+        "resources": resources, "env": pods.env_vars(spec, defaults=RAY_SERVE_THROUGHPUT_ENV), "ports": ports,
         "volumeMounts": pods.volume_mounts(spec, shm=shm),
         "securityContext": pods.container_security_context(),
     }

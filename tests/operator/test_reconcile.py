@@ -183,3 +183,13 @@ def test_ray_pods_run_read_only_with_writable_scratch(source):
     autoscaler = cluster["autoscalerOptions"]
     assert autoscaler["securityContext"]["allowPrivilegeEscalation"] is False
     assert {m["name"] for m in autoscaler["volumeMounts"]} <= {v["name"] for v in head["volumes"]}
+
+
+def test_ray_containers_run_with_serve_throughput_settings_unless_spec_env_says_otherwise():
+    spec = parse_spec({"env": {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"}})
+    cluster = render.ray_service(spec, render.Owner("m", "ns", "u"), 1)["spec"]["rayClusterConfig"]
+    for group in (cluster["headGroupSpec"], cluster["workerGroupSpecs"][0]):
+        env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "0"  # the user's choice
+        assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"  # the proxy reads these too
+        assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in env

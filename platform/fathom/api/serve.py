@@ -10,6 +10,20 @@ from pydantic import Field, model_validator
 from fathom.api.base import Spec
 from fathom.api.engine import EngineSettings
 
+# Ray Serve's own throughput settings, for every Ray process of a Fathom app: the ones
+# `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` turns on, less direct ingress (an extra HTTP port per
+# ingress replica, from 30000 up, instead of `host:port` through the proxy) and silent replica
+# logs. `fathom serve` sets them in each deployment's runtime_env and in the environment of a
+# Ray instance it starts; the operator sets them on the Ray containers (spec.env wins there).
+# See fathom.serve.ray_tuning and benchmarks/serving_overhead.py for what they buy.
+RAY_SERVE_THROUGHPUT_ENV = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",  # calls between deployments over gRPC, not actor tasks
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",  # one event loop per replica: no cross-loop hop per item
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",  # the handle's router on that loop too
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",  # access log lines buffered (errors flush at once)
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",  # objects alive after start-up are not scanned by the GC again
+}
+
 
 class ServeSettings(Spec):
     """One served model: its engine settings plus the HTTP server and Ray Serve around it."""

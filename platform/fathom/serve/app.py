@@ -28,6 +28,7 @@ from fathom.serve.api import build_api
 from fathom.serve.errors import APIError
 from fathom.serve.frontend import OVERLOAD_RETRY_AFTER_S, Frontend
 from fathom.serve.model_server import ModelServer
+from fathom.serve.ray_tuning import grpc_between_deployments, serve_throughput_env
 from fathom.telemetry.generation import OPERATIONS
 from fathom.telemetry.runtime import start_telemetry
 from fathom.telemetry.spans import open_route_span
@@ -48,6 +49,8 @@ class HandleBackend:
     """The frontend's backend over a Ray Serve handle to the model deployment."""
 
     def __init__(self, handle: DeploymentHandle):
+        if grpc_between_deployments():  # the handle was built in the driver, with its default transport
+            handle = handle.options(_by_reference=False)
         self._unary = handle
         self._streaming = handle.options(stream=True)
 
@@ -112,6 +115,7 @@ class Ingress:
 def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.Application:
     """The bound application (deploy with `serve.run(app, name=APP_NAME, route_prefix="/")`)."""
     wire = settings.model_dump(mode="json")
+    runtime_env = with_tracing_env({"env_vars": serve_throughput_env()})
     model = serve.deployment(ModelServer).options(
         name="model",
         num_replicas=settings.num_replicas,
@@ -120,7 +124,7 @@ def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.A
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
         health_check_period_s=10.0,
         health_check_timeout_s=60.0,
-        ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica, "runtime_env": with_tracing_env()},
+        ray_actor_options={"num_cpus": 0, "num_gpus": gpus_per_replica, "runtime_env": runtime_env},
         request_router_config=RequestRouterConfig(
             request_router_class="fathom.serve.router.FathomRequestRouter",
         ),
@@ -131,6 +135,6 @@ def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.A
         num_replicas=1,
         max_ongoing_requests=ingress_capacity,
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
-        ray_actor_options={"num_cpus": 0, "runtime_env": with_tracing_env()},
+        ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env},
     )
     return ingress.bind(model.bind(wire), wire)

@@ -25,6 +25,7 @@ from ray.serve.api import RunTarget
 import fathom
 from fathom.api.serve import ServeSettings
 from fathom.serve.app import APP_NAME, build_app
+from fathom.serve.ray_tuning import export_serve_throughput_env
 from fathom.tenancy.registry import TenantConfigError, describe_tenants
 
 POLL_S = 0.5
@@ -71,6 +72,7 @@ def start_ray(settings: ServeSettings) -> None:
         return
     _say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
     _export_source_root()
+    export_serve_throughput_env()  # the proxy reads them from the environment it inherits
     ray.init(
         address="local",  # a new instance: never join another `ray start` cluster on this machine
         include_dashboard=False,
