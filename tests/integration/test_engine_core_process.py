@@ -120,6 +120,7 @@ def test_the_core_exits_when_its_parent_is_killed(tmp_path):
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    child = None
     try:
         child = int(parent.stdout.readline())
         parent.kill()
@@ -130,6 +131,8 @@ def test_the_core_exits_when_its_parent_is_killed(tmp_path):
             time.sleep(0.1)
     finally:
         parent.kill()
+        if child is not None and _alive(child):  # do not leave it running if the test failed
+            os.kill(child, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
