@@ -5,8 +5,8 @@ import pytest
 from engine_fakes import VOCAB, FakeExecutor, reference_greedy
 
 from fathom.engine.errors import InvalidRequestError, PromptTooLongError
+from fathom.engine.fair_share import FairSharePolicy
 from fathom.engine.llm_engine import EngineConfig, LLMEngine
-from fathom.engine.policy import FairSharePolicy
 from fathom.engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)

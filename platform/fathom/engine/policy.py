@@ -1,10 +1,9 @@
 """Scheduling policies: the order in which waiting sequences are admitted.
 
 Lower `priority` always goes first. Within a priority, `FcfsPolicy` is first come first
-served; `FairSharePolicy` serves the fairness key (tenant) that has received the fewest
-weighted tokens so far, so one busy tenant cannot starve the others."""
+served; `fathom.engine.fair_share.FairSharePolicy` shares slots and tokens between fairness
+keys (tenants) by weight, so one busy tenant cannot starve the others."""
 
-from collections import defaultdict
 from typing import Protocol
 
 from fathom.engine.sequence import Sequence
@@ -44,25 +43,3 @@ class FcfsPolicy:
     def preempt_for(self, seq: Sequence, running: list[Sequence], capacity: int) -> Sequence | None:
         victim = max(running, key=lambda s: s.priority_key, default=None)  # lowest priority, newest
         return victim if victim is not None and victim.request.priority > seq.request.priority else None
-
-
-class FairSharePolicy(FcfsPolicy):
-    """Weighted fair queueing over fairness keys by tokens served (prefill + decode).
-
-    A key seen for the first time starts at the least-served active key's count, so it is
-    not owed the whole history of the others."""
-
-    def __init__(self, weights: dict[str, float] | None = None, default_weight: float = 1.0):
-        self.weights = dict(weights or {})
-        self.default_weight = default_weight
-        self.served: dict[str | None, float] = defaultdict(float)
-
-    def key(self, seq: Sequence) -> tuple:
-        fk = seq.request.fairness_key
-        if fk not in self.served:
-            self.served[fk] = min(self.served.values(), default=0.0)
-        return (seq.request.priority, self.served[fk], seq.request.arrival_order, seq.index)
-
-    def on_scheduled(self, seq: Sequence, num_tokens: int) -> None:
-        fk = seq.request.fairness_key
-        self.served[fk] += num_tokens / self.weights.get(fk, self.default_weight)

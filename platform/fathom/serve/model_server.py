@@ -20,6 +20,7 @@ from typing import Any
 
 from fathom.api.serve import ServeSettings
 from fathom.engine.errors import EngineDeadError, InvalidRequestError
+from fathom.engine.fair_share import FairSharePolicy
 from fathom.serve.errors import APIError
 from fathom.serve.frontend import StreamEnd
 from fathom.serve.preprocess import EngineCall, engine_error, prepare
@@ -30,7 +31,6 @@ from fathom.telemetry.generation import OPERATIONS, traced_outputs
 from fathom.telemetry.metrics import process_metrics
 from fathom.telemetry.runtime import replica_name, start_telemetry
 from fathom.telemetry.spans import RequestTrace, start_request_trace
-from fathom.tenancy.fairness import TenantFairPolicy
 from fathom.tenancy.ingress import RequestTenancy, meter_abandoned, replica_tenancy_client
 
 logger = logging.getLogger("fathom.serve")
@@ -91,7 +91,7 @@ class ModelServer:
 
     def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
         self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
-        self.policy = TenantFairPolicy() if self.settings.tenants else None  # fair share among tenants
+        self.policy = FairSharePolicy() if self.settings.tenants else None  # fair share among tenants
         self._weights: dict[str, float] = {}  # tenant weights last sent to the engine's policy
         self.tenancy_client = replica_tenancy_client(self.settings)  # meters streams abandoned by clients
         if engine_factory is None:

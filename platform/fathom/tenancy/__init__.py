@@ -8,5 +8,6 @@
 - `actor`: that state in one named Ray actor shared by every ingress replica; `TenancyClient`.
 - `gate`, `ingress`: what the ingress calls (401/403/429, settlement, `GET /v1/usage`) and the
   `RequestTenancy` context sent to the model replica.
-- `fairness`: `TenantFairPolicy`, the engine scheduling policy (priority, weighted share, VTC).
+- fair share itself is the engine's `fathom.engine.fair_share.FairSharePolicy` (priority, weighted
+  share, VTC); tenancy supplies its keys (tenant names) and weights.
 """

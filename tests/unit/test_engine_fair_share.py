@@ -1,11 +1,11 @@
-"""TenantFairPolicy with fake sequences and a fake continuous-batching loop."""
+"""FairSharePolicy with fake sequences and a fake continuous-batching loop."""
 
 import itertools
 from dataclasses import dataclass, field
 
 import pytest
 
-from fathom.tenancy.fairness import TenantFairPolicy
+from fathom.engine.fair_share import FairSharePolicy
 
 _order = itertools.count()
 
@@ -29,7 +29,7 @@ def seq(tenant, priority=0, left=8):
 
 
 def test_order_is_priority_then_least_weighted_service_then_arrival():
-    p = TenantFairPolicy({"a": 1.0, "b": 2.0})
+    p = FairSharePolicy({"a": 1.0, "b": 2.0})
     a1, b1, a2, hi = seq("a"), seq("b"), seq("a"), seq("c", priority=-1)
     p.begin_step([a1, b1, a2, hi], [], 4)
     p.on_scheduled(a1, 10)  # a: 10
@@ -40,7 +40,7 @@ def test_order_is_priority_then_least_weighted_service_then_arrival():
 def test_share_counts_the_tenants_earlier_waiting_sequences():
     """Two free slots, shares 1.5 : 0.5: b's first waiting sequence is within its share, its
     second is not, so a (served less) takes the other slot in the same step."""
-    p = TenantFairPolicy({"a": 1.0, "b": 3.0})
+    p = FairSharePolicy({"a": 1.0, "b": 3.0})
     a1, b1 = seq("a"), seq("b")
     p.begin_step([], [a1, b1], 2)
     p.on_scheduled(b1, 300)  # b: 100, a: 0
@@ -50,7 +50,7 @@ def test_share_counts_the_tenants_earlier_waiting_sequences():
 
 
 def test_returning_tenant_is_lifted_to_the_busy_tenants_service():
-    p = TenantFairPolicy()
+    p = FairSharePolicy()
     a, b = seq("a"), seq("b")
     p.begin_step([], [a, b], 4)
     p.on_scheduled(a, 5)
@@ -67,14 +67,14 @@ def test_returning_tenant_is_lifted_to_the_busy_tenants_service():
 
 
 def test_alone_keeps_its_counter():
-    p = TenantFairPolicy()
+    p = FairSharePolicy()
     a = seq("a")
     p.begin_step([a], [], 4)
     assert p.counters["a"] == 0
 
 
 def test_after_an_idle_engine_newcomers_start_level_with_the_last_busy_tenant():
-    p = TenantFairPolicy()
+    p = FairSharePolicy()
     b = seq("b")
     p.begin_step([b], [], 4)
     p.on_scheduled(b, 500)
@@ -85,7 +85,7 @@ def test_after_an_idle_engine_newcomers_start_level_with_the_last_busy_tenant():
 
 
 def test_running_order_puts_lowest_priority_then_most_over_share_then_newest_last():
-    p = TenantFairPolicy({"a": 1.0, "b": 1.0})
+    p = FairSharePolicy({"a": 1.0, "b": 1.0})
     a1, a2, a3, b1 = seq("a"), seq("a"), seq("a"), seq("b")
     low = seq("b", priority=5)
     p.begin_step([], [low, a1, a2, a3, b1], 4)
@@ -95,14 +95,14 @@ def test_running_order_puts_lowest_priority_then_most_over_share_then_newest_las
 
 
 def test_weights_decide_who_is_over_share():
-    p = TenantFairPolicy({"a": 3.0, "b": 1.0})
+    p = FairSharePolicy({"a": 3.0, "b": 1.0})
     a1, a2, b1, b2 = seq("a"), seq("a"), seq("b"), seq("b")
     p.begin_step([], [a1, a2, b1, b2], 4)
     assert max([a1, a2, b1, b2], key=p.running_key) is b2  # b's share is 1 of 4
 
 
 def test_preempt_for_waiting_tenant_under_its_share():
-    p = TenantFairPolicy()
+    p = FairSharePolicy()
     running = [seq("a") for _ in range(4)]
     b = seq("b")
     p.begin_step([b], running, 4)
@@ -119,7 +119,7 @@ def test_preempt_for_waiting_tenant_under_its_share():
 
 
 def test_higher_priority_preempts_lower_priority_only():
-    p = TenantFairPolicy()
+    p = FairSharePolicy()
     low = [seq("a", priority=1) for _ in range(2)]
     same = [seq("b") for _ in range(2)]
     urgent = seq("c", priority=0)
@@ -130,11 +130,11 @@ def test_higher_priority_preempts_lower_priority_only():
 
 
 def test_weight_function_and_updates():
-    p = TenantFairPolicy(lambda k: {"a": 4.0}.get(k))
+    p = FairSharePolicy(lambda k: {"a": 4.0}.get(k))
     assert (p.weight("a"), p.weight("zzz"), p.weight(None)) == (4.0, 1.0, 1.0)
     with pytest.raises(TypeError):
         p.set_weight("a", 2.0)
-    q = TenantFairPolicy()
+    q = FairSharePolicy()
     q.set_weight("a", 2.0)
     assert q.weight("a") == 2.0
 
@@ -175,7 +175,7 @@ def simulate(policy, backlog: dict[str, int], arrivals, steps: int, capacity: in
 
 @pytest.mark.parametrize("weights", [(1.0, 1.0), (3.0, 1.0)])
 def test_backlogged_tenants_get_tokens_in_proportion_to_weights(weights):
-    p = TenantFairPolicy({"a": weights[0], "b": weights[1]})
+    p = FairSharePolicy({"a": weights[0], "b": weights[1]})
     tokens, _ = simulate(p, {"a": 16, "b": 16}, lambda step: [], steps=2000, capacity=4)
     assert tokens["a"] / tokens["b"] == pytest.approx(weights[0] / weights[1], rel=0.05)
 
@@ -184,14 +184,14 @@ def test_flood_does_not_delay_a_steady_tenant():
     def steady(step):
         return [seq("b")] if step % 10 == 5 else []
 
-    _, waits = simulate(TenantFairPolicy(), {"a": 16}, steady, steps=500, capacity=4)
+    _, waits = simulate(FairSharePolicy(), {"a": 16}, steady, steps=500, capacity=4)
     assert len(waits) == 50 and max(waits) == 0  # b is admitted in the step it arrives, every time
 
 
 def test_without_fair_preemption_a_flood_delays_the_steady_tenant():
     """The same loop with a policy that never preempts shows what the test above guards."""
 
-    class NoPreemption(TenantFairPolicy):
+    class NoPreemption(FairSharePolicy):
         def preempt_for(self, seq, running, capacity):
             return None
 

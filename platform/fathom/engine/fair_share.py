@@ -1,4 +1,6 @@
-"""Fair scheduling across tenants for the engine scheduler's policy hook.
+"""Fair scheduling across fairness keys (tenants) for the engine scheduler's policy hook:
+`FairSharePolicy`, the one fair policy (fathom.serve installs it when tenants are configured;
+`fathom.LLM` or a caller may pass it to the engine with their own keys and weights).
 
 Order among waiting sequences: priority first (the engine's convention: lower value runs
 first; the ingress passes `-priorityClass`), then the tenant with the least weighted service,
@@ -27,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 
-class TenantFairPolicy:
+class FairSharePolicy:
     """Priority, then share of running slots, then weighted tokens served (VTC): the engine's
     `SchedulingPolicy` (`key`, `on_scheduled`, `begin_step`, `running_key`, `preempt_for`).
 

@@ -1,14 +1,14 @@
-"""TenantFairPolicy inside the real LLMEngine scheduler, over the pure-Python FakeExecutor
+"""FairSharePolicy inside the real LLMEngine scheduler, over the pure-Python FakeExecutor
 (which checks every block table and position: fair preemption must keep tokens exact)."""
 
 import statistics
 
 from engine_fakes import VOCAB, FakeExecutor, reference_greedy
 
+from fathom.engine.fair_share import FairSharePolicy
 from fathom.engine.llm_engine import EngineConfig, LLMEngine
 from fathom.engine.policy import FcfsPolicy
 from fathom.engine.sampling_params import SamplingParams
-from fathom.tenancy.fairness import TenantFairPolicy
 
 SLOTS = 4
 
@@ -81,8 +81,8 @@ def steady_ttft(policy, flood: bool) -> tuple[float, Load]:
 
 
 def test_flooding_tenant_does_not_delay_the_steady_one_and_tokens_stay_exact():
-    alone, _ = steady_ttft(TenantFairPolicy(), flood=False)
-    crowded, load = steady_ttft(TenantFairPolicy(), flood=True)
+    alone, _ = steady_ttft(FairSharePolicy(), flood=False)
+    crowded, load = steady_ttft(FairSharePolicy(), flood=True)
     assert crowded <= 2 * max(alone, 1)
     assert load.engine.scheduler.num_preemptions > 0  # b took slots from a
     load.drain()
@@ -91,13 +91,13 @@ def test_flooding_tenant_does_not_delay_the_steady_one_and_tokens_stay_exact():
 
 
 def test_first_come_first_served_would_make_it_wait():
-    fair, _ = steady_ttft(TenantFairPolicy(), flood=True)
+    fair, _ = steady_ttft(FairSharePolicy(), flood=True)
     fcfs, _ = steady_ttft(FcfsPolicy(), flood=True)
     assert fcfs > 3 * max(fair, 1)
 
 
 def test_backlogged_tenants_get_tokens_in_proportion_to_weights():
-    load = Load(make_engine(TenantFairPolicy({"a": 3.0, "b": 1.0})))
+    load = Load(make_engine(FairSharePolicy({"a": 3.0, "b": 1.0})))
     load.run(60, depth={"a": 4 * SLOTS})  # a alone first: b must not be owed this time
     before = load.served("a"), load.served("b")
     load.run(400, depth={"a": 4 * SLOTS, "b": 4 * SLOTS})
@@ -108,7 +108,7 @@ def test_backlogged_tenants_get_tokens_in_proportion_to_weights():
 
 
 def test_memory_preemption_takes_from_the_tenant_over_its_share():
-    policy = TenantFairPolicy()
+    policy = FairSharePolicy()
     load = Load(make_engine(policy, num_blocks=24, max_num_seqs=8), max_tokens=40)
     for _ in range(6):
         load.add("a")
