@@ -2,7 +2,8 @@
 
 Owns requests, the scheduler and block manager (plain Python) and an `Executor` that runs
 the model (in this process for W=1, Ray rank workers for W>1). Single-threaded by contract:
-`AsyncEngine` calls it from one step-loop thread."""
+only `fathom.engine.engine_loop.EngineLoop` calls it, from one thread (of the caller's
+process, or of the engine core process)."""
 
 import random
 import time
