@@ -12,7 +12,7 @@ and sets the replica count. Four fleets run on the same trace, side by side:
 - hpa-conc T: a Kubernetes-HPA rule on concurrency only ((running + waiting) per replica,
   target T x a replica's slots, 10 % tolerance, up at most max(4, 100 %) per period, 300 s
   down stabilisation), at T = 0.8 (usual) and 0.5 (the burst headroom the fathom default keeps);
-- fathom defaults: `fathom_operator.policy.decide` with the ModelService defaults (KV target
+- fathom defaults: `fathom_operator.scaling_policy.decide` with the ModelService defaults (KV target
   0.5, headroom for a 2x burst during a cold start; 2 waiting per replica, 300 s down window,
   minReplicas 1);
 - fathom kv 0.8: the same with a KV target of 0.8 (the former default), for comparison;
@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "platform"), str(ROOT / "operators")]
 
 from fathom.api.model_service import Autoscaling
-from fathom_operator.metrics import Sample
-from fathom_operator.policy import decide, history_span
+from fathom_operator.scaling_policy import decide, history_span
+from fathom_operator.scrape import Sample
 
 DAY = 86_400
 

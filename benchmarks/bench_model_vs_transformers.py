@@ -12,8 +12,8 @@ import time
 import torch
 
 from fathom.model import testing as T
-from fathom.model.demo import demo_checkpoint_dir
 from fathom.model.loader import load_model
+from fathom.worker.demo import demo_checkpoint_dir
 
 
 def main() -> None:

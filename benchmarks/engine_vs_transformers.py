@@ -43,8 +43,8 @@ def make_prompts(n, lo, hi, vocab, seed):
 
 def run_fathom(model_dir, prompts, out_len, args):
     from fathom.api.engine import EngineSettings
-    from fathom.engine.factory import create_engine
     from fathom.engine.sampling_params import SamplingParams
+    from fathom.worker.factory import create_engine
 
     settings = EngineSettings(model=str(model_dir), dtype="float32", max_num_seqs=max(64, len(prompts)),
                               max_num_batched_tokens=args.max_num_batched_tokens)
@@ -124,7 +124,7 @@ def main():
     from transformers import AutoModelForCausalLM
 
     if args.model is None:
-        from fathom.model.demo import demo_checkpoint_dir
+        from fathom.worker.demo import demo_checkpoint_dir
 
         model_dir = demo_checkpoint_dir()
     else:

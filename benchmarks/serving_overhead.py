@@ -7,7 +7,7 @@ Prints generated tokens/s of both paths, each round's ratio and their median (ta
 serving >= 0.8 x in-process on the demo model at 32 concurrent requests). Each request
 streams its length in tokens (ignore_eos; `max_tokens` on average, spread +-`spread` of it)
 from a distinct prompt; `concurrency` requests are in flight at all times (closed loop). The
-in-process path is `AsyncEngine.from_settings`, the very engine a model replica runs.
+in-process path is `start_async_engine`, the very engine a model replica runs.
 """
 
 import argparse
@@ -97,10 +97,10 @@ async def side_by_side(settings: ServeSettings, args) -> tuple[list[float], list
     import aiohttp
     import torch
 
-    from fathom.engine.async_engine import AsyncEngine
+    from fathom.worker.factory import start_async_engine
 
     torch.set_num_threads(REPLICA_THREADS)  # as in the replica: Ray sets OMP_NUM_THREADS=1 for num_cpus=0 actors
-    engine = AsyncEngine.from_settings(settings.engine)
+    engine = start_async_engine(settings.engine)
     local, served = [], []
     connector = aiohttp.TCPConnector(limit=args.concurrency + 4)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as client:

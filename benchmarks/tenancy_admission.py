@@ -16,10 +16,10 @@ import ray
 
 from fathom.serve.protocol import CompletionRequest
 from fathom.tenancy.actor import TenancyClient, tenancy_actor
+from fathom.tenancy.admission import LocalTenancyClient
 from fathom.tenancy.gate import TenancyGate
-from fathom.tenancy.ingress import LocalTenancyClient
-from fathom.tenancy.policy import Limits, TenantPolicy
 from fathom.tenancy.registry import TenantSource
+from fathom.tenancy.tenant_policy import Limits, TenantPolicy
 
 TENANT = TenantPolicy("bench", limits=Limits(requests_per_minute=10**9, tokens_per_minute=10**12,
                                               max_concurrent_requests=10**6))

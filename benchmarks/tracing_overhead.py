@@ -76,9 +76,9 @@ def serve(port: int) -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks on demand if a round stalls
 
     from fathom.api.serve import ServeSettings
-    from fathom.serve.api import build_api
     from fathom.serve.frontend import Frontend
     from fathom.serve.model_server import ModelServer
+    from fathom.serve.routes import build_api
 
     settings = ServeSettings(engine={"max_model_len": 512, "max_num_seqs": 32})
     app = build_api(Frontend(ModelServer(settings), settings))

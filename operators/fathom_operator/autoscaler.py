@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from fathom_operator import kube, metrics, render
+from fathom_operator import kube, render, scrape
 from fathom_operator.conditions import now_rfc3339
 from fathom_operator.kube import KubeClient
-from fathom_operator.policy import Decision, decide, history_span
 from fathom_operator.reconcile import desired_replicas, owner_of, parse_spec
+from fathom_operator.scaling_policy import ScalingDecision, decide, history_span
 from fathom_operator.sync import sync_model_service
 
 METRICS_URL_ANNOTATION = "fathom.dev/metrics-url"
@@ -39,7 +39,7 @@ def metrics_url(obj: dict, port: int, template: str = DEFAULT_METRICS_URL) -> st
 Notify = Callable[[dict, str, str], Awaitable[None] | None]
 
 
-async def scale(client: KubeClient, obj: dict, current: int, decision: Decision, notify: Notify | None) -> None:
+async def scale(client: KubeClient, obj: dict, current: int, decision: ScalingDecision, notify: Notify | None) -> None:
     """Record the decision in the ModelService status, re-render the RayService, emit an Event."""
     meta = obj["metadata"]
     await client.patch(kube.MODEL_SERVICES, meta["namespace"], meta["name"],
@@ -55,8 +55,8 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
               url_template: str = DEFAULT_METRICS_URL, logger: logging.Logger | None = None) -> None:
     """Loop until `stopped` (kopf.DaemonStopped or anything with `wait(timeout)` and truthiness)."""
     log = logger or logging.getLogger(__name__)
-    history: collections.deque[metrics.Sample] = collections.deque()
-    previous: metrics.Scrape | None = None
+    history: collections.deque[scrape.Sample] = collections.deque()
+    previous: scrape.Scrape | None = None
     failing = False  # log a metrics outage once, and its end
     async with aiohttp.ClientSession() as http:
         while not stopped:
@@ -71,7 +71,7 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
                 continue
             auto = spec.autoscaling
             try:
-                scrape = await metrics.fetch(http, metrics_url(obj, spec.service.port, url_template), time.monotonic())
+                now = await scrape.fetch(http, metrics_url(obj, spec.service.port, url_template), time.monotonic())
             except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 (log.debug if failing else log.warning)("metrics of %s/%s unavailable (holding the "
                                                         "replica count): %s", namespace, name, exc)
@@ -81,9 +81,9 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
             if failing:
                 log.info("metrics of %s/%s available again", namespace, name)
                 failing = False
-            history.append(metrics.derive(previous, scrape))
-            previous = scrape
-            while history and history[0].t < scrape.t - history_span(auto):
+            history.append(scrape.derive(previous, now))
+            previous = now
+            while history and history[0].t < now.t - history_span(auto):
                 history.popleft()
             current = desired_replicas(spec, obj.get("status") or {})
             decision = decide(list(history), auto, current)

@@ -23,10 +23,6 @@ def set_condition(conditions: list[dict], type_: str, status: bool | None, reaso
     return [c for c in conditions if c.get("type") != type_] + [new]
 
 
-def get_condition(conditions: list[dict] | None, type_: str) -> dict | None:
-    return next((c for c in conditions or [] if c.get("type") == type_), None)
-
-
 def set_all(conditions: list[dict], values: dict[str, tuple[bool | None, str, str]], *, generation: int | None,
             now: str) -> list[dict]:
     """Set several conditions at once: type → (status, reason, message); order kept stable."""

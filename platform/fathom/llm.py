@@ -8,9 +8,9 @@ It drives the same `LLMEngine` (continuous batching, prefix caching, chunked pre
 tensor_parallel_size > 1, the same Ray rank workers as `fathom serve`."""
 
 from fathom.api.engine import EngineSettings
-from fathom.engine.factory import create_engine
 from fathom.engine.outputs import CompletionOutput, RequestOutput
 from fathom.engine.sampling_params import SamplingParams
+from fathom.worker.factory import create_engine
 
 
 class LLM:

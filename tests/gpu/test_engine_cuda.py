@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from fathom.api.engine import EngineSettings
-from fathom.engine.executor import InProcessExecutor
-from fathom.engine.factory import cache_spec, create_engine, resolve_model_dir
-from fathom.engine.model_runner import ModelRunner
 from fathom.engine.sampling_params import SamplingParams
 from fathom.model.loader import load_model
 from fathom.parallel.context import ParallelContext
+from fathom.worker.factory import create_engine, resolve_model_dir
+from fathom.worker.in_process import InProcessExecutor
+from fathom.worker.kv_budget import cache_spec
+from fathom.worker.model_runner import ModelRunner
 
 pytestmark = [
     pytest.mark.gpu,

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from fathom.model import testing as T
-from fathom.model.demo import demo_checkpoint_dir
 from fathom.model.loader import load_model
 from fathom.parallel.context import ParallelContext
+from fathom.worker.demo import demo_checkpoint_dir
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,11 +11,11 @@ import uvicorn
 import yaml
 
 from fathom.api.serve import ServeSettings
-from fathom.serve.api import build_api
 from fathom.serve.frontend import Frontend
 from fathom.serve.model_server import ModelServer
+from fathom.serve.routes import build_api
+from fathom.tenancy.admission import LocalTenancyClient
 from fathom.tenancy.gate import TenancyGate
-from fathom.tenancy.ingress import LocalTenancyClient
 from fathom.tenancy.registry import TenantSource, tenant_manifest
 
 MODEL = "fathom-demo"

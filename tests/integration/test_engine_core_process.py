@@ -1,4 +1,4 @@
-"""The engine core in its own process (`AsyncEngine.from_settings`, W=1) on the demo model:
+"""The engine core in its own process (`start_async_engine`, W=1) on the demo model:
 the same tokens as the engine on a thread, errors that cross the process boundary intact,
 and no orphan or hang when either side dies."""
 
@@ -13,16 +13,17 @@ import time
 import pytest
 
 from fathom.api.engine import EngineSettings
-from fathom.engine.async_engine import AsyncEngine
 from fathom.engine.errors import EngineDeadError, InvalidRequestError
 from fathom.engine.sampling_params import SamplingParams
+from fathom.worker.core_process import ProcessCore
+from fathom.worker.factory import start_async_engine
 
 SETTINGS = {"max_model_len": 256, "max_num_seqs": 8}
 
 
 @pytest.fixture(scope="module")
 def core():
-    engine = AsyncEngine.from_settings(EngineSettings(**SETTINGS))
+    engine = start_async_engine(EngineSettings(**SETTINGS))
     yield engine
     engine.stop_loop(10)
 
@@ -35,8 +36,8 @@ async def tokens_of(engine, rid, prompt, params):
 
 
 async def test_same_tokens_as_the_engine_on_a_thread(core):
-    assert core.engine is None and core._core.proc.pid != os.getpid()  # it runs elsewhere
-    threaded = AsyncEngine.from_settings(EngineSettings(**SETTINGS, engine_core_process=False))
+    assert isinstance(core._core, ProcessCore) and core._core.proc.pid != os.getpid()  # it runs elsewhere
+    threaded = start_async_engine(EngineSettings(**SETTINGS, engine_core_process=False))
     try:
         prompts = [f"Prompt {i}: the quick brown fox" for i in range(5)]
         greedy = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
@@ -74,11 +75,11 @@ async def test_a_consumer_that_leaves_aborts_its_request(core):
 
 def test_startup_errors_are_raised_in_the_caller(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
-        AsyncEngine.from_settings(EngineSettings(model=str(tmp_path)))
+        start_async_engine(EngineSettings(model=str(tmp_path)))
 
 
 async def test_a_killed_core_fails_in_flight_and_later_requests():
-    engine = AsyncEngine.from_settings(EngineSettings(**SETTINGS))
+    engine = start_async_engine(EngineSettings(**SETTINGS))
     params = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
     stream = engine.generate("victim", engine.tokenizer.encode("hello"), params)
     await stream.__anext__()
@@ -96,7 +97,7 @@ async def test_a_killed_core_fails_in_flight_and_later_requests():
 
 
 async def test_stop_ends_in_flight_streams_and_the_child():
-    engine = AsyncEngine.from_settings(EngineSettings(**SETTINGS))
+    engine = start_async_engine(EngineSettings(**SETTINGS))
     params = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
     stream = engine.generate("inflight", engine.tokenizer.encode("hello"), params)
     await stream.__anext__()
@@ -113,8 +114,8 @@ def test_the_core_exits_when_its_parent_is_killed(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from fathom.api.engine import EngineSettings
-        from fathom.engine.async_engine import AsyncEngine
-        engine = AsyncEngine.from_settings(EngineSettings(**{SETTINGS!r}))
+        from fathom.worker.factory import start_async_engine
+        engine = start_async_engine(EngineSettings(**{SETTINGS!r}))
         print(engine._core.proc.pid, flush=True)
         time.sleep(600)
     """)

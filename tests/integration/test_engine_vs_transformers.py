@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fathom.api.engine import EngineSettings
-from fathom.engine.factory import create_engine
 from fathom.engine.sampling_params import SamplingParams
 from fathom.model.kv_cache import bytes_per_token
 from fathom.model.testing import save_reference
+from fathom.worker.factory import create_engine
 
 NEW = 10
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True)
@@ -47,7 +47,7 @@ def hf_greedy(hf, prompt, n=NEW):
 
 
 def make(path, **kw):
-    from fathom.engine.factory import in_process_executor, max_model_len_of
+    from fathom.worker.factory import in_process_executor, max_model_len_of
 
     settings = EngineSettings(model=str(path), dtype="float32", block_size=4, **kw)
     executor = Recording(in_process_executor(path, settings, max_model_len_of(settings, path)))

@@ -41,7 +41,7 @@ def test_chat_template_matches_transformers(llm):
     from transformers import AutoTokenizer
 
     from fathom.api.engine import EngineSettings
-    from fathom.engine.factory import resolve_model_dir
+    from fathom.worker.factory import resolve_model_dir
 
     hf = AutoTokenizer.from_pretrained(str(resolve_model_dir(EngineSettings())))
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]

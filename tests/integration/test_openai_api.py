@@ -49,7 +49,7 @@ def http(base):
 
 def tokenizer():
     from fathom.engine.tokenizer import Tokenizer
-    from fathom.model.demo import demo_checkpoint_dir
+    from fathom.worker.demo import demo_checkpoint_dir
 
     return Tokenizer.from_pretrained(demo_checkpoint_dir())
 

@@ -10,8 +10,8 @@ import pytest
 import ray
 
 from fathom.tenancy.actor import NAMESPACE, TenancyClient, tenancy_actor
-from fathom.tenancy.policy import Limits, TenantPolicy
 from fathom.tenancy.state import Settlement
+from fathom.tenancy.tenant_policy import Limits, TenantPolicy
 
 PLATFORM = str(Path(__file__).resolve().parents[2] / "platform")
 

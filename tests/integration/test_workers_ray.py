@@ -82,13 +82,15 @@ def test_w4_spans_two_nodes_and_matches_w1(cluster, checkpoint):
 
 async def test_dead_rank_worker_fails_requests_and_marks_unhealthy(cluster, checkpoint):
     from fathom.engine.async_engine import AsyncEngine
+    from fathom.engine.engine_core import ThreadCore
     from fathom.engine.errors import EngineDeadError
 
     path, _ = checkpoint
-    engine = AsyncEngine(llm(path, 2, 1).engine)
+    offline = llm(path, 2, 1)
+    engine = AsyncEngine(ThreadCore(offline.engine), offline.tokenizer)
     stream = engine.generate("r", prompts()[1], SamplingParams(temperature=0, max_tokens=100, ignore_eos=True))
     await stream.__anext__()
-    ray.kill(engine.engine.executor.workers[1], no_restart=True)
+    ray.kill(offline.engine.executor.workers[1], no_restart=True)
     with pytest.raises(EngineDeadError, match="rank worker 1"):
         async with asyncio.timeout(60):
             async for _ in stream:

@@ -6,8 +6,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from fathom.api.model_service import Autoscaling
-from fathom_operator.metrics import Sample, derive, histogram_quantile, parse
-from fathom_operator.policy import asks, decide, recommend
+from fathom_operator.scaling_policy import asks, decide, recommend
+from fathom_operator.scrape import Sample, derive, histogram_quantile, parse
 
 AUTO = Autoscaling(min_replicas=0, max_replicas=8, interval_seconds=10, scale_down_stabilization_seconds=60,
                    scale_to_zero_after_seconds=120,  # the KV target pinned: the figures below divide by 0.8

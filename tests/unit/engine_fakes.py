@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from fathom.engine.sampler import Sampler
 from fathom.engine.step_input import StepInput
+from fathom.worker.sampler import Sampler
 
 VOCAB = 97
 
@@ -70,6 +70,12 @@ class FakeExecutor:
 
     def check_health(self):
         pass
+
+    def ping(self):
+        pass
+
+    def rank_nodes(self):
+        return None
 
     def shutdown(self):
         pass

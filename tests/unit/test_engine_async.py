@@ -4,6 +4,7 @@ import pytest
 from engine_fakes import FakeExecutor, reference_greedy
 
 from fathom.engine.async_engine import AsyncEngine
+from fathom.engine.engine_core import ThreadCore
 from fathom.engine.errors import EngineDeadError, InvalidRequestError, PromptTooLongError
 from fathom.engine.llm_engine import EngineConfig, LLMEngine
 from fathom.engine.sampling_params import SamplingParams
@@ -11,8 +12,10 @@ from fathom.engine.sampling_params import SamplingParams
 
 @pytest.fixture
 async def engine():
-    eng = AsyncEngine(LLMEngine(EngineConfig(max_model_len=128, block_size=4), FakeExecutor(64, 4)),
+    core = ThreadCore(LLMEngine(EngineConfig(max_model_len=128, block_size=4), FakeExecutor(64, 4)),
                       idle_wait_s=0.05)
+    eng = AsyncEngine(core, None)
+    eng.executor = core.engine.executor
     yield eng
     await eng.shutdown()
 
@@ -61,7 +64,7 @@ async def test_abort_and_cancellation_free_blocks(engine):
         async for _ in engine.generate("b", [6] * 10, params):
             started.set()
 
-    engine.engine.executor.delay = 0.05  # ~5 s of generation left when we cancel
+    engine.executor.delay = 0.05  # ~5 s of generation left when we cancel
     task = asyncio.create_task(consume())
     await asyncio.wait_for(started.wait(), 30)
     task.cancel()
@@ -77,7 +80,7 @@ async def test_abort_and_cancellation_free_blocks(engine):
 async def test_dead_executor_fails_in_flight_requests(engine):
     gen = engine.generate("a", [5] * 10, SamplingParams(temperature=0, max_tokens=1000))
     await gen.__anext__()
-    engine.engine.executor.dead = True
+    engine.executor.dead = True
     with pytest.raises(EngineDeadError):
         async for _ in gen:
             pass

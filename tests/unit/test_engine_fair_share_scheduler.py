@@ -7,8 +7,8 @@ from engine_fakes import VOCAB, FakeExecutor, reference_greedy
 
 from fathom.engine.fair_share import FairSharePolicy
 from fathom.engine.llm_engine import EngineConfig, LLMEngine
-from fathom.engine.policy import FcfsPolicy
 from fathom.engine.sampling_params import SamplingParams
+from fathom.engine.scheduling_policy import FcfsPolicy
 
 SLOTS = 4
 

@@ -3,7 +3,7 @@
 import pytest
 from starlette.requests import Request
 
-from fathom.serve.errors import APIError
+from fathom.api.openai_error import APIError
 from fathom.serve.frontend import parse_request, read_body, routing_key
 from fathom.serve.router import prefix_key
 

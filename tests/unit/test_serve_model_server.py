@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
+from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
-from fathom.serve.errors import APIError
 from fathom.serve.frontend import StreamEnd
 from fathom.serve.model_server import ModelServer
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest

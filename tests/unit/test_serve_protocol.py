@@ -3,8 +3,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from fathom.serve.errors import APIError, from_validation_error, parse_json_body
+from fathom.api.openai_error import APIError
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
+from fathom.serve.validation import from_validation_error, parse_json_body
 
 
 def err(cls, body) -> APIError:

@@ -7,19 +7,20 @@ import sys
 import pytest
 
 from fathom.api.engine import Pricing
+from fathom.api.openai_error import APIError
 from fathom.engine.sampling_params import SamplingParams
-from fathom.serve.errors import APIError
 from fathom.serve.preprocess import EngineCall
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
+from fathom.serve.replica_tenancy import cap_calls
 from fathom.tenancy import keys
-from fathom.tenancy.gate import TenancyGate
-from fathom.tenancy.ingress import (
+from fathom.tenancy.admission import (
     LocalTenancyClient,
     RequestTenancy,
     TenancyError,
     completion_reservation,
     estimate_prompt_tokens,
 )
+from fathom.tenancy.gate import TenancyGate
 from fathom.tenancy.registry import TenantSource, tenant_manifest
 
 MODEL = "fathom-demo"
@@ -110,14 +111,14 @@ def test_prompt_estimate_and_reservation():
 def test_cap_calls_limits_prompt_plus_max_tokens():
     ctx = RequestTenancy("a", 0, 1.0, "tenant:a", max_total_tokens=10)
     call = EngineCall([1, 2, 3], "abc", SamplingParams(), 0)
-    [capped] = ctx.cap_calls([call])
+    [capped] = cap_calls(ctx, [call])
     assert capped.params.max_tokens == 7
-    assert ctx.cap_calls([EngineCall([1, 2, 3], "abc", SamplingParams(max_tokens=7), 0)])[0].params.max_tokens == 7
+    assert cap_calls(ctx, [EngineCall([1, 2, 3], "abc", SamplingParams(max_tokens=7), 0)])[0].params.max_tokens == 7
     for ids, mt in (([1] * 10, None), ([1, 2, 3], 8)):
         with pytest.raises(APIError, match="at most 10 tokens per request") as e:
-            ctx.cap_calls([EngineCall(ids, "", SamplingParams(max_tokens=mt), 0)])
+            cap_calls(ctx, [EngineCall(ids, "", SamplingParams(max_tokens=mt), 0)])
         assert (e.value.status, e.value.param) == (400, "max_tokens")
-    assert RequestTenancy("a", 0, 1.0, "s").cap_calls([call]) == [call]
+    assert cap_calls(RequestTenancy("a", 0, 1.0, "s"), [call]) == [call]
 
 
 def test_key_tool_hashes_stdin_and_makes_keys(monkeypatch, capsys):

@@ -3,7 +3,7 @@ import hashlib
 import pytest
 
 from fathom.tenancy.keys import KeyIndex, bearer_key, digest, normalize_digest
-from fathom.tenancy.limits import Decision, TokenBucket, go_duration, ratelimit_headers
+from fathom.tenancy.limits import LimitDecision, TokenBucket, go_duration, ratelimit_headers
 
 
 def test_digest_is_sha256_hex():
@@ -78,7 +78,7 @@ def test_headers_follow_openai_names():
 
 
 def test_refusal_carries_retry_after_in_whole_seconds_and_ms():
-    d = Decision(False, reason="requests", retry_after=0.2, headers={"x-ratelimit-limit-requests": "1"})
+    d = LimitDecision(False, reason="requests", retry_after=0.2, headers={"x-ratelimit-limit-requests": "1"})
     h = d.response_headers()
     assert (h["retry-after"], h["retry-after-ms"], h["x-ratelimit-limit-requests"]) == ("1", "200", "1")
-    assert "retry-after" not in Decision(True, lease="x").response_headers()
+    assert "retry-after" not in LimitDecision(True, lease="x").response_headers()

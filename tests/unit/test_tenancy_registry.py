@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from fathom.tenancy.keys import digest
-from fathom.tenancy.policy import OPEN_POLICY, Limits
 from fathom.tenancy.registry import (
     TenantConfigError,
     TenantRegistry,
@@ -16,6 +15,7 @@ from fathom.tenancy.registry import (
     parse_manifests,
     tenant_manifest,
 )
+from fathom.tenancy.tenant_policy import OPEN_POLICY, Limits
 
 
 def tenant_yaml(name: str, *keys: str, **spec) -> str:

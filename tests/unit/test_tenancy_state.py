@@ -3,9 +3,9 @@ import calendar
 import pytest
 
 from fathom.api.engine import Pricing
-from fathom.tenancy.metering import Usage, UsageLedger, cost_of
-from fathom.tenancy.policy import Limits
+from fathom.tenancy.metering import UsageLedger, UsageTotals, cost_of
 from fathom.tenancy.state import Settlement, TenancyState, seconds_to_next_month
+from fathom.tenancy.tenant_policy import Limits
 
 T0 = calendar.timegm((2026, 11, 29, 12, 0, 0))
 
@@ -93,9 +93,9 @@ def test_cost_uses_cached_price_for_cached_prompt_tokens():
 
 def test_ledger_time_window_and_tenant_filter():
     led = UsageLedger(fine_width_s=1)
-    led.record("a", "m", Usage(1, 10, 2, 5, 0.1), T0)
-    led.record("a", "m2", Usage(1, 1, 0, 1, 0.0), T0 + 5)
-    led.record("b", "m", Usage(1, 7, 0, 3, 0.2), T0 + 10)
+    led.record("a", "m", UsageTotals(1, 10, 2, 5, 0.1), T0)
+    led.record("a", "m2", UsageTotals(1, 1, 0, 1, 0.0), T0 + 5)
+    led.record("b", "m", UsageTotals(1, 7, 0, 3, 0.2), T0 + 10)
     assert set(led.query(T0 + 20)) == {("a", "m"), ("a", "m2"), ("b", "m")}
     assert led.query(T0 + 20, tenant="a", start=T0, end=T0 + 6)[("a", "m2")].requests == 1
     assert set(led.query(T0 + 20, start=T0 + 1, end=T0 + 11)) == {("a", "m2"), ("b", "m")}
@@ -107,8 +107,8 @@ def test_ledger_time_window_and_tenant_filter():
 
 def test_ledger_long_windows_use_the_coarse_tier():
     led = UsageLedger(fine_width_s=60, fine_retention_s=3600, coarse_width_s=3600)
-    led.record("a", "m", Usage(1, 10, 0, 5), T0)
+    led.record("a", "m", UsageTotals(1, 10, 0, 5), T0)
     later = T0 + 5 * 3600
     assert led.query(later, start=T0 - 3600, end=later)[("a", "m")].prompt_tokens == 10
-    led.record("a", "m", Usage(1, 1, 0, 1), later)
+    led.record("a", "m", UsageTotals(1, 1, 0, 1), later)
     assert list(led.fine.buckets) == [later // 60 * 60]  # fine buckets past retention were dropped

@@ -1,4 +1,4 @@
-"""fathom.engine: the synchronous serving core (no ray, no fastapi).
+"""fathom.engine: the synchronous, torch-free serving core (no torch, ray or fastapi).
 
 `LLMEngine.step()` = schedule -> execute -> update over a paged latent KV cache;
 `AsyncEngine` streams per-request deltas from a background step loop. See

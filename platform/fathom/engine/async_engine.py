@@ -1,28 +1,35 @@
-"""AsyncEngine: per-request async streams of deltas over an engine step loop.
+"""AsyncEngine: per-request async streams of deltas over an engine core's step loop.
 
 `generate()` queues a request and yields one `RequestOutput` per step in which it made
-progress; the last has `finished=True`. The step loop (`fathom.engine.engine_loop`) runs
-either in the engine core process (`from_settings` with `engine_core_process`, W=1: the
-loop gets a GIL of its own, see `fathom.engine.core_process`) or on a background thread of
-this process (W>1, whose forward already runs in rank workers; an injected `LLMEngine`).
-Either way callers only talk to it through messages, and each step's outputs come back in
-one batch, handed to each consumer's event loop with one `call_soon_threadsafe`. If the
-loop fails (a rank worker or the core process died), every in-flight stream raises
-`EngineDeadError` and the engine reports itself unhealthy; nothing hangs.
+progress; the last has `finished=True`. The step loop (`fathom.engine.engine_loop`) runs in
+an `EngineCore`: on a thread of this process (`ThreadCore`) or in the engine core process
+(`fathom.worker.core_process.ProcessCore`, W=1: the loop gets a GIL of its own). Either way
+callers only talk to it through typed messages (`fathom.engine.messages`), and each step's
+outputs come back in one batch, handed to each consumer's event loop with one
+`call_soon_threadsafe`. If the loop fails (a rank worker or the core process died), every
+in-flight stream raises `EngineDeadError` and the engine reports itself unhealthy; nothing hangs.
 """
 
 import asyncio
 import atexit
-import threading
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
-from fathom.engine.engine_loop import EngineLoop, QueueInbox
+from fathom.engine.engine_core import EngineCore
 from fathom.engine.errors import EngineDeadError
-from fathom.engine.llm_engine import LLMEngine
+from fathom.engine.messages import (
+    AbortRequest,
+    AddRequest,
+    EngineEvent,
+    Failed,
+    Rejected,
+    SetWeight,
+    StepOutputs,
+)
 from fathom.engine.outputs import EngineStats, RequestOutput
 from fathom.engine.sampling_params import SamplingParams
+from fathom.engine.tokenizer import Tokenizer
 
 
 @dataclass
@@ -43,79 +50,18 @@ def _stop_live_engines() -> None:
         engine.stop_loop(timeout_s=5)
 
 
-class _ThreadCore:
-    """The step loop on a thread of this process, over an `LLMEngine` built here."""
-
-    def __init__(self, engine: LLMEngine, sink, idle_wait_s: float, health_interval_s: float):
-        self.engine = engine
-        self.inbox = QueueInbox()
-        self.loop = EngineLoop(engine, self.inbox, sink, idle_wait_s, health_interval_s)
-        self.thread = threading.Thread(target=self.loop.run, name="fathom-engine-loop", daemon=True)
-        self.thread.start()
-
-    def send(self, msg: tuple) -> bool:
-        self.inbox.put(msg)
-        return self.thread.is_alive()
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def check_health(self) -> None:
-        try:
-            self.engine.executor.check_health()
-        except EngineDeadError as e:
-            self.loop.dead = e
-            self.inbox.put(("noop",))  # let the loop end and fail in-flight streams
-            raise
-
-    def stop(self, timeout_s: float) -> None:
-        self.inbox.put(("stop",))
-        self.thread.join(timeout_s)
-
-    def shutdown_executor(self) -> None:
-        self.engine.executor.shutdown()
-
-
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, idle_wait_s: float = 0.5, health_interval_s: float = 5.0):
-        """Thread mode: `engine` steps on a background thread of this process."""
-        self._setup(engine.tokenizer, engine.config.max_model_len, engine.stats())
-        self.engine: LLMEngine | None = engine
-        self._core = _ThreadCore(engine, self, idle_wait_s, health_interval_s)
-
-    def _setup(self, tokenizer, max_model_len: int, stats: EngineStats) -> None:
+    def __init__(self, core: EngineCore, tokenizer: Tokenizer | None):
+        """Serve `core`'s loaded engine; its events start flowing to this object now."""
         self.tokenizer = tokenizer
-        self.max_model_len = max_model_len
+        self.max_model_len = core.max_model_len
         self._streams: dict[str, _Stream] = {}
         self._dead: BaseException | None = None
         self._stopping = False
-        self._stats = stats
+        self._stats: EngineStats = core.initial_stats
+        self._core = core
         _LIVE.add(self)
-
-    @classmethod
-    def from_settings(cls, settings, policy=None) -> "AsyncEngine":
-        """Load the model and start the step loop: W=1 in the engine core process (unless
-        `settings.engine_core_process` is off: then here), W>1 on Ray rank workers."""
-        from fathom.engine.factory import create_engine
-
-        if settings.tensor_parallel_size == 1 and settings.engine_core_process:
-            return cls._in_core_process(settings, policy)
-        return cls(create_engine(settings, policy=policy))
-
-    @classmethod
-    def _in_core_process(cls, settings, policy) -> "AsyncEngine":
-        import torch
-
-        from fathom.engine.core_process import ProcessCore
-        from fathom.engine.factory import load_tokenizer, resolve_model_dir
-
-        self = cls.__new__(cls)
-        self.engine = None  # it lives in the child
-        self._core = ProcessCore(settings, policy, self, threads=torch.get_num_threads())
-        max_len, stats = self._core.ready
-        self._setup(load_tokenizer(resolve_model_dir(settings)), max_len, stats)
-        self._core.start_reading()
-        return self
+        core.start(self._on_event)
 
     # ----- caller side (any thread / event loop)
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
@@ -126,10 +72,10 @@ class AsyncEngine:
         `trace_context`: the caller's W3C carrier; the forward steps serving it link to it."""
         self._raise_if_dead()
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        kwargs = {"priority": priority, "fairness_key": fairness_key, "cache_salt": cache_salt,
-                  "trace_context": trace_context}
         self._streams[request_id] = stream
-        if not self._core.send(("add", request_id, list(prompt_token_ids), sampling_params, kwargs)) or self._dead:
+        add = AddRequest(request_id, list(prompt_token_ids), sampling_params, priority, fairness_key,
+                         cache_salt, trace_context)
+        if not self._core.send(add) or self._dead:
             self._streams.pop(request_id, None)  # the loop ended meanwhile: nobody would answer
             self._raise_if_dead()
             raise EngineDeadError("the engine is shut down")
@@ -149,14 +95,18 @@ class AsyncEngine:
 
     def abort(self, request_id: str) -> None:
         """Abort a request: its KV blocks are freed and its stream ends with finish_reason 'abort'."""
-        self._core.send(("abort", request_id))
+        self._core.send(AbortRequest(request_id))
 
     def set_weight(self, fairness_key: str, weight: float) -> None:
-        """Tell the scheduling policy (if it takes weights) a fairness key's weight."""
-        self._core.send(("weight", fairness_key, weight))
+        """Tell the scheduling policy a fairness key's weight."""
+        self._core.send(SetWeight(fairness_key, weight))
 
     def stats(self) -> EngineStats:
         return replace(self._stats, healthy=self.healthy)
+
+    def rank_nodes(self) -> list[str] | None:
+        """Ray node id of each rank (rank 0 first), or None when the model runs on this node."""
+        return self._core.rank_nodes()
 
     @property
     def healthy(self) -> bool:
@@ -186,8 +136,19 @@ class AsyncEngine:
         if self._stopping:
             raise EngineDeadError("the engine is shut down")
 
-    # ----- sink of the step loop (its thread, or the core process's reader thread)
-    def outputs(self, batch: list[RequestOutput], stats: EngineStats) -> None:
+    # ----- the core's events (its loop thread, or the core process's reader thread)
+    def _on_event(self, event: EngineEvent) -> None:
+        match event:
+            case StepOutputs():
+                self._outputs(event.outputs, event.stats)
+            case Rejected():
+                stream = self._streams.pop(event.request_id, None)
+                if stream is not None:
+                    _post(stream.loop, [(stream.queue, event.error)])
+            case Failed():
+                self._failed(event.error)
+
+    def _outputs(self, batch: list[RequestOutput], stats: EngineStats) -> None:
         self._stats = stats
         items: dict[asyncio.AbstractEventLoop, list] = {}
         for out in batch:
@@ -197,12 +158,7 @@ class AsyncEngine:
         for loop, pairs in items.items():
             _post(loop, pairs)
 
-    def rejected(self, request_id: str, error: BaseException) -> None:
-        stream = self._streams.pop(request_id, None)
-        if stream is not None:
-            _post(stream.loop, [(stream.queue, error)])
-
-    def failed(self, error: EngineDeadError) -> None:
+    def _failed(self, error: BaseException) -> None:
         self._dead = self._dead or error
         streams = list(self._streams.values())
         self._streams.clear()

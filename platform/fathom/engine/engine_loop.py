@@ -1,38 +1,40 @@
-"""The engine's step loop: drain the inbox, step, hand the step's outputs to a sink.
+"""The engine's step loop: drain the inbox, step, hand the step's events to a sink.
 
-The same loop runs on a background thread of the caller's process (`AsyncEngine` with
-`engine_core_process=False`, tests) or as the main loop of the engine core process
-(`fathom.engine.core_process`). Only the loop touches the `LLMEngine`.
+The same loop runs on a background thread of the caller's process (`ThreadCore`: W>1, whose
+forward already runs in rank workers; tests) or as the main loop of the engine core process
+(`fathom.worker.core_process`). Only the loop touches the `LLMEngine`.
 
-Inbox messages (tuples): ("add", request_id, prompt_ids, SamplingParams, kwargs of
-`LLMEngine.add_request`), ("abort", request_id), ("weight", fairness_key, weight) for a
-policy with `set_weight`, ("noop",) to wake the loop, ("stop",).
-
-Sink contract (`EngineSink`): `outputs(batch, stats)` once per step with every request that
-made progress (never empty unless stats changed); `rejected(request_id, error)` when an add
-fails admission; `failed(error)` once, when the loop ends (the engine died or was stopped):
-every request still in flight, and any added later, is then dead.
+Inbox: `EngineRequest`s (`fathom.engine.messages`). Sink: a callable taking `EngineEvent`s:
+`StepOutputs` once per step with every request that made progress (never empty unless stats
+changed); `Rejected` when an add fails admission; `Failed` once, when the loop ends (the engine
+died or was stopped): every request still in flight, and any added later, is then dead.
 """
 
 import queue
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from fathom.engine.errors import EngineDeadError, EngineError
 from fathom.engine.llm_engine import LLMEngine
-from fathom.engine.outputs import EngineStats, RequestOutput
+from fathom.engine.messages import (
+    AbortRequest,
+    AddRequest,
+    EngineEvent,
+    EngineRequest,
+    Failed,
+    Rejected,
+    SetWeight,
+    StepOutputs,
+    Stop,
+)
+from fathom.engine.outputs import EngineStats
 
-
-class EngineSink(Protocol):
-    def outputs(self, batch: list[RequestOutput], stats: EngineStats) -> None: ...
-
-    def rejected(self, request_id: str, error: BaseException) -> None: ...
-
-    def failed(self, error: EngineDeadError) -> None: ...
+EngineSink = Callable[[EngineEvent], None]
 
 
 class Inbox(Protocol):
-    def get(self, timeout: float | None) -> tuple | None:
+    def get(self, timeout: float | None) -> EngineRequest | None:
         """The next message; waits up to `timeout` seconds (0: do not wait); None if there is none."""
 
 
@@ -42,10 +44,10 @@ class QueueInbox:
     def __init__(self):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
 
-    def put(self, msg: tuple) -> None:
+    def put(self, msg: EngineRequest) -> None:
         self._q.put(msg)
 
-    def get(self, timeout: float | None) -> tuple | None:
+    def get(self, timeout: float | None) -> EngineRequest | None:
         try:
             return self._q.get(timeout=timeout) if timeout else self._q.get_nowait()
         except queue.Empty:
@@ -63,7 +65,7 @@ class EngineLoop:
         self._stats: EngineStats | None = None
 
     def run(self) -> None:
-        """Step until stopped or dead; then fail what is in flight (the sink's `failed`)."""
+        """Step until stopped or dead; then fail what is in flight (a `Failed` event)."""
         try:
             while not self.stopping and self.dead is None:
                 try:
@@ -72,13 +74,13 @@ class EngineLoop:
                     stats = self.engine.stats()  # before delivery: consumers may read it at once
                     if outputs or stats != self._stats:
                         self._stats = stats
-                        self.sink.outputs(outputs, stats)
+                        self.sink(StepOutputs(outputs, stats))
                 except Exception as e:  # noqa: BLE001 - any failure kills the instance, loudly
                     self.dead = e if isinstance(e, EngineError) else EngineDeadError(f"engine step failed: {e!r}")
         finally:
             self.engine.fail_all()
             err = self.dead or EngineDeadError("the engine is shut down")
-            self.sink.failed(err if isinstance(err, EngineDeadError) else EngineDeadError(str(err)))
+            self.sink(Failed(err if isinstance(err, EngineDeadError) else EngineDeadError(str(err))))
 
     def _drain(self, block: bool) -> None:
         msg = self.inbox.get(self.idle_wait_s if block else 0)
@@ -89,27 +91,25 @@ class EngineLoop:
             msg = None if self.stopping else self.inbox.get(0)
 
     def _probe_when_idle(self) -> None:
-        """With nothing in flight, actively ping the rank workers now and then (if the executor
-        can), so a dead worker turns the instance unhealthy before the next request arrives."""
-        ping = getattr(self.engine.executor, "ping", None)
+        """With nothing in flight, actively ping the ranks now and then, so a dead rank worker
+        turns the instance unhealthy before the next request arrives."""
         now = time.monotonic()
-        if ping is not None and now - self._last_probe >= self.health_interval_s:
+        if now - self._last_probe >= self.health_interval_s:
             self._last_probe = now
-            ping()
+            self.engine.executor.ping()
 
-    def _handle(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "add":
-            _, request_id, prompt, params, kwargs = msg
-            try:
-                self.engine.add_request(request_id, prompt, params, **kwargs)
-            except Exception as e:  # noqa: BLE001 - admission errors go to the caller's stream
-                self.sink.rejected(request_id, e)
-        elif kind == "abort":
-            self.engine.abort_request(msg[1])
-        elif kind == "weight":
-            set_weight = getattr(self.engine.scheduler.policy, "set_weight", None)
-            if set_weight is not None:
-                set_weight(msg[1], msg[2])
-        elif kind == "stop":
-            self.stopping = True
+    def _handle(self, msg: EngineRequest) -> None:
+        match msg:
+            case AddRequest():
+                try:
+                    self.engine.add_request(msg.request_id, msg.prompt_token_ids, msg.params,
+                                            priority=msg.priority, fairness_key=msg.fairness_key,
+                                            cache_salt=msg.cache_salt, trace_context=msg.trace_context)
+                except Exception as e:  # noqa: BLE001 - admission errors go to the caller's stream
+                    self.sink(Rejected(msg.request_id, e))
+            case AbortRequest():
+                self.engine.abort_request(msg.request_id)
+            case SetWeight():
+                self.engine.scheduler.policy.set_weight(msg.fairness_key, msg.weight)
+            case Stop():
+                self.stopping = True

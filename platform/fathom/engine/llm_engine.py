@@ -14,9 +14,9 @@ from fathom.engine.errors import InvalidRequestError, PromptTooLongError
 from fathom.engine.executor import Executor
 from fathom.engine.output_processor import OutputProcessor
 from fathom.engine.outputs import EngineStats, RequestMetrics, RequestOutput
-from fathom.engine.policy import SchedulingPolicy
 from fathom.engine.sampling_params import SamplingParams
 from fathom.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from fathom.engine.scheduling_policy import SchedulingPolicy
 from fathom.engine.sequence import Request, Sequence, SequenceStatus
 from fathom.engine.step_input import SamplingSpec, StepInput, StepOutput
 from fathom.engine.tokenizer import Tokenizer

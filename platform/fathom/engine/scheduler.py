@@ -12,7 +12,7 @@ Plain Python, no torch; `BlockManager` owns the block accounting.
 from dataclasses import dataclass, field
 
 from fathom.engine.block_manager import BlockManager, block_hash
-from fathom.engine.policy import FcfsPolicy, SchedulingPolicy
+from fathom.engine.scheduling_policy import FcfsPolicy, SchedulingPolicy
 from fathom.engine.sequence import Sequence, SequenceStatus
 
 
@@ -66,9 +66,6 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
-
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()

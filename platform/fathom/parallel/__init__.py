@@ -1,1 +1,2 @@
-"""fathom.parallel"""
+"""fathom.parallel: `ParallelContext` (ranks, sizes, process groups) and the collectives the
+model calls; below the model, no Ray."""

@@ -23,12 +23,12 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
+from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
-from fathom.serve.api import build_api
-from fathom.serve.errors import APIError
 from fathom.serve.frontend import OVERLOAD_RETRY_AFTER_S, Frontend
 from fathom.serve.model_server import ModelServer
 from fathom.serve.ray_tuning import grpc_between_deployments, serve_throughput_env
+from fathom.serve.routes import build_api
 from fathom.telemetry.generation import OPERATIONS
 from fathom.telemetry.runtime import start_telemetry
 from fathom.telemetry.spans import open_route_span

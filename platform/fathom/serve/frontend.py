@@ -22,11 +22,12 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
-from fathom.serve.errors import APIError, body_too_large, from_validation_error, parse_json_body
-from fathom.serve.metrics import ServeMetrics
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
+from fathom.serve.request_metrics import ServeMetrics
 from fathom.serve.router import chat_prefix_text, prefix_key
+from fathom.serve.validation import body_too_large, from_validation_error, parse_json_body
 from fathom.telemetry.spans import auth_span, limits_span, set_tenant
 from fathom.tenancy.gate import Grant, TenancyGate
 

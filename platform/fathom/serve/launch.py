@@ -16,17 +16,16 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 
 import ray
 from ray import serve
 from ray.serve.api import RunTarget
 
-import fathom
 from fathom.api.serve import ServeSettings
 from fathom.serve.app import APP_NAME, build_app
 from fathom.serve.ray_tuning import export_serve_throughput_env
 from fathom.tenancy.registry import TenantConfigError, describe_tenants
+from fathom.worker.source_root import with_source_root
 
 POLL_S = 0.5
 SHUTDOWN_SLACK_S = 30.0  # for Serve and Ray to stop after the grace period
@@ -56,10 +55,7 @@ def port_problem(host: str, port: int) -> str | None:
 def _export_source_root() -> None:
     """Make `fathom` importable in Ray's worker processes even when it is not installed (a
     source checkout): a local Ray instance inherits this process's environment."""
-    root = str(Path(fathom.__file__).resolve().parents[1])
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+    os.environ["PYTHONPATH"] = with_source_root(os.environ.get("PYTHONPATH"))
 
 
 def start_ray(settings: ServeSettings) -> None:

@@ -18,20 +18,21 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
 from fathom.engine.errors import EngineDeadError, InvalidRequestError
 from fathom.engine.fair_share import FairSharePolicy
-from fathom.serve.errors import APIError
 from fathom.serve.frontend import StreamEnd
 from fathom.serve.preprocess import EngineCall, engine_error, prepare
 from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
+from fathom.serve.replica_tenancy import cap_calls, meter_abandoned, replica_tenancy_client
 from fathom.serve.responses import Choice, TokenStrings
 from fathom.telemetry.generation import OPERATIONS, traced_outputs
 from fathom.telemetry.metrics import process_metrics
 from fathom.telemetry.runtime import replica_name, start_telemetry
 from fathom.telemetry.spans import RequestTrace, start_request_trace
-from fathom.tenancy.ingress import RequestTenancy, meter_abandoned, replica_tenancy_client
+from fathom.tenancy.admission import RequestTenancy
 
 logger = logging.getLogger("fathom.serve")
 
@@ -87,7 +88,7 @@ class _Request:
 
 class ModelServer:
     """One model instance serving OpenAI requests. `engine_factory(EngineSettings)` builds the
-    engine (default: `AsyncEngine.from_settings`); it is injected so the shell stays thin."""
+    engine (default: `fathom.worker.factory.start_async_engine`); it is injected so the shell stays thin."""
 
     def __init__(self, settings: ServeSettings | dict, engine_factory: Callable | None = None):
         self.settings = ServeSettings.model_validate(settings) if isinstance(settings, dict) else settings
@@ -95,9 +96,9 @@ class ModelServer:
         self._weights: dict[str, float] = {}  # tenant weights last sent to the engine's policy
         self.tenancy_client = replica_tenancy_client(self.settings)  # meters streams abandoned by clients
         if engine_factory is None:
-            from fathom.engine.async_engine import AsyncEngine
+            from fathom.worker.factory import start_async_engine
 
-            engine_factory = functools.partial(AsyncEngine.from_settings, policy=self.policy)
+            engine_factory = functools.partial(start_async_engine, policy=self.policy)
         t0 = time.monotonic()
         self.engine = engine_factory(self.settings.engine)
         self.model_name = self.settings.model_name
@@ -154,7 +155,8 @@ class ModelServer:
                 task.cancel()
             await self._abort(r)
             if not ended and r.tenancy is not None:  # the client went away: meter what was generated
-                meter_abandoned(self, r.tenancy, *(sum(u[k] for u in r.usage) for k in range(3)))
+                meter_abandoned(self.tenancy_client, self.settings.engine.pricing, self.model_name, r.tenancy,
+                                *(sum(u[k] for u in r.usage) for k in range(3)))
 
     async def stats(self, routing_key: int | None = None) -> dict:
         """This replica's engine snapshot (`routing_key` lets a caller aim at the replica that
@@ -168,10 +170,8 @@ class ModelServer:
         """Ray node id of each rank of this instance (rank 0 first; W=1 runs in this replica)."""
         import ray
 
-        executor = getattr(getattr(self.engine, "engine", None), "executor", None)
-        if not hasattr(executor, "workers"):  # W=1: in this replica, or in its engine core process
-            return [ray.get_runtime_context().get_node_id()]
-        return list(await asyncio.gather(*(w.node_id.remote() for w in executor.workers)))  # [] once shut down
+        nodes = await asyncio.to_thread(self.engine.rank_nodes)
+        return [ray.get_runtime_context().get_node_id()] if nodes is None else nodes  # [] once shut down
 
     def check_health(self) -> None:
         """Ray Serve's health check: a dead engine makes Serve replace this replica."""
@@ -186,7 +186,7 @@ class ModelServer:
         skip = req.skip_special_tokens and not (kind == "chat" and self.reasoning_parser != "none")
         calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip)
         if tenancy is not None:
-            calls = tenancy.cap_calls(calls)
+            calls = cap_calls(tenancy, calls)
             if self.policy is not None and self._weights.get(tenancy.tenant) != tenancy.weight:
                 self._weights[tenancy.tenant] = tenancy.weight
                 self.engine.set_weight(tenancy.tenant, tenancy.weight)  # the policy lives with the loop

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import jinja2
 
+from fathom.api.openai_error import APIError
 from fathom.engine.errors import InvalidRequestError, PromptTooLongError
 from fathom.engine.sampling_params import SamplingParams
 from fathom.engine.tokenizer import Tokenizer
-from fathom.serve.errors import APIError
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
 
 

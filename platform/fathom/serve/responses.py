@@ -9,22 +9,14 @@ the whole choice. Token strings for logprobs are cached per token id.
 from functools import lru_cache
 
 from fathom.engine.outputs import CompletionOutput, TokenLogprob
-from fathom.engine.tokenizer import Tokenizer
+from fathom.engine.tokenizer import Tokenizer, bytes_to_unicode
 from fathom.serve.reasoning import ReasoningParser
 
 
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
-    """GPT-2 byte-level BPE's printable-character alphabet back to bytes."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+    """Byte-level BPE's printable-character alphabet back to bytes."""
+    return {ch: b for b, ch in bytes_to_unicode().items()}
 
 
 class TokenStrings:

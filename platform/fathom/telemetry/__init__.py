@@ -9,54 +9,30 @@
 - ``FathomMetrics`` / ``process_metrics()``: the Prometheus metrics of docs/architecture.md;
   ``fathom.telemetry.hub`` (imports ray) aggregates them across processes for ``/metrics``.
 
-Nothing here imports ray except ``fathom.telemetry.hub``, so the engine may use the rest.
+Nothing here imports ray except ``fathom.telemetry.hub``. Importing this package is cheap: each
+name below loads its module (and the OpenTelemetry SDK, ASGI middleware, prometheus_client)
+on first use.
 """
 
-from fathom.telemetry.http import TracingMiddleware, note_request
-from fathom.telemetry.logs import install_log_correlation
-from fathom.telemetry.metrics import FathomMetrics, process_metrics
-from fathom.telemetry.propagation import attached, extract, inject, traceparent
-from fathom.telemetry.spans import (
-    RequestTrace,
-    auth_span,
-    forward_step_span,
-    limits_span,
-    reject,
-    route_span,
-    set_tenant,
-    span,
-    start_request_trace,
-)
-from fathom.telemetry.tracing import (
-    configure_tracing,
-    flush_tracing,
-    get_tracer,
-    ray_runtime_env_vars,
-    with_tracing_env,
-)
+_EXPORTS = {
+    "TracingMiddleware": "http", "note_request": "http",
+    "install_log_correlation": "logs",
+    "FathomMetrics": "metrics", "process_metrics": "metrics",
+    "attached": "propagation", "extract": "propagation", "inject": "propagation", "traceparent": "propagation",
+    "RequestTrace": "spans", "auth_span": "spans", "forward_step_span": "spans", "limits_span": "spans",
+    "reject": "spans", "route_span": "spans", "set_tenant": "spans", "span": "spans",
+    "start_request_trace": "spans",
+    "configure_tracing": "tracing", "flush_tracing": "tracing", "get_tracer": "tracing",
+    "ray_runtime_env_vars": "tracing", "with_tracing_env": "tracing",
+}
 
-__all__ = [
-    "FathomMetrics",
-    "RequestTrace",
-    "TracingMiddleware",
-    "attached",
-    "auth_span",
-    "configure_tracing",
-    "extract",
-    "flush_tracing",
-    "forward_step_span",
-    "get_tracer",
-    "inject",
-    "install_log_correlation",
-    "limits_span",
-    "note_request",
-    "process_metrics",
-    "ray_runtime_env_vars",
-    "reject",
-    "route_span",
-    "set_tenant",
-    "span",
-    "start_request_trace",
-    "traceparent",
-    "with_tracing_env",
-]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fathom.telemetry' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f"fathom.telemetry.{module}"), name)

@@ -160,7 +160,6 @@ class RequestTrace:
     first_token_at: float | None = None
     output_tokens: int = 0
     chunks: list[tuple[float, int]] = field(default_factory=list)
-    preemptions: list[float] = field(default_factory=list)
     detok_first: float | None = None
     detok_busy: float = 0.0
     ended: bool = False
@@ -173,9 +172,6 @@ class RequestTrace:
         t = time.time() if t is None else t
         self.scheduled(t)
         self.chunks.append((t, num_tokens))
-
-    def preempted(self, t: float | None = None) -> None:
-        self.preemptions.append(time.time() if t is None else t)
 
     def first_token(self, t: float | None = None) -> None:
         if self.first_token_at is None:
@@ -265,8 +261,6 @@ class RequestTrace:
             self.span.set_attribute(A.FATHOM_TTFT, self.ttft)
         if self.scheduled_at is not None:
             self.span.set_attribute(A.FATHOM_QUEUE_TIME, self.scheduled_at - self.arrival)
-        for t in self.preemptions:
-            self.span.add_event("preempted", timestamp=_ns(t))
         if stages_known:
             self._children(end)
         self.span.end(end_time=_ns(end))

@@ -16,10 +16,10 @@ import time
 import ray
 from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
 
-from fathom.tenancy.limits import Decision
+from fathom.tenancy.limits import LimitDecision
 from fathom.tenancy.metering import UsageLedger
-from fathom.tenancy.policy import Limits, TenantPolicy
 from fathom.tenancy.state import Settlement, TenancyState
+from fathom.tenancy.tenant_policy import Limits, TenantPolicy
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,13 @@ class TenancyActor:
             _internal_kv_put(self.checkpoint_key, pickle.dumps(self.state), namespace=NAMESPACE)
             self._saved = time.monotonic()
 
-    def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int) -> Decision:
+    def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int) -> LimitDecision:
         return self.exchange([], [(tenant, limits, prompt_tokens, max_tokens)])[0]
 
     def settle(self, settlements: list[Settlement]) -> None:
         self.exchange(settlements, [])
 
-    def exchange(self, settlements: list[Settlement], admissions: list[tuple]) -> list[Decision]:
+    def exchange(self, settlements: list[Settlement], admissions: list[tuple]) -> list[LimitDecision]:
         """Settle, then admit each `(tenant, limits, prompt_tokens, max_tokens)` in order."""
         now = time.time()
         self.state.settle_many(settlements, now)
@@ -70,7 +70,7 @@ class TenancyActor:
         return decisions
 
     def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None) -> list[dict]:
-        """Usage rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
+        """UsageTotals rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
         return self.state.usage_rows(time.time(), tenant, start, end)
 
     def in_flight(self, tenant: str) -> int:
@@ -105,7 +105,7 @@ class TenancyClient:
         self._settles: list[Settlement] = []
         self._scheduled = False
 
-    async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int) -> Decision:
+    async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int) -> LimitDecision:
         future = asyncio.get_running_loop().create_future()
         self._admits.append(((tenant.name, tenant.limits, prompt_tokens, max_tokens), future))
         self._schedule()
@@ -159,4 +159,4 @@ class TenancyClient:
 
 def _log_failure(fut) -> None:
     if not fut.cancelled() and fut.exception() is not None:
-        log.error("Usage settlement lost: %s", fut.exception())
+        log.error("UsageTotals settlement lost: %s", fut.exception())

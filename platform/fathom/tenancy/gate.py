@@ -1,4 +1,4 @@
-"""`TenancyGate`: the ingress's one object for tenancy (see fathom.tenancy.ingress for the flow).
+"""`TenancyGate`: the ingress's one object for tenancy (see fathom.tenancy.admission for the flow).
 
 Open mode (no tenants configured): every caller is the `default` admin tenant with no
 limits; nothing is awaited on the hot path (no admission call), usage is still metered.
@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from fathom.api.engine import Pricing
-from fathom.serve.errors import APIError
-from fathom.tenancy.ingress import (
+from fathom.api.openai_error import APIError
+from fathom.tenancy.admission import (
     REFUSALS,
     Grant,
     LocalTenancyClient,
@@ -21,9 +21,9 @@ from fathom.tenancy.ingress import (
     estimate_prompt_tokens,
 )
 from fathom.tenancy.metering import cost_of
-from fathom.tenancy.policy import Limits, TenantPolicy
 from fathom.tenancy.registry import TenantSource
 from fathom.tenancy.state import Settlement
+from fathom.tenancy.tenant_policy import Limits, TenantPolicy
 
 log = logging.getLogger(__name__)
 

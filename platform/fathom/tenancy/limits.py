@@ -64,7 +64,7 @@ def go_duration(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
-class Decision:
+class LimitDecision:
     """The outcome of one admission.
 
     `allowed`: the request may run and must be settled with `lease`. Otherwise `reason`

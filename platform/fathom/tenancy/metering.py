@@ -1,4 +1,4 @@
-"""Usage metering per tenant and model: requests, prompt / cached / completion tokens, cost.
+"""UsageTotals metering per tenant and model: requests, prompt / cached / completion tokens, cost.
 
 Counts are kept in time buckets at two resolutions (minutes for the recent past, hours for
 the long tail) so a time-window query stays cheap and memory stays bounded; all-time totals
@@ -14,7 +14,7 @@ from fathom.api.engine import Pricing
 
 
 @dataclass
-class Usage:
+class UsageTotals:
     requests: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
@@ -25,7 +25,7 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def add(self, other: "Usage") -> None:
+    def add(self, other: "UsageTotals") -> None:
         self.requests += other.requests
         self.prompt_tokens += other.prompt_tokens
         self.cached_prompt_tokens += other.cached_prompt_tokens
@@ -51,15 +51,15 @@ def month_of(t: float) -> str:
 
 
 class _Tier:
-    """Usage summed into fixed-width time buckets, oldest dropped after `retention_s`."""
+    """UsageTotals summed into fixed-width time buckets, oldest dropped after `retention_s`."""
 
     def __init__(self, width_s: int, retention_s: int):
         self.width_s, self.retention_s = width_s, retention_s
-        self.buckets: dict[int, dict[tuple[str, str], Usage]] = {}
+        self.buckets: dict[int, dict[tuple[str, str], UsageTotals]] = {}
 
-    def record(self, key: tuple[str, str], usage: Usage, now: float) -> None:
+    def record(self, key: tuple[str, str], usage: UsageTotals, now: float) -> None:
         start = int(now // self.width_s) * self.width_s
-        self.buckets.setdefault(start, defaultdict(Usage))[key].add(usage)
+        self.buckets.setdefault(start, defaultdict(UsageTotals))[key].add(usage)
         horizon = now - self.retention_s
         for old in [b for b in self.buckets if b + self.width_s < horizon]:
             del self.buckets[old]
@@ -67,9 +67,9 @@ class _Tier:
     def covers(self, start: float, now: float) -> bool:
         return start >= now - self.retention_s
 
-    def query(self, start: float, end: float, tenant: str | None) -> dict[tuple[str, str], Usage]:
+    def query(self, start: float, end: float, tenant: str | None) -> dict[tuple[str, str], UsageTotals]:
         """Sum of buckets overlapping [start, end) (resolution: the bucket width)."""
-        out: dict[tuple[str, str], Usage] = defaultdict(Usage)
+        out: dict[tuple[str, str], UsageTotals] = defaultdict(UsageTotals)
         for b, per_key in self.buckets.items():
             if b + self.width_s <= start or b >= end:
                 continue
@@ -95,10 +95,10 @@ class UsageLedger:
     ):
         self.fine = _Tier(fine_width_s, fine_retention_s)
         self.coarse = _Tier(coarse_width_s, coarse_retention_s)
-        self.totals: dict[tuple[str, str], Usage] = defaultdict(Usage)
+        self.totals: dict[tuple[str, str], UsageTotals] = defaultdict(UsageTotals)
         self.month_tokens: dict[tuple[str, str], int] = defaultdict(int)
 
-    def record(self, tenant: str, model: str, usage: Usage, now: float) -> None:
+    def record(self, tenant: str, model: str, usage: UsageTotals, now: float) -> None:
         key = (tenant, model)
         self.fine.record(key, usage, now)
         self.coarse.record(key, usage, now)
@@ -110,8 +110,8 @@ class UsageLedger:
 
     def query(
         self, now: float, tenant: str | None = None, start: float | None = None, end: float | None = None
-    ) -> dict[tuple[str, str], Usage]:
-        """Usage per (tenant, model) in [start, end) (all time when both are None)."""
+    ) -> dict[tuple[str, str], UsageTotals]:
+        """UsageTotals per (tenant, model) in [start, end) (all time when both are None)."""
         if start is None and end is None:
             return {k: v for k, v in self.totals.items() if tenant is None or k[0] == tenant}
         start = 0.0 if start is None else start

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from fathom.api.tenant import TenantManifest
 from fathom.tenancy.keys import KeyIndex, bearer_key, digest
-from fathom.tenancy.policy import OPEN_POLICY, Limits, TenantPolicy
+from fathom.tenancy.tenant_policy import OPEN_POLICY, Limits, TenantPolicy
 
 log = logging.getLogger(__name__)
 

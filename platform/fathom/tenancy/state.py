@@ -14,9 +14,9 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from fathom.tenancy.limits import Decision, TokenBucket, ratelimit_headers
-from fathom.tenancy.metering import Usage, UsageLedger
-from fathom.tenancy.policy import Limits
+from fathom.tenancy.limits import LimitDecision, TokenBucket, ratelimit_headers
+from fathom.tenancy.metering import UsageLedger, UsageTotals
+from fathom.tenancy.tenant_policy import Limits
 
 
 @dataclass
@@ -80,7 +80,7 @@ class TenancyState:
         st.tokens = _sync_bucket(st.tokens, limits.tokens_per_minute, now)
         return st
 
-    def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int, now: float) -> Decision:
+    def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int, now: float) -> LimitDecision:
         """Admit one request of `prompt_tokens` that may generate up to `max_tokens`.
 
         Checks, in order: concurrency, monthly budget, requests/min, tokens/min; takes from
@@ -106,14 +106,14 @@ class TenancyState:
         lease = f"{tenant}/{next(self._ids)}"
         st.in_flight[lease] = Lease(tenant, reserve, now)
         self._leases[lease] = tenant
-        return Decision(True, lease=lease, headers=ratelimit_headers(st.requests, st.tokens, now))
+        return LimitDecision(True, lease=lease, headers=ratelimit_headers(st.requests, st.tokens, now))
 
     def _check(
         self, tenant: str, st: _TenantState, limits: Limits, prompt: int, reserve: int, now: float
-    ) -> Decision | None:
-        def refuse(reason: str, message: str, retry_after: float | None) -> Decision:
+    ) -> LimitDecision | None:
+        def refuse(reason: str, message: str, retry_after: float | None) -> LimitDecision:
             headers = ratelimit_headers(st.requests, st.tokens, now)
-            return Decision(False, reason=reason, message=message, retry_after=retry_after, headers=headers)
+            return LimitDecision(False, reason=reason, message=message, retry_after=retry_after, headers=headers)
 
         if limits.max_concurrent_requests is not None and len(st.in_flight) >= limits.max_concurrent_requests:
             return refuse("concurrency", f"Too many concurrent requests for tenant {tenant!r}: "
@@ -133,7 +133,7 @@ class TenancyState:
     def settle(self, s: Settlement, now: float) -> None:
         """Record the real usage of a request, release its lease and correct its reservation."""
         if s.metered:
-            usage = Usage(1, s.prompt_tokens, s.cached_prompt_tokens, s.completion_tokens, s.cost)
+            usage = UsageTotals(1, s.prompt_tokens, s.cached_prompt_tokens, s.completion_tokens, s.cost)
             self.ledger.record(s.tenant, s.model, usage, now)
         tenant = self._leases.pop(s.lease, None) if s.lease else None
         if tenant is None:
@@ -162,7 +162,7 @@ class TenancyState:
 
     def usage_rows(self, now: float, tenant: str | None = None, start: float | None = None,
                    end: float | None = None) -> list[dict]:
-        """Usage rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
+        """UsageTotals rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
         rows = self.ledger.query(now, tenant=tenant, start=start, end=end)
         return [{"tenant": t, "model": m, **u.to_dict()} for (t, m), u in sorted(rows.items())]
 

@@ -5,7 +5,7 @@ import pytest
 import ray
 
 from fathom.telemetry import with_tracing_env
-from fathom.telemetry.receiver import OtlpReceiver
+from support.otlp_receiver import OtlpReceiver
 
 TRACING_ENV = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",

@@ -8,7 +8,7 @@ integration tests run the same checks through the real app.
 import pytest
 import ray
 
-from fathom.telemetry.receiver import span_tree
+from support.otlp_receiver import span_tree
 
 
 @ray.remote(num_cpus=0)

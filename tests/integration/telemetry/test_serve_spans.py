@@ -15,9 +15,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from fathom.api.serve import ServeSettings
 from fathom.engine.async_engine import AsyncEngine
-from fathom.serve.api import build_api
+from fathom.engine.engine_core import ThreadCore
 from fathom.serve.frontend import Frontend
 from fathom.serve.model_server import ModelServer
+from fathom.serve.routes import build_api
+from fathom.worker.factory import create_engine
 
 MODEL = "fathom-demo"
 FAULT_TOKEN = 7  # a prompt holding this token id makes the model's forward fail
@@ -26,8 +28,8 @@ FAULT_TOKEN = 7  # a prompt holding this token id makes the model's forward fail
 def faulty_engine(settings):
     """The real engine whose model runner fails on FAULT_TOKEN (a stand-in for a NaN, an OOM,
     a dead GPU): the step raises inside the executor, as a real fault would."""
-    engine = AsyncEngine.from_settings(settings)
-    runner = engine.engine.executor.runner
+    engine = create_engine(settings)
+    runner = engine.executor.runner
     real = runner.execute
 
     def execute(step):
@@ -36,7 +38,7 @@ def faulty_engine(settings):
         return real(step)
 
     runner.execute = execute
-    return engine
+    return AsyncEngine(ThreadCore(engine), engine.tokenizer)
 
 
 class Server:

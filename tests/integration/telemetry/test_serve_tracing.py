@@ -12,7 +12,7 @@ from ray import serve
 
 from fathom.api.serve import ServeSettings
 from fathom.serve.launch import deploy, free_port
-from fathom.telemetry.receiver import span_tree
+from support.otlp_receiver import span_tree
 
 MODEL = "fathom-demo"
 

@@ -8,12 +8,13 @@ import pytest
 from opentelemetry.trace import StatusCode
 
 from fathom.engine.async_engine import AsyncEngine
+from fathom.engine.engine_core import ThreadCore
 from fathom.engine.errors import EngineDeadError
-from fathom.engine.executor import InProcessExecutor
 from fathom.engine.llm_engine import EngineConfig, LLMEngine
 from fathom.engine.sampling_params import SamplingParams
 from fathom.engine.step_input import StepInput, StepOutput
 from fathom.telemetry import start_request_trace
+from fathom.worker.in_process import InProcessExecutor
 
 
 class CountingRunner:
@@ -38,7 +39,7 @@ class CountingRunner:
 async def engine():
     runner = CountingRunner()
     config = EngineConfig(max_model_len=128, block_size=4, max_num_batched_tokens=16)
-    eng = AsyncEngine(LLMEngine(config, InProcessExecutor(runner)), idle_wait_s=0.05)
+    eng = AsyncEngine(ThreadCore(LLMEngine(config, InProcessExecutor(runner)), idle_wait_s=0.05), None)
     eng.runner = runner
     yield eng
     await eng.shutdown()

@@ -7,7 +7,7 @@ import sys
 import httpx
 import pytest
 
-from fathom.telemetry.receiver import OtlpReceiver, span_tree
+from support.otlp_receiver import OtlpReceiver, span_tree
 
 CHILD = """
 from fathom.engine.outputs import EngineStats

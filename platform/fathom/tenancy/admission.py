@@ -1,4 +1,4 @@
-"""Tenancy at the ingress: who is calling (401), may they use this model (403), are they
+"""Admission at the ingress: who is calling (401), may they use this model (403), are they
 within their limits and budget (429), and what did it cost (settlement, /v1/usage).
 
 `TenancyGate` is what `fathom.serve.frontend.Frontend` calls:
@@ -8,7 +8,7 @@ within their limits and budget (429), and what did it cost (settlement, /v1/usag
     ... backend call with grant.context (priority, fairness key, weight, cache salt, cap) ...
     gate.settle(grant, prompt, cached, completion)                 # or gate.release(grant)
 
-Errors are `fathom.serve.errors.APIError`s (OpenAI's error JSON) carrying the x-ratelimit-*
+Errors are `fathom.api.openai_error.APIError`s (OpenAI's error JSON) carrying the x-ratelimit-*
 and Retry-After headers. The prompt is not tokenised here (the model replica owns the
 tokenizer): the token reservation uses the prompt's UTF-8 byte count, an upper bound for
 byte-level BPE, and the settlement corrects it to the real counts.
@@ -16,13 +16,12 @@ byte-level BPE, and the settlement corrects it to the real counts.
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from fathom.serve.errors import APIError
-from fathom.tenancy.limits import Decision
-from fathom.tenancy.metering import cost_of
-from fathom.tenancy.policy import TenantPolicy
+from fathom.api.openai_error import APIError
+from fathom.tenancy.limits import LimitDecision
 from fathom.tenancy.state import Settlement, TenancyState
+from fathom.tenancy.tenant_policy import TenantPolicy
 
 UNBOUNDED_MAX_TOKENS = 1 << 20  # reservation when max_tokens is unset (capped by the TPM limit)
 
@@ -61,27 +60,6 @@ class RequestTenancy:
         """Keyword arguments of `AsyncEngine.generate`."""
         return {"priority": self.priority, "fairness_key": self.tenant, "cache_salt": self.cache_salt}
 
-    def cap_calls(self, calls: list) -> list:
-        """Apply maxTokensPerRequest to prepared engine calls (`prompt_ids`, `params.max_tokens`):
-        400 if the prompt alone, or prompt + an explicit max_tokens, exceeds it; an unset
-        max_tokens becomes what is left of it."""
-        cap = self.max_total_tokens
-        if cap is None:
-            return calls
-        out = []
-        for call in calls:
-            prompt, asked = len(call.prompt_ids), call.params.max_tokens
-            if prompt >= cap or (asked is not None and prompt + asked > cap):
-                raise APIError(
-                    400, f"Tenant {self.tenant!r} may use at most {cap} tokens per request (prompt + max_tokens); "
-                    f"this one has {prompt} prompt tokens" + (f" + max_tokens {asked}." if asked else "."),
-                    param="max_tokens", code="max_tokens_per_request_exceeded",
-                )
-            if asked is None:
-                call = replace(call, params=replace(call.params, max_tokens=cap - prompt))
-            out.append(call)
-        return out
-
 
 @dataclass(frozen=True)
 class Grant:
@@ -95,7 +73,7 @@ class Grant:
     headers: dict[str, str]
 
 
-REFUSALS = {  # Decision.reason -> (OpenAI-style code, status)
+REFUSALS = {  # LimitDecision.reason -> (OpenAI-style code, status)
     "requests": ("rate_limit_exceeded", 429),
     "tokens": ("rate_limit_exceeded", 429),
     "concurrency": ("rate_limit_exceeded", 429),
@@ -121,7 +99,7 @@ class LocalTenancyClient:
     def __init__(self, state: TenancyState | None = None):
         self.state = state or TenancyState()
 
-    async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int) -> Decision:
+    async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int) -> LimitDecision:
         return self.state.admit(tenant.name, tenant.limits, prompt_tokens, max_tokens, time.time())
 
     def settle(self, settlement: Settlement) -> None:
@@ -129,26 +107,3 @@ class LocalTenancyClient:
 
     async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None):
         return self.state.usage_rows(time.time(), tenant, start, end)
-
-
-def replica_tenancy_client(settings):
-    """The model replica's client of the shared tenancy state (None without tenants or Ray):
-    made at start, as getting the named actor blocks."""
-    import ray
-
-    if settings.tenants is None or not ray.is_initialized():
-        return None
-    from fathom.tenancy.actor import TenancyClient, tenancy_actor
-
-    return TenancyClient(tenancy_actor())
-
-
-def meter_abandoned(server, ctx: RequestTenancy, prompt: int, cached: int, completion: int) -> None:
-    """Settle, from the model replica, a stream whose client went away: the ingress never sees
-    its usage. `server.tenancy_client` records it; the ingress's release of the same lease is
-    then a no-op, or this one finds the lease released and only meters."""
-    if server.tenancy_client is None:
-        return
-    cost = cost_of(server.settings.engine.pricing, prompt, cached, completion)
-    server.tenancy_client.settle(Settlement(ctx.lease, ctx.tenant, server.model_name, prompt, cached,
-                                            completion, cost))

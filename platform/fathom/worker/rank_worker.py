@@ -11,12 +11,11 @@ import socket
 import ray
 import torch
 
-from fathom.engine.executor import resolve_dtype
-from fathom.engine.factory import CacheSpec, blocks_for
-from fathom.engine.model_runner import ModelRunner
 from fathom.engine.step_input import StepInput, StepOutput
 from fathom.telemetry.spans import forward_step_span
 from fathom.telemetry.tracing import configure_tracing
+from fathom.worker.kv_budget import CacheSpec, blocks_for, resolve_dtype
+from fathom.worker.model_runner import ModelRunner
 
 
 @ray.remote

@@ -14,14 +14,14 @@ import ray
 from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-import fathom
 from fathom.api.engine import EngineSettings
 from fathom.engine.errors import EngineDeadError
-from fathom.engine.factory import CacheSpec
 from fathom.engine.step_input import StepInput, StepOutput
-from fathom.parallel.placement import create_rank_placement_group
-from fathom.parallel.workers import RankWorker
 from fathom.telemetry.tracing import ray_runtime_env_vars
+from fathom.worker.kv_budget import CacheSpec
+from fathom.worker.placement import create_rank_placement_group
+from fathom.worker.rank_worker import RankWorker
+from fathom.worker.source_root import with_source_root
 
 
 class RayExecutor:
@@ -36,7 +36,7 @@ class RayExecutor:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
         self.pg = create_rank_placement_group(self.world_size, use_gpu, cpus_per_rank)
         env = {**ray_runtime_env_vars(),  # ranks trace like this process (OTEL_*)
-               "PYTHONPATH": os.pathsep.join(filter(None, [_source_root(), os.environ.get("PYTHONPATH")]))}
+               "PYTHONPATH": with_source_root(os.environ.get("PYTHONPATH"))}
         self.workers = [
             RankWorker.options(
                 num_cpus=cpus_per_rank, num_gpus=1 if use_gpu else 0, runtime_env={"env_vars": env},
@@ -69,6 +69,10 @@ class RayExecutor:
         self.check_health()
         self._all([w.ping.remote() for w in self.workers], timeout_s, "health check")
 
+    def rank_nodes(self) -> list[str]:
+        """Ray node id of each rank, rank 0 first ([] once shut down)."""
+        return ray.get([w.node_id.remote() for w in self.workers])
+
     def shutdown(self) -> None:
         for w in getattr(self, "workers", []):
             ray.kill(w, no_restart=True)
@@ -95,11 +99,6 @@ class RayExecutor:
         self._dead = f"model instance is unhealthy: {message}"
         self.shutdown()
         raise EngineDeadError(self._dead)
-
-
-def _source_root() -> str:
-    """The directory holding the `fathom` package, so rank workers import the same code."""
-    return str(Path(fathom.__file__).resolve().parent.parent)
 
 
 def _first_line(e: BaseException) -> str:

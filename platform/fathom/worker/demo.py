@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from fathom.engine.tokenizer import bytes_to_unicode
+
 DEMO_VERSION = 1
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 SPECIAL_TOKENS = [BOS, EOS, "<think>", "</think>", "<｜User｜>", "<｜Assistant｜>",
@@ -83,19 +85,6 @@ DEMO_CONFIG = {
     "eos_token_id": 256 + len(MERGES) + 1,
     "torch_dtype": "bfloat16",
 }
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map used by byte-level BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = list(bs), 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
 def write_tokenizer(path: Path) -> None:

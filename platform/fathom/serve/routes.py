@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
-from fathom.serve.errors import APIError
+from fathom.api.openai_error import APIError
 from fathom.serve.frontend import NOT_READY_RETRY_AFTER_S, Frontend
 from fathom.serve.protocol import ModelCard, ModelList
 from fathom.telemetry.http import TracingMiddleware, fastapi_kwargs

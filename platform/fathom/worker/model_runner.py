@@ -6,10 +6,10 @@ only the driver rank (rank 0) samples and returns tokens."""
 
 import torch
 
-from fathom.engine.sampler import Sampler
 from fathom.engine.step_input import StepInput, StepOutput
 from fathom.model.attention_metadata import AttentionMetadata
 from fathom.model.kv_cache import allocate_kv_caches
+from fathom.worker.sampler import Sampler
 
 
 class ModelRunner:

@@ -1,6 +1,6 @@
 """Placement of rank bundles (pure functions over `ray.nodes()`-shaped data)."""
 
-from fathom.parallel.placement import fits_one_node, rank_bundle, strategy_for
+from fathom.worker.placement import fits_one_node, rank_bundle, strategy_for
 
 
 def node(alive=True, **res):

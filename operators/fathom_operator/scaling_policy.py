@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fathom.api.model_service import Autoscaling
-from fathom_operator.metrics import Sample
+from fathom_operator.scrape import Sample
 
 
 @dataclass(frozen=True)
-class Decision:
+class ScalingDecision:
     replicas: int
     reason: str
 
@@ -64,32 +64,32 @@ def _idle_for(history: Sequence[Sample], now: float) -> float:
     return now - since
 
 
-def decide(history: Sequence[Sample], auto: Autoscaling, current: int) -> Decision:
+def decide(history: Sequence[Sample], auto: Autoscaling, current: int) -> ScalingDecision:
     """Replicas to run after the newest sample of `history` (oldest first), given `current`."""
     if not history:
-        return Decision(current, "no metrics yet")
+        return ScalingDecision(current, "no metrics yet")
     latest = history[-1]
     now = latest.t
     rec, target = recommend(latest, auto)
     if current == 0:
         if latest.waiting > 0 or latest.running > 0:
-            return Decision(max(1, rec), f"request queued while at zero ({latest.waiting:g} waiting)")
+            return ScalingDecision(max(1, rec), f"request queued while at zero ({latest.waiting:g} waiting)")
         if auto.min_replicas > 0:
-            return Decision(rec, f"minReplicas is {auto.min_replicas}")
-        return Decision(0, "idle at zero")
+            return ScalingDecision(rec, f"minReplicas is {auto.min_replicas}")
+        return ScalingDecision(0, "idle at zero")
     covered = now - history[0].t
     idle = _idle_for(history, now)
     if auto.min_replicas == 0 and idle >= auto.scale_to_zero_after_seconds and covered >= auto.scale_to_zero_after_seconds:
-        return Decision(0, f"idle for {idle:.0f}s")
+        return ScalingDecision(0, f"idle for {idle:.0f}s")
     up = min(recommend(s, auto)[0] for s in history if s.t >= now - auto.scale_up_stabilization_seconds)
     down = max(recommend(s, auto)[0] for s in history if s.t >= now - auto.scale_down_stabilization_seconds)
     if up > current:
-        return Decision(up, f"{target} asks for {rec} (up, smallest over {auto.scale_up_stabilization_seconds:g}s)")
+        return ScalingDecision(up, f"{target} asks for {rec} (up, smallest over {auto.scale_up_stabilization_seconds:g}s)")
     if down < current and covered >= auto.scale_down_stabilization_seconds:
-        return Decision(down, f"largest recommendation over {auto.scale_down_stabilization_seconds:g}s is {down}")
+        return ScalingDecision(down, f"largest recommendation over {auto.scale_down_stabilization_seconds:g}s is {down}")
     if current > auto.max_replicas or current < max(auto.min_replicas, 1):
-        return Decision(max(max(auto.min_replicas, 1), min(auto.max_replicas, current)), "clamped to min/max")
-    return Decision(current, f"{target} asks for {rec}; within stabilisation")
+        return ScalingDecision(max(max(auto.min_replicas, 1), min(auto.max_replicas, current)), "clamped to min/max")
+    return ScalingDecision(current, f"{target} asks for {rec}; within stabilisation")
 
 
 def history_span(auto: Autoscaling) -> float:

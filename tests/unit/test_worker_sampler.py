@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from fathom.engine.errors import InvalidRequestError
-from fathom.engine.sampler import Sampler
 from fathom.engine.sampling_params import SamplingParams
 from fathom.engine.step_input import SamplingSpec
+from fathom.worker.sampler import Sampler
 
 
 def sampler_with(*specs):

@@ -7,15 +7,13 @@ so every burst of serving work stalls the step loop. In its own process the loop
 GIL to itself, as in vLLM's EngineCore. (W>1 already runs the forward in rank workers.)
 
 Wire: one anonymous `socket.socketpair()` between the parent and the child it spawns
-(`python -m fathom.engine.core_process FD`); nothing listens, so no other process can
-connect, and both ends are our own code. Messages are pickled tuples through
-`multiprocessing.connection.Connection`:
+(`python -m fathom.worker.core_process FD`); nothing listens, so no other process can
+connect, and both ends are our own code. Messages are the pickled dataclasses of
+`fathom.engine.messages` through `multiprocessing.connection.Connection`:
 
-    parent -> child   (settings dict, policy, torch threads)  once, then the inbox messages of
-                      `fathom.engine.engine_loop` ("add", "abort", "weight", "stop")
-    child -> parent   ("ready", (max_model_len, stats)) or ("failed", error) once at start; then
-                      ("out", outputs, stats) per step, ("rejected", request_id, error),
-                      and ("failed", EngineDeadError) when the loop ends.
+    parent -> child   (settings dict, policy, torch threads) once, then `EngineRequest`s
+    child -> parent   `Ready` or `Failed` once at start; then the loop's `EngineEvent`s
+                      (`StepOutputs` per step, `Rejected`, and `Failed` when the loop ends)
 
 The child ends its loop when the parent says stop or goes away (EOF on the pair), and
 flushes its spans before exiting.
@@ -30,25 +28,24 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from fathom.engine.engine_loop import EngineLoop, EngineSink
 from fathom.engine.errors import EngineDeadError
+from fathom.engine.messages import EngineEvent, EngineRequest, Failed, Ready, Rejected, Stop
+from fathom.worker.source_root import with_source_root
 
 START_POLL_S = 0.5
 EXIT_WAIT_S = 5.0  # after EOF on the pair, for the child's exit status
 
 
 class ProcessCore:
-    """Parent side: spawn the child and wait until it has loaded the engine (`ready` is
-    then (max_model_len, stats)); after `start_reading()`, `sink` receives the child's
-    messages on a reader thread."""
+    """Parent side (an `EngineCore`): spawn the child and wait until it has loaded the engine;
+    after `start(sink)`, the child's events reach `sink` on a reader thread."""
 
-    def __init__(self, settings, policy, sink: EngineSink, threads: int, start_timeout_s: float = 900.0):
-        self.sink = sink
+    def __init__(self, settings, policy, threads: int, start_timeout_s: float = 900.0):
         ours, theirs = socket.socketpair()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_source_root(), os.environ.get("PYTHONPATH")]))}
-        self.proc = subprocess.Popen([sys.executable, "-m", "fathom.engine.core_process", str(theirs.fileno())],
+        env = {**os.environ, "PYTHONPATH": with_source_root(os.environ.get("PYTHONPATH"))}
+        self.proc = subprocess.Popen([sys.executable, "-m", "fathom.worker.core_process", str(theirs.fileno())],
                                      pass_fds=[theirs.fileno()], env=env)
         theirs.close()
         self.conn = Connection(ours.detach())
@@ -56,30 +53,32 @@ class ProcessCore:
         self._reader: threading.Thread | None = None
         try:
             self.conn.send((settings.model_dump(mode="json"), policy, threads))
-            self.ready = self._await_ready(start_timeout_s)
+            ready = self._await_ready(start_timeout_s)
         except BaseException:
             self.kill()
             raise
+        self.max_model_len, self.initial_stats = ready.max_model_len, ready.stats
 
-    def start_reading(self) -> None:
-        self._reader = threading.Thread(target=self._read, name="fathom-engine-core-reader", daemon=True)
+    def start(self, sink: EngineSink) -> None:
+        self._reader = threading.Thread(target=self._read, args=(sink,), name="fathom-engine-core-reader",
+                                        daemon=True)
         self._reader.start()
 
-    def _await_ready(self, timeout_s: float) -> tuple:
+    def _await_ready(self, timeout_s: float) -> Ready:
         waited = 0.0
         while not self.conn.poll(START_POLL_S):
             waited += START_POLL_S
             if self.proc.poll() is not None or waited >= timeout_s:
                 raise EngineDeadError(f"the engine core process {_exit_text(self.proc)} before loading the model")
         try:
-            kind, value = self.conn.recv()
+            event = self.conn.recv()
         except (EOFError, OSError):
             raise EngineDeadError(f"the engine core process {_exit_text(self.proc)} while loading the model") from None
-        if kind == "failed":
-            raise value  # the child's own error (bad checkpoint, max_model_len too large, ...)
-        return value
+        if isinstance(event, Failed):
+            raise event.error  # the child's own error (bad checkpoint, max_model_len too large, ...)
+        return event
 
-    def send(self, msg: tuple) -> bool:
+    def send(self, msg: EngineRequest) -> bool:
         """Queue a message for the loop; False once the child is gone."""
         try:
             with self._send_lock:
@@ -95,28 +94,27 @@ class ProcessCore:
         if not self.alive():
             raise EngineDeadError(f"the engine core process {_exit_text(self.proc)}")
 
+    def rank_nodes(self) -> None:
+        return None  # W=1, on this node
+
     def shutdown_executor(self) -> None:
         """Nothing to do here: the child shuts its executor down when its loop ends."""
 
-    def _read(self) -> None:
+    def _read(self, sink: EngineSink) -> None:
         try:
             while True:
-                msg = self.conn.recv()
-                if msg[0] == "out":
-                    self.sink.outputs(msg[1], msg[2])
-                elif msg[0] == "rejected":
-                    self.sink.rejected(msg[1], msg[2])
-                elif msg[0] == "failed":
-                    self.sink.failed(msg[1])
+                event = self.conn.recv()
+                sink(event)
+                if isinstance(event, Failed):
                     return
         except (EOFError, OSError):  # the child is gone (or going): say how it ended
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(EXIT_WAIT_S)
-            self.sink.failed(EngineDeadError(f"the engine core process {_exit_text(self.proc)}"))
+            sink(Failed(EngineDeadError(f"the engine core process {_exit_text(self.proc)}")))
 
     def stop(self, timeout_s: float) -> None:
         """Ask the loop to stop (in-flight streams fail), wait for the child, kill it if late."""
-        self.send(("stop",))
+        self.send(Stop())
         if self._reader is not None:
             self._reader.join(timeout_s)
         try:
@@ -135,31 +133,25 @@ class _ConnInbox:
     def __init__(self, conn: Connection):
         self.conn = conn
 
-    def get(self, timeout: float | None) -> tuple | None:
+    def get(self, timeout: float | None) -> EngineRequest | None:
         try:
             return self.conn.recv() if self.conn.poll(timeout or 0) else None
         except (EOFError, OSError):  # the parent is gone
-            return ("stop",)
+            return Stop()
 
 
-class _ConnSink:
-    def __init__(self, conn: Connection):
-        self.conn = conn
-
-    def outputs(self, batch, stats) -> None:
-        self._send(("out", batch, stats))
-
-    def rejected(self, request_id: str, error: BaseException) -> None:
-        self._send(("rejected", request_id, _portable(error)))
-
-    def failed(self, error: EngineDeadError) -> None:
-        self._send(("failed", _portable(error)))
-
-    def _send(self, msg: tuple) -> None:
+def _conn_sink(conn: Connection) -> EngineSink:
+    def send(event: EngineEvent) -> None:
+        if isinstance(event, Rejected):
+            event = Rejected(event.request_id, _portable(event.error))
+        elif isinstance(event, Failed):
+            event = Failed(_portable(event.error))
         try:
-            self.conn.send(msg)
+            conn.send(event)
         except OSError:  # the parent is gone; the loop sees EOF on its next read
             pass
+
+    return send
 
 
 def _portable(error: BaseException) -> BaseException:
@@ -178,13 +170,6 @@ def _exit_text(proc: subprocess.Popen) -> str:
     return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
 
 
-def _source_root() -> str:
-    """The directory holding the `fathom` package, so the child imports the same code."""
-    import fathom
-
-    return str(Path(fathom.__file__).resolve().parent.parent)
-
-
 def main(fd: int) -> int:
     """The child: load the engine, then run its loop until stopped or orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
@@ -196,19 +181,20 @@ def main(fd: int) -> int:
     import torch
 
     from fathom.api.engine import EngineSettings
-    from fathom.engine.factory import create_engine
     from fathom.telemetry.tracing import configure_tracing, flush_tracing
+    from fathom.worker.factory import create_engine
 
     torch.set_num_threads(max(1, threads))
     configure_tracing("engine")
+    sink = _conn_sink(conn)
     try:
         engine = create_engine(EngineSettings.model_validate(settings), policy=policy)
     except Exception as e:  # noqa: BLE001 - the parent re-raises it
-        conn.send(("failed", _portable(e)))
+        sink(Failed(e))
         return 1
-    conn.send(("ready", (engine.config.max_model_len, engine.stats())))
+    conn.send(Ready(engine.config.max_model_len, engine.stats()))
     try:
-        EngineLoop(engine, _ConnInbox(conn), _ConnSink(conn)).run()
+        EngineLoop(engine, _ConnInbox(conn), sink).run()
     finally:
         engine.executor.shutdown()
         flush_tracing()

@@ -26,6 +26,9 @@ class SchedulingPolicy(Protocol):
         """A running sequence to preempt so that waiting `seq`, which does not fit (slots,
         blocks or step budget), is admitted now; None to let it wait."""
 
+    def set_weight(self, key: str, weight: float) -> None:
+        """A fairness key's weight (policies without weights ignore it)."""
+
 
 class FcfsPolicy:
     def key(self, seq: Sequence) -> tuple:
@@ -43,3 +46,6 @@ class FcfsPolicy:
     def preempt_for(self, seq: Sequence, running: list[Sequence], capacity: int) -> Sequence | None:
         victim = max(running, key=lambda s: s.priority_key, default=None)  # lowest priority, newest
         return victim if victim is not None and victim.request.priority > seq.request.priority else None
+
+    def set_weight(self, key: str, weight: float) -> None:
+        pass  # first come, first served knows no weights

@@ -7,8 +7,8 @@ from tokenizers import Tokenizer
 
 from fathom.model import testing as T
 from fathom.model.config import DeepseekConfig
-from fathom.model.demo import BOS, EOS, SPECIAL_TOKENS, demo_checkpoint_dir, write_demo_checkpoint
 from fathom.model.loader import load_model
+from fathom.worker.demo import BOS, EOS, SPECIAL_TOKENS, demo_checkpoint_dir, write_demo_checkpoint
 
 
 def test_demo_is_deterministic_and_a_real_moe(tmp_path):
