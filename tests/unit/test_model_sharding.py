@@ -3,6 +3,7 @@
 import pytest
 
 from fathom.model.weights.sharding import Layout, Shard, UnexpectedTensor, plan, shard_for
+from fathom.parallel.context import ParallelContext
 
 SHAPES = {
     "model.embed_tokens.weight": (10, 8),
@@ -20,9 +21,8 @@ SHAPES = {
 
 
 def layout(rank, world, ep, tie=False):
-    return Layout(
-        rank, world, ep, n_routed_experts=8, num_hidden_layers=2, vocab_size=10, tie_word_embeddings=tie
-    )
+    ctx = ParallelContext(rank=rank, world_size=world, ep_size=ep, tp_group=object() if world > 1 else None)
+    return Layout(ctx, n_routed_experts=8, num_hidden_layers=2, vocab_size=10, tie_word_embeddings=tie)
 
 
 def test_tp_and_vocab_splits():
@@ -79,8 +79,6 @@ def test_model_that_cannot_split_over_the_ranks_is_refused_by_name(world, ep, ne
     from fathom.model.config import DeepseekConfig
     from fathom.model.deepseek import DeepseekForCausalLM
     from fathom.model.testing import tiny_v3_kwargs
-    from fathom.parallel.context import ParallelContext
-
     kw = tiny_v3_kwargs(moe_intermediate_size=30)
     config = DeepseekConfig.from_dict({"model_type": "deepseek_v3", **kw})
     ctx = ParallelContext(rank=0, world_size=world, ep_size=ep, tp_group=object())

@@ -42,8 +42,8 @@ def checkpoint_files(path: Path) -> dict[str, Path]:
 
 
 def layout_for(config: DeepseekConfig, ctx: ParallelContext) -> Layout:
-    return Layout(ctx.rank, ctx.world_size, ctx.ep_size, config.n_routed_experts or 0,
-                  config.num_hidden_layers, config.vocab_size, config.tie_word_embeddings)  # fmt: skip
+    return Layout(ctx, config.n_routed_experts or 0, config.num_hidden_layers, config.vocab_size,
+                  config.tie_word_embeddings)  # fmt: skip
 
 
 class _Files:

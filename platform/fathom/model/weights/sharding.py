@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fathom.model.layers.vocab import vocab_range
+from fathom.parallel.context import ParallelContext
 
 L = r"model\.layers\.(?P<layer>\d+)\."
 SHARDING_TABLE: tuple[tuple[str, str, int | None], ...] = (
@@ -48,25 +49,19 @@ LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 @dataclass(frozen=True)
 class Layout:
-    """What ``plan`` needs to know about a rank and the model."""
+    """What ``plan`` needs to know about a rank and the model. Which ranks split what, and which
+    experts live on the rank, are ``ctx``'s answers (``ParallelContext.local_experts``), the same
+    ones the model's layers get."""
 
-    rank: int
-    world_size: int
-    ep_size: int
+    ctx: ParallelContext
     n_routed_experts: int
     num_hidden_layers: int
     vocab_size: int
     tie_word_embeddings: bool = False
 
     @property
-    def moe_tp_size(self) -> int:
-        return self.world_size // self.ep_size
-
-    @property
     def local_experts(self) -> range:
-        per = self.n_routed_experts // self.ep_size
-        ep_rank = self.rank // self.moe_tp_size
-        return range(ep_rank * per, (ep_rank + 1) * per)
+        return self.ctx.local_experts(self.n_routed_experts)
 
 
 @dataclass(frozen=True)
@@ -105,19 +100,19 @@ def shard_for(name: str, shape: tuple[int, ...], layout: Layout, table=SHARDING_
         if axis == "replicated":
             return [Shard(name)]
         if axis == "vocab":
-            start, stop = vocab_range(layout.vocab_size, layout.rank, layout.world_size)
+            start, stop = vocab_range(layout.vocab_size, layout.ctx.rank, layout.ctx.world_size)
             targets = [name]
             if name == "model.embed_tokens.weight" and layout.tie_word_embeddings:
                 targets.append("lm_head.weight")
             return [Shard(t, 0, start, stop) for t in targets]
         if axis == "tp":
-            start, stop = _part(shape[dim], layout.world_size, layout.rank, name)
+            start, stop = _part(shape[dim], layout.ctx.world_size, layout.ctx.rank, name)
             return [Shard(name, dim, start, stop)]
         expert = int(groups["expert"])
         if expert not in layout.local_experts:
             return []
         local = name.replace(f"experts.{expert}.", f"experts.{expert - layout.local_experts.start}.")
-        start, stop = _part(shape[dim], layout.moe_tp_size, layout.rank % layout.moe_tp_size, name)
+        start, stop = _part(shape[dim], layout.ctx.moe_tp_size, layout.ctx.moe_tp_rank, name)
         return [Shard(local, dim, start, stop)]
     raise UnexpectedTensor(f"checkpoint tensor {name!r} is not part of the DeepSeek architecture")
 
