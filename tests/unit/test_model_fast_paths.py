@@ -96,48 +96,40 @@ def test_all_fast_paths_equal_all_general_paths(model):
 
 def test_dense_limit_picks_the_path(model):
     """T × local experts <= limit runs dense, above it grouped (seen through which one is called)."""
-    moe = next(layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE))
+    experts = next(layer.mlp.experts for layer in model.model.layers if isinstance(layer.mlp, MoE))
     x = torch.randn(4, model.config.hidden_size)
     seen = []
-    for name in ("_routed_dense", "_routed_grouped"):
-        real = getattr(moe, name)
-        setattr(moe, name, lambda *a, _n=name, _f=real: seen.append(_n) or _f(*a))
-    E = len(moe.experts)
+    for name in ("_dense", "_grouped"):
+        real = getattr(experts, name)
+        setattr(experts, name, lambda *a, _n=name, _f=real: seen.append(_n) or _f(*a))
+    E = len(experts.local)
     try:
         with torch.inference_mode():
             for limit in (4 * E, 4 * E - 1):
-                moe.dense_limit = limit
-                moe(x)
+                experts.dense_limit = limit
+                experts(x, *model.model.layers[1].mlp.gate(x))
     finally:
-        del moe._routed_dense, moe._routed_grouped
-        moe.dense_limit = 2048
-    assert seen == ["_routed_dense", "_routed_grouped"]
+        del experts._dense, experts._grouped
+        experts.dense_limit = 2048
+    assert seen == ["_dense", "_grouped"]
 
 
-def test_stacked_expert_weights_are_the_parameters(model):
-    """The dense path's stacked weights are the experts' own parameters, not a second copy."""
-    moe = next(layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE))
-    for j, e in enumerate(moe.experts):
-        assert e.gate_proj.weight.data_ptr() == moe._gate_up[j].data_ptr()
-        assert e.down_proj.weight.data_ptr() == moe._down[j].data_ptr()
-        assert torch.equal(moe._gate_up[j, e.gate_proj.weight.shape[0] :], e.up_proj.weight)
-
-
-def test_dense_path_restacks_weights_that_were_moved(model):
+def test_both_paths_read_the_parameters_as_they_are_now(model):
+    """No second copy of the expert weights: after the layer is cast, both paths use the new ones."""
     moe = next(layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE))
     x = torch.randn(3, model.config.hidden_size, dtype=torch.float64)
-    moe.to(torch.float64)  # replaces every parameter: the stacked views are stale
+    moe.to(torch.float64)
     try:
         with torch.inference_mode():
-            moe.dense_limit = 10**9
+            moe.experts.dense_limit = 10**9
             dense = moe(x)
-            moe.dense_limit = 0
+            moe.experts.dense_limit = 0
             grouped = moe(x)
-        assert moe._gate_up.dtype == torch.float64
+        assert dense.dtype == grouped.dtype == torch.float64
         assert torch.allclose(dense, grouped, atol=1e-10)
     finally:
         moe.to(torch.float32)
-        moe.dense_limit = 2048
+        moe.experts.dense_limit = 2048
 
 
 def test_set_fast_paths_rejects_a_bad_limit(model):

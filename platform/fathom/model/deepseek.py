@@ -1,8 +1,9 @@
 """DeepSeek-V2/V3/R1 decoder: embeddings, L × (MLA + dense MLP or DeepSeekMoE), final norm, LM head.
 
 Parameter names mirror the Hugging Face checkpoints (``model.layers.3.self_attn.kv_b_proj.weight``)
-except that routed experts are numbered locally on each rank; which slice of each checkpoint tensor
-a rank holds is declared in ``fathom.model.weights.sharding``.
+except that a MoE layer's routed experts on a rank are two stacked parameters, ``mlp.experts.w13``
+and ``mlp.experts.w2``; which slice of each checkpoint tensor a rank holds, and where it goes, is
+declared in ``fathom.model.weights.sharding``.
 """
 
 from __future__ import annotations
@@ -105,4 +106,4 @@ class DeepseekForCausalLM(nn.Module):
             if batch_decode is not None:
                 layer.self_attn.batch_decode = bool(batch_decode)
             if moe_dense_limit is not None and isinstance(layer.mlp, MoE):
-                layer.mlp.dense_limit = int(moe_dense_limit)
+                layer.mlp.experts.dense_limit = int(moe_dense_limit)
