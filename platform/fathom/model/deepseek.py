@@ -95,11 +95,12 @@ class DeepseekForCausalLM(nn.Module):
             layer.self_attn.mode = mode
 
     def set_fast_paths(self, *, batch_decode: bool | None = None, moe_dense_limit: int | None = None) -> None:
-        """Choose the small-batch code paths (defaults: on, 2048); tests force each to compare them.
+        """Choose the small-batch code paths; tests force each to compare them.
 
-        ``batch_decode``: MLA attends all q_i = 1 sequences of a step in one batch (else one by one).
-        ``moe_dense_limit``: MoE layers run their routed experts dense when T × local experts is at
-        most this (0: always grouped by expert)."""
+        ``batch_decode``: MLA attends all q_i = 1 sequences of a step in one batch (else one by one;
+        default on). ``moe_dense_limit``: MoE layers run their routed experts dense when T × local
+        experts is at most this (0: always grouped by expert; default ``moe.DENSE_LIMIT`` where
+        dense pays off for the layer's expert size, else 0)."""
         if moe_dense_limit is not None and (isinstance(moe_dense_limit, bool) or moe_dense_limit < 0):
             raise ValueError(f"moe_dense_limit must be an int >= 0, got {moe_dense_limit!r}")
         for layer in self.model.layers:

@@ -19,17 +19,19 @@ routed and shared partial sums. Because attention leaves the tokens replicated, 
 the all-to-all combine (dispatch is the identity); see docs/sharding.md.
 
 A rank's routed experts live only as two stacked parameters (``RoutedExperts``: ``w13``, ``w2``,
-the gpt-fast / vLLM FusedMoE layout), run in one of two equal ways: grouped (tokens sorted by
-expert, one SwiGLU per local expert on its tokens: the work is T·k expert-tokens, but a few small
-ops per expert) and, for small batches (T × local experts ≤ ``dense_limit``, i.e. decode), dense:
-every local expert on every token as two batched GEMMs over the stacked weights, weighted by the
-combine weights (zero where not routed). Dense does E/k times grouped's expert FLOPs, but a handful
-of ops in all instead of a few per expert, which is what a decode step's few dozen tokens are bound by.
+the gpt-fast / vLLM FusedMoE layout), run in one of two equal ways:
+
+* grouped: the (token, choice) pairs sorted by expert, each local expert's SwiGLU on its run of
+  them as two ``F.grouped_mm`` calls over the stacks (no loop, no weight copy; expert by expert
+  where torch has no grouped GEMM for the device or dtype). Work: T·k expert-tokens;
+* dense: every local expert on every token as two batched GEMMs, weighted by the combine weights
+  (zero where not routed): E/k times the work in a handful of ops. It wins only where experts
+  are so small that a grouped GEMM's per-expert overhead outweighs that waste (see ``DENSE_WASTE``).
 """
 
 from __future__ import annotations
 
-from itertools import accumulate
+from itertools import accumulate, pairwise
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +42,11 @@ from fathom.model.layers.linear import column_parallel, row_parallel, split_size
 from fathom.parallel.comm import all_reduce
 from fathom.parallel.context import ParallelContext
 
-DENSE_LIMIT = 2048  # T × local experts up to which the routed experts run dense (see RoutedExperts)
+DENSE_LIMIT = 2048  # T × local experts up to which dense may run (bounds its [T, E_local, 2I] activations)
+# Multiply-adds dense spends per routed (token, expert) pair, (E / k) · 3 · I_r · H, up to which it is
+# faster than grouped: benchmarks/moe_paths.py, CPU, float32, one thread (tiny experts only; DeepSeek
+# V2-Lite is at ~90M, V3 at ~1400M).
+DENSE_WASTE = 150_000
 
 
 class MLP(nn.Module):
@@ -125,7 +131,8 @@ class RoutedExperts(nn.Module):
         E, H, I = len(self.local), c.hidden_size, self.inter
         self.w13 = nn.Parameter(torch.empty(E, 2 * I, H, dtype=dtype, device=ctx.device), requires_grad=False)
         self.w2 = nn.Parameter(torch.empty(E, H, I, dtype=dtype, device=ctx.device), requires_grad=False)
-        self.dense_limit = DENSE_LIMIT
+        dense_per_choice = c.n_routed_experts / c.num_experts_per_tok * 3 * I * H
+        self.dense_limit = DENSE_LIMIT if dense_per_choice <= DENSE_WASTE else 0  # T × E_local; 0: never
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if x.shape[0] * len(self.local) <= self.dense_limit:
@@ -133,28 +140,41 @@ class RoutedExperts(nn.Module):
         return self._grouped(x, weights, ids)
 
     def _grouped(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Per local expert, only the tokens routed to it."""
+        """Per local expert, only the tokens routed to it (work ∝ T·k): the choices sorted by expert,
+        then every expert's SwiGLU on its run of them."""
         T, H = x.shape
         k = ids.shape[1]
         flat = ids.flatten()  # [T*k] one entry per (token, choice)
         order = flat.argsort(stable=True)  # choices grouped by expert
-        bounds = [0, *accumulate(torch.bincount(flat, minlength=self.n_experts).tolist())]
-        lo, hi = bounds[self.local.start], bounds[self.local.stop]  # this rank's experts' choices
-        mine = order[lo:hi]
+        counts = torch.bincount(flat, minlength=self.n_experts)  # [E] choices per expert
+        bounds = F.pad(counts.cumsum(0), (1, 0))  # [E + 1] where each expert's choices start in order
+        lo, hi = bounds[[self.local.start, self.local.stop]].tolist()
+        mine = order[lo:hi]  # this rank's experts' choices
         x_mine = x[mine // k]  # [n, H] tokens, grouped by (local) expert
-        y_mine = torch.empty_like(x_mine)
-        for j, e in enumerate(self.local):
-            a, b = bounds[e] - lo, bounds[e + 1] - lo
-            if a < b:
-                y_mine[a:b] = self._swiglu(j, x_mine[a:b])
+        counts = counts[self.local.start : self.local.stop]
+        swiglu = self._swiglu_grouped_mm if grouped_mm_runs(x_mine, self.inter) else self._swiglu_per_expert
         routed = x.new_zeros(T * k, H)
-        routed[mine] = y_mine  # back to (token, choice) order; other ranks' choices stay 0
+        routed[mine] = swiglu(x_mine, counts)  # back to (token, choice) order; other ranks' stay 0
         return (routed.view(T, k, H) * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
 
-    def _swiglu(self, j: int, x: torch.Tensor) -> torch.Tensor:
-        """Local expert j on x [n, H] -> [n, H]."""
-        h = F.linear(x, self.w13[j])  # [n, 2I] gate | up
-        return F.linear(F.silu(h[:, : self.inter]) * h[:, self.inter :], self.w2[j])
+    def _swiglu_grouped_mm(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x [n, H] sorted by local expert, ``counts`` [E_local] rows per expert -> [n, H]: each
+        expert's SwiGLU on its rows as two grouped GEMMs over the stacks (no loop, no weight copy)."""
+        offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's run
+        h = F.grouped_mm(x, self.w13.transpose(1, 2), offs=offs)  # [n, 2I] gate | up
+        return F.grouped_mm(
+            F.silu(h[:, : self.inter]) * h[:, self.inter :], self.w2.transpose(1, 2), offs=offs
+        )
+
+    def _swiglu_per_expert(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The same, expert by expert (where torch has no grouped GEMM for the device or dtype)."""
+        y = torch.empty_like(x)
+        bounds = [0, *accumulate(counts.tolist())]
+        for j, (a, b) in enumerate(pairwise(bounds)):
+            if a < b:
+                h = F.linear(x[a:b], self.w13[j])  # [n_j, 2I] gate | up
+                y[a:b] = F.linear(F.silu(h[:, : self.inter]) * h[:, self.inter :], self.w2[j])
+        return y
 
     def _dense(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Same partial sum, every local expert on every token, weighted by the combine weights
@@ -165,6 +185,19 @@ class RoutedExperts(nn.Module):
         h = F.linear(x, self.w13.flatten(0, 1)).view(T, E, 2 * I)  # [T, E, 2I]
         a = F.silu(h[..., :I]) * h[..., I:] * combine[..., None]  # [T, E, I]
         return torch.bmm(a.transpose(0, 1), self.w2.transpose(1, 2)).sum(dim=0)  # [E,T,H] -> [T,H]
+
+
+def grouped_mm_runs(x: torch.Tensor, inter: int) -> bool:
+    """Whether ``F.grouped_mm`` (torch >= 2.10) takes the operands of a grouped SwiGLU on x [n, H]
+    with intermediate size ``inter``: 32- or 16-bit floats, rows a multiple of 16 bytes, on the CPU
+    or a CUDA device of compute capability >= 8.0."""
+    if not hasattr(F, "grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if (x.shape[1] * x.element_size()) % 16 or (inter * x.element_size()) % 16:
+        return False
+    return x.device.type == "cpu" or (
+        x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    )
 
 
 class MoE(nn.Module):
