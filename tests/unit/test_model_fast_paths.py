@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from fathom.model.attention_metadata import AttentionMetadata
+from fathom.model.config import DeepseekConfig
 from fathom.model.kv_cache import allocate_kv_caches
-from fathom.model.layers.moe import MoE
+from fathom.model.layers.moe import DENSE_LIMIT, MoE, RoutedExperts, grouped_mm_runs
 from fathom.model.loader import load_model
-from fathom.model.testing import save_reference
+from fathom.model.testing import save_reference, tiny_v3_kwargs
+from fathom.parallel.context import ParallelContext
 
 BATCHES = [
     ([1, 1, 1, 1], [5, 17, 9, 30]),  # pure decode
@@ -96,48 +98,71 @@ def test_all_fast_paths_equal_all_general_paths(model):
 
 def test_dense_limit_picks_the_path(model):
     """T × local experts <= limit runs dense, above it grouped (seen through which one is called)."""
-    moe = next(layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE))
+    experts = next(layer.mlp.experts for layer in model.model.layers if isinstance(layer.mlp, MoE))
     x = torch.randn(4, model.config.hidden_size)
     seen = []
-    for name in ("_routed_dense", "_routed_grouped"):
-        real = getattr(moe, name)
-        setattr(moe, name, lambda *a, _n=name, _f=real: seen.append(_n) or _f(*a))
-    E = len(moe.experts)
+    for name in ("_dense", "_grouped"):
+        real = getattr(experts, name)
+        setattr(experts, name, lambda *a, _n=name, _f=real: seen.append(_n) or _f(*a))
+    E = len(experts.local)
     try:
         with torch.inference_mode():
             for limit in (4 * E, 4 * E - 1):
-                moe.dense_limit = limit
-                moe(x)
+                experts.dense_limit = limit
+                experts(x, *model.model.layers[1].mlp.gate(x))
     finally:
-        del moe._routed_dense, moe._routed_grouped
-        moe.dense_limit = 2048
-    assert seen == ["_routed_dense", "_routed_grouped"]
+        del experts._dense, experts._grouped
+        experts.dense_limit = 2048
+    assert seen == ["_dense", "_grouped"]
 
 
-def test_stacked_expert_weights_are_the_parameters(model):
-    """The dense path's stacked weights are the experts' own parameters, not a second copy."""
-    moe = next(layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE))
-    for j, e in enumerate(moe.experts):
-        assert e.gate_proj.weight.data_ptr() == moe._gate_up[j].data_ptr()
-        assert e.down_proj.weight.data_ptr() == moe._down[j].data_ptr()
-        assert torch.equal(moe._gate_up[j, e.gate_proj.weight.shape[0] :], e.up_proj.weight)
+def test_grouped_gemm_equals_expert_by_expert(model):
+    """The grouped path's two grouped GEMMs compute exactly what its per-expert fallback computes,
+    experts without tokens included."""
+    experts = next(layer.mlp.experts for layer in model.model.layers if isinstance(layer.mlp, MoE))
+    x = torch.randn(9, model.config.hidden_size)  # sorted by expert: 3, 0, 4, 0, 0, 2, 0, 0 rows
+    counts = torch.tensor([3, 0, 4, 0, 0, 2, 0, 0])
+    if not grouped_mm_runs(x, experts.inter):
+        pytest.skip("this torch has no grouped GEMM (F.grouped_mm) for float32 on the CPU")
+    with torch.inference_mode():
+        assert torch.equal(experts._swiglu_grouped_mm(x, counts), experts._swiglu_per_expert(x, counts))
 
 
-def test_dense_path_restacks_weights_that_were_moved(model):
+DEMO_SIZED = {
+    "hidden_size": 256,
+    "moe_intermediate_size": 64,
+    "n_routed_experts": 16,
+    "num_experts_per_tok": 4,
+}
+
+
+@pytest.mark.parametrize("overrides, dense", [({}, True), (DEMO_SIZED, False)])
+def test_dense_runs_only_where_its_waste_is_cheap(overrides, dense):
+    """Dense computes every expert for every token: E/k × 3·I·H multiply-adds per routed choice.
+    The test model's experts (8/3 × 3·32·64 = 16K) run dense; the demo's (16/4 × 3·64·256 = 197K)
+    are past the measured crossover and always run grouped."""
+    config = DeepseekConfig.from_dict({"model_type": "deepseek_v3", **tiny_v3_kwargs(**overrides)})
+    experts = RoutedExperts(config, ParallelContext.single(), torch.float32)
+    assert experts.dense_limit == (DENSE_LIMIT if dense else 0)
+
+
+def test_both_paths_read_the_parameters_as_they_are_now(model):
+    """No second copy of the expert weights: after the layer is cast, both paths use the new ones
+    (in float64, which F.grouped_mm does not take, grouped runs expert by expert)."""
     moe = next(layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE))
     x = torch.randn(3, model.config.hidden_size, dtype=torch.float64)
-    moe.to(torch.float64)  # replaces every parameter: the stacked views are stale
+    moe.to(torch.float64)
     try:
         with torch.inference_mode():
-            moe.dense_limit = 10**9
+            moe.experts.dense_limit = 10**9
             dense = moe(x)
-            moe.dense_limit = 0
+            moe.experts.dense_limit = 0
             grouped = moe(x)
-        assert moe._gate_up.dtype == torch.float64
+        assert dense.dtype == grouped.dtype == torch.float64
         assert torch.allclose(dense, grouped, atol=1e-10)
     finally:
         moe.to(torch.float32)
-        moe.dense_limit = 2048
+        moe.experts.dense_limit = 2048
 
 
 def test_set_fast_paths_rejects_a_bad_limit(model):

@@ -7,6 +7,7 @@ from safetensors.torch import load_file, save_file
 from fathom.model import testing as T
 from fathom.model.loader import load_model
 from fathom.model.weights import fp8
+from fathom.parallel.context import ParallelContext
 
 PROMPT = [3, 14, 15, 92, 65, 35, 89, 79]
 
@@ -47,6 +48,28 @@ def test_unexpected_tensor_is_named(ckpt, tmp_path):
     )
     with pytest.raises(ValueError, match="surprise"):
         load_model(d)
+
+
+@pytest.mark.parametrize("rank, world, ep", [(0, 1, 1), (1, 2, 1), (1, 2, 2), (3, 4, 2)])
+def test_routed_experts_load_stacked_as_this_ranks_slices(ckpt, rank, world, ep):
+    """A rank's routed experts are only w13 [E_local, 2·I_r, H] (gate rows, then up rows) and
+    w2 [E_local, H, I_r], holding its experts' slices in id order (loading needs no process group)."""
+    ctx = ParallelContext(rank=rank, world_size=world, ep_size=ep, tp_group=object() if world > 1 else None)
+    model = load_model(ckpt[0], ctx)
+    tensors = load_file(ckpt[0] / "model.safetensors")
+    params = dict(model.named_parameters())
+    assert [n for n in params if ".mlp.experts." in n and ".w13" not in n and ".w2" not in n] == []
+    w13, w2 = params["model.layers.1.mlp.experts.w13"], params["model.layers.1.mlp.experts.w2"]
+    local, inter = ctx.local_experts(8), 32 // ctx.moe_tp_size
+    rows = slice(ctx.moe_tp_rank * inter, (ctx.moe_tp_rank + 1) * inter)
+    assert w13.shape == (len(local), 2 * inter, 64) and w2.shape == (len(local), 64, inter)
+    for j, e in enumerate(local):
+        gate, up, down = (
+            tensors[f"model.layers.1.mlp.experts.{e}.{p}.weight"]
+            for p in ("gate_proj", "up_proj", "down_proj")
+        )
+        assert torch.equal(w13[j], torch.cat([gate[rows], up[rows]]))
+        assert torch.equal(w2[j], down[:, rows])
 
 
 def test_mtp_layer_is_skipped(ckpt, tmp_path):

@@ -1,8 +1,10 @@
 """The sharding table and plan as pure functions: names and slices per rank, no I/O."""
 
 import pytest
+import torch
 
-from fathom.model.weights.sharding import Layout, Shard, UnexpectedTensor, plan, shard_for
+from fathom.model.weights.sharding import Layout, Shard, Slot, UnexpectedTensor, plan, shard_for, sources
+from fathom.parallel.context import ParallelContext
 
 SHAPES = {
     "model.embed_tokens.weight": (10, 8),
@@ -20,24 +22,24 @@ SHAPES = {
 
 
 def layout(rank, world, ep, tie=False):
-    return Layout(
-        rank, world, ep, n_routed_experts=8, num_hidden_layers=2, vocab_size=10, tie_word_embeddings=tie
-    )
+    ctx = ParallelContext(rank=rank, world_size=world, ep_size=ep, tp_group=object() if world > 1 else None)
+    return Layout(ctx, n_routed_experts=8, num_hidden_layers=2, vocab_size=10, tie_word_embeddings=tie)
 
 
 def test_tp_and_vocab_splits():
     lay = layout(rank=3, world=4, ep=1)
     s = lambda n: shard_for(n, SHAPES[n], lay)
-    assert s("model.embed_tokens.weight") == [Shard("model.embed_tokens.weight", 0, 9, 10)]  # ceil(10/4)=3
+    embed = "model.embed_tokens.weight"
+    assert s(embed) == [Shard(Slot(embed), 0, 9, 10)]  # ceil(10/4)=3
     assert s("model.layers.0.self_attn.q_b_proj.weight") == [
-        Shard("model.layers.0.self_attn.q_b_proj.weight", 0, 12, 16)
+        Shard(Slot("model.layers.0.self_attn.q_b_proj.weight"), 0, 12, 16)
     ]
     assert s("model.layers.0.self_attn.o_proj.weight") == [
-        Shard("model.layers.0.self_attn.o_proj.weight", 1, 9, 12)
+        Shard(Slot("model.layers.0.self_attn.o_proj.weight"), 1, 9, 12)
     ]
     assert s("model.layers.0.mlp.down_proj.weight")[0].dim == 1
     assert s("model.layers.0.self_attn.kv_a_proj_with_mqa.weight") == [
-        Shard("model.layers.0.self_attn.kv_a_proj_with_mqa.weight")
+        Shard(Slot("model.layers.0.self_attn.kv_a_proj_with_mqa.weight"))
     ]
     assert s("model.layers.2.eh_proj.weight") == []
 
@@ -53,16 +55,42 @@ def test_experts_live_on_their_ep_shard_split_by_tp_inside_ep(rank, world, ep, l
     if local is None:
         assert got == []
     else:
-        assert got == [Shard(f"model.layers.1.mlp.experts.{local}.gate_proj.weight", 0, *part)]
+        assert got == [Shard(Slot("model.layers.1.mlp.experts.w13", local, (0, 2)), 0, *part)]
+
+
+def test_experts_are_stacked_gate_then_up_rows_of_w13_and_down_in_w2():
+    lay = layout(rank=3, world=4, ep=2)  # experts 4-7, second half of each intermediate dim
+    s = lambda proj, shape: shard_for(f"model.layers.1.mlp.experts.6.{proj}.weight", shape, lay)
+    w13, w2 = "model.layers.1.mlp.experts.w13", "model.layers.1.mlp.experts.w2"
+    assert s("gate_proj", (4, 8)) == [Shard(Slot(w13, 2, (0, 2)), 0, 2, 4)]
+    assert s("up_proj", (4, 8)) == [Shard(Slot(w13, 2, (1, 2)), 0, 2, 4)]
+    assert s("down_proj", (8, 4)) == [Shard(Slot(w2, 2, (0, 1)), 1, 2, 4)]
+    w13_rows = torch.arange(3 * 4 * 8).view(3, 4, 8)  # [E_local, 2·I_r, H] with I_r = 2
+    assert torch.equal(Slot(w13, 2, (1, 2)).view(w13_rows), w13_rows[2, 2:4])
+
+
+@pytest.mark.parametrize("rank, world, ep", [(0, 1, 1), (1, 2, 1), (1, 2, 2), (2, 4, 2)])
+def test_sources_name_the_checkpoint_tensor_of_every_slot(rank, world, ep):
+    """``sources`` is shard_for's inverse: each slot of a parameter comes from the tensor it names."""
+    lay = layout(rank, world, ep)
+    shapes = {"gate_proj": (4, 8), "up_proj": (4, 8), "down_proj": (8, 4)}
+    for param, n in (("w13", 2), ("w2", 1)):
+        got = sources(f"model.layers.1.mlp.experts.{param}", lay)
+        assert len(got) == n * len(lay.local_experts)
+        for slot, name in got.items():
+            assert [s.slot for s in shard_for(name, shapes[name.split(".")[-2]], lay)] == [slot]
+    name = "model.layers.0.self_attn.o_proj.weight"
+    assert sources(name, lay) == {Slot(name): name}
 
 
 def test_plan_ties_the_lm_head_only_when_asked_and_absent():
     names = [(n, s) for n, s in SHAPES.items() if n != "lm_head.weight"]
+    head = Slot("lm_head.weight")
     tied = plan(names, layout(0, 2, 1, tie=True))
-    assert tied["lm_head.weight"] == ("model.embed_tokens.weight", Shard("lm_head.weight", 0, 0, 5))
-    assert "lm_head.weight" not in plan(names, layout(0, 2, 1))
+    assert tied[head] == ("model.embed_tokens.weight", Shard(head, 0, 0, 5))
+    assert head not in plan(names, layout(0, 2, 1))
     explicit = plan(list(SHAPES.items()), layout(0, 2, 1, tie=True))
-    assert explicit["lm_head.weight"][0] == "lm_head.weight"
+    assert explicit[head][0] == "lm_head.weight"
 
 
 def test_unknown_tensors_and_uneven_splits_are_errors():
@@ -79,7 +107,6 @@ def test_model_that_cannot_split_over_the_ranks_is_refused_by_name(world, ep, ne
     from fathom.model.config import DeepseekConfig
     from fathom.model.deepseek import DeepseekForCausalLM
     from fathom.model.testing import tiny_v3_kwargs
-    from fathom.parallel.context import ParallelContext
 
     kw = tiny_v3_kwargs(moe_intermediate_size=30)
     config = DeepseekConfig.from_dict({"model_type": "deepseek_v3", **kw})

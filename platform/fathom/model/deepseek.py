@@ -1,8 +1,9 @@
 """DeepSeek-V2/V3/R1 decoder: embeddings, L × (MLA + dense MLP or DeepSeekMoE), final norm, LM head.
 
 Parameter names mirror the Hugging Face checkpoints (``model.layers.3.self_attn.kv_b_proj.weight``)
-except that routed experts are numbered locally on each rank; which slice of each checkpoint tensor
-a rank holds is declared in ``fathom.model.weights.sharding``.
+except that a MoE layer's routed experts on a rank are two stacked parameters, ``mlp.experts.w13``
+and ``mlp.experts.w2``; which slice of each checkpoint tensor a rank holds, and where it goes, is
+declared in ``fathom.model.weights.sharding``.
 """
 
 from __future__ import annotations
@@ -94,15 +95,16 @@ class DeepseekForCausalLM(nn.Module):
             layer.self_attn.mode = mode
 
     def set_fast_paths(self, *, batch_decode: bool | None = None, moe_dense_limit: int | None = None) -> None:
-        """Choose the small-batch code paths (defaults: on, 2048); tests force each to compare them.
+        """Choose the small-batch code paths; tests force each to compare them.
 
-        ``batch_decode``: MLA attends all q_i = 1 sequences of a step in one batch (else one by one).
-        ``moe_dense_limit``: MoE layers run their routed experts dense when T × local experts is at
-        most this (0: always grouped by expert)."""
+        ``batch_decode``: MLA attends all q_i = 1 sequences of a step in one batch (else one by one;
+        default on). ``moe_dense_limit``: MoE layers run their routed experts dense when T × local
+        experts is at most this (0: always grouped by expert; default ``moe.DENSE_LIMIT`` where
+        dense pays off for the layer's expert size, else 0)."""
         if moe_dense_limit is not None and (isinstance(moe_dense_limit, bool) or moe_dense_limit < 0):
             raise ValueError(f"moe_dense_limit must be an int >= 0, got {moe_dense_limit!r}")
         for layer in self.model.layers:
             if batch_decode is not None:
                 layer.self_attn.batch_decode = bool(batch_decode)
             if moe_dense_limit is not None and isinstance(layer.mlp, MoE):
-                layer.mlp.dense_limit = int(moe_dense_limit)
+                layer.mlp.experts.dense_limit = int(moe_dense_limit)

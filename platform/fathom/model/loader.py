@@ -17,7 +17,7 @@ from safetensors import safe_open
 from fathom.model.config import DeepseekConfig
 from fathom.model.deepseek import DeepseekForCausalLM
 from fathom.model.weights import fp8
-from fathom.model.weights.sharding import Layout, Shard, plan
+from fathom.model.weights.sharding import Layout, Shard, plan, sources
 from fathom.parallel.context import ParallelContext
 
 SCALE_SUFFIX = "_scale_inv"
@@ -42,8 +42,8 @@ def checkpoint_files(path: Path) -> dict[str, Path]:
 
 
 def layout_for(config: DeepseekConfig, ctx: ParallelContext) -> Layout:
-    return Layout(ctx.rank, ctx.world_size, ctx.ep_size, config.n_routed_experts or 0,
-                  config.num_hidden_layers, config.vocab_size, config.tie_word_embeddings)  # fmt: skip
+    return Layout(ctx, config.n_routed_experts or 0, config.num_hidden_layers, config.vocab_size,
+                  config.tie_word_embeddings)  # fmt: skip
 
 
 class _Files:
@@ -86,6 +86,18 @@ def read_shard(files: _Files, name: str, shard: Shard, dtype: torch.dtype) -> to
     return fp8.dequantize(t, scale, rows, cols, dtype)
 
 
+def fill(dest: torch.Tensor, files: _Files, name: str, shard: Shard, dtype: torch.dtype) -> None:
+    """Copy ``shard`` of checkpoint tensor ``name`` into ``dest`` (the view of its slot), in ``dtype``
+    (gate correction biases keep the parameter's dtype)."""
+    keep = shard.slot.name.endswith("correction_bias")
+    t = read_shard(files, name, shard, dest.dtype if keep else dtype)
+    if t.shape != dest.shape:
+        where = shard.slot.name if shard.slot.index is None else f"{shard.slot.name}[{shard.slot.index}]"
+        raise ValueError(f"tensor {name!r}: this rank expects shape {tuple(dest.shape)} (of {where}), "
+                         f"checkpoint gives {tuple(t.shape)}")  # fmt: skip
+    dest.copy_(t)
+
+
 def load_model(
     path: str | Path,
     ctx: ParallelContext | None = None,
@@ -106,19 +118,18 @@ def load_model(
     names = checkpoint_files(path)
     files = _Files(names)
     shapes = [(n, tuple(files.slice(n).get_shape())) for n in names if not n.endswith(SCALE_SUFFIX)]
-    wanted = plan(shapes, layout_for(config, ctx))
+    layout = layout_for(config, ctx)
+    wanted = plan(shapes, layout)
     params = dict(model.named_parameters())
-    missing = sorted(set(params) - set(wanted))
+    needed = {slot: name for ours in params for slot, name in sources(ours, layout).items()}
+    missing = sorted(name for slot, name in needed.items() if slot not in wanted)
     if missing:
         raise ValueError(f"checkpoint {path} lacks tensor(s) {', '.join(missing[:5])}"
                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))  # fmt: skip
-    for ours, (name, shard) in wanted.items():
-        if ours not in params:
-            raise ValueError(f"checkpoint tensor {name!r} has no place in a model with this config.json")
-        t = read_shard(files, name, shard, params[ours].dtype if ours.endswith("correction_bias") else dtype)
-        if t.shape != params[ours].shape:
-            raise ValueError(f"tensor {name!r}: this rank expects shape {tuple(params[ours].shape)} "
-                             f"(of {ours}), checkpoint gives {tuple(t.shape)}")  # fmt: skip
-        params[ours].data.copy_(t)
+    with torch.no_grad():
+        for slot, (name, shard) in wanted.items():
+            if slot not in needed:
+                raise ValueError(f"checkpoint tensor {name!r} has no place in a model with this config.json")
+            fill(slot.view(params[slot.name]), files, name, shard, dtype)
     model.eval()
     return model

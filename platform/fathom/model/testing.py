@@ -258,6 +258,6 @@ def param_counts(model: DeepseekForCausalLM) -> dict[str, int]:
 def local_expert_ids(model: DeepseekForCausalLM) -> list[int]:
     """Global ids of the routed experts this rank holds (same for every MoE layer)."""
     for layer in model.model.layers:
-        if hasattr(layer.mlp, "local"):
-            return list(layer.mlp.local)
+        if hasattr(layer.mlp, "experts"):
+            return list(layer.mlp.experts.local)
     return []

@@ -71,7 +71,9 @@ class ParallelContext:
         return self.rank % self.moe_tp_size
 
     def local_experts(self, n_routed_experts: int) -> range:
-        """Global ids of the routed experts whose weights live on this rank."""
+        """Global ids of the routed experts whose weights live on this rank, in the order the rank
+        stacks them (local index = id - start). The one answer: the MoE layer and the loader's
+        sharding plan both ask here."""
         if n_routed_experts % self.ep_size:
             raise ValueError(
                 f"n_routed_experts={n_routed_experts} is not divisible by ep_size={self.ep_size}"

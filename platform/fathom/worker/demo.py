@@ -113,26 +113,45 @@ def write_tokenizer(path: Path) -> None:
     (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
 
 
+def checkpoint_shapes(config) -> list[tuple[str, tuple[int, ...]]]:
+    """(Hugging Face name, shape) of every tensor of ``config``'s model, in the order our W = 1 model
+    declares its parameters, a layer's routed experts one after another (gate, up, down)."""
+    from fathom.model.deepseek import DeepseekForCausalLM
+    from fathom.model.weights.sharding import Layout, sources
+    from fathom.parallel.context import ParallelContext
+
+    ctx = ParallelContext.single()
+    params = dict(DeepseekForCausalLM(config, ctx).named_parameters())
+    layout = Layout(ctx, config.n_routed_experts or 0, config.num_hidden_layers, config.vocab_size)
+    out = []
+    for ours in params:
+        if ours.endswith(".experts.w2"):
+            continue  # listed with w13, expert by expert
+        slots = sources(ours, layout)
+        if ours.endswith(".experts.w13"):
+            slots |= sources(ours.removesuffix("w13") + "w2", layout)
+        for slot, name in sorted(slots.items(), key=lambda s: s[0].index or 0):  # stable: w13 before w2
+            out.append((name, tuple(slot.view(params[slot.name]).shape)))
+    return out
+
+
 def demo_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """Deterministic random weights for DEMO_CONFIG, by Hugging Face tensor name."""
     from fathom.model.config import DeepseekConfig
-    from fathom.model.deepseek import DeepseekForCausalLM
-    from fathom.parallel.context import ParallelContext
 
-    shapes = DeepseekForCausalLM(DeepseekConfig.from_dict(DEMO_CONFIG), ParallelContext.single())
     g = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
-    for name, p in shapes.named_parameters():
+    for name, shape in checkpoint_shapes(DeepseekConfig.from_dict(DEMO_CONFIG)):
         if name.endswith("norm.weight") or "layernorm" in name:
-            t = 1 + 0.1 * torch.randn(p.shape, generator=g)
+            t = 1 + 0.1 * torch.randn(shape, generator=g)
         elif name.endswith("e_score_correction_bias"):
-            t = 0.05 * torch.randn(p.shape, generator=g)
+            t = 0.05 * torch.randn(shape, generator=g)
         elif "embed_tokens" in name:
-            t = torch.randn(p.shape, generator=g)
+            t = torch.randn(shape, generator=g)
         elif name == "lm_head.weight":
-            t = torch.randn(p.shape, generator=g) * 4 / math.sqrt(p.shape[-1])
+            t = torch.randn(shape, generator=g) * 4 / math.sqrt(shape[-1])
         else:
-            t = torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1])
+            t = torch.randn(shape, generator=g) / math.sqrt(shape[-1])
         keep_fp32 = name.endswith("e_score_correction_bias")
         out[name] = t.contiguous() if keep_fp32 else t.to(torch.bfloat16).contiguous()
     return out

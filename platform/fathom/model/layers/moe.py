@@ -12,34 +12,41 @@ Routing (``Gate``), per token, over E routed experts in ``n_group`` groups:
   (as DeepSeek's own V2 and V3 code do).
 
 Parallelism: every rank holds the whole (replicated) batch, the gate and its own slice of the
-shared experts (split over W), plus expert shard ``ctx.ep_rank`` (experts E/EP × ep_rank …) with
+shared experts (split over W), plus expert shard ``ctx.ep_rank`` (``ctx.local_experts``) with
 each expert's intermediate dim split over the W/EP ranks sharing the shard. A rank computes the
 partial output of the tokens routed to its experts; one all-reduce over the W ranks combines the
 routed and shared partial sums. Because attention leaves the tokens replicated, this all-reduce is
 the all-to-all combine (dispatch is the identity); see docs/sharding.md.
 
-Two equal ways to run a rank's routed experts: grouped (tokens sorted by expert, one SwiGLU per
-local expert on its tokens: the work is T·k expert-tokens, but ~10 small ops per expert) and, for
-small batches (T × local experts ≤ ``dense_limit``, i.e. decode), dense: every local expert on
-every token as two batched GEMMs over the experts' stacked weights, weighted by the combine weights
-(zero where not routed). Dense does E/k times grouped's expert FLOPs, but a handful of ops in all
-instead of ~10 per expert, which is what a decode step's few dozen tokens are bound by.
+A rank's routed experts live only as two stacked parameters (``RoutedExperts``: ``w13``, ``w2``,
+the gpt-fast / vLLM FusedMoE layout), run in one of two equal ways:
+
+* grouped: the (token, choice) pairs sorted by expert, each local expert's SwiGLU on its run of
+  them as two ``F.grouped_mm`` calls over the stacks (no loop, no weight copy; expert by expert
+  where torch has no grouped GEMM for the device or dtype). Work: T·k expert-tokens;
+* dense: every local expert on every token as two batched GEMMs, weighted by the combine weights
+  (zero where not routed): E/k times the work in a handful of ops. It wins only where experts
+  are so small that a grouped GEMM's per-expert overhead outweighs that waste (see ``DENSE_WASTE``).
 """
 
 from __future__ import annotations
 
-from itertools import accumulate
+from itertools import accumulate, pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fathom.model.config import DeepseekConfig
-from fathom.model.layers.linear import column_parallel, row_parallel
+from fathom.model.layers.linear import column_parallel, row_parallel, split_size
 from fathom.parallel.comm import all_reduce
 from fathom.parallel.context import ParallelContext
 
-DENSE_LIMIT = 2048  # T × local experts up to which the routed experts run dense (see MoE)
+DENSE_LIMIT = 2048  # T × local experts up to which dense may run (bounds its [T, E_local, 2I] activations)
+# Multiply-adds dense spends per routed (token, expert) pair, (E / k) · 3 · I_r · H, up to which it is
+# faster than grouped: benchmarks/moe_paths.py, CPU, float32, one thread (tiny experts only; DeepSeek
+# V2-Lite is at ~90M, V3 at ~1400M).
+DENSE_WASTE = 150_000
 
 
 class MLP(nn.Module):
@@ -104,6 +111,95 @@ class Gate(nn.Module):
         return choice.masked_fill(~keep, fill).topk(self.top_k, dim=-1, sorted=False)[1]
 
 
+class RoutedExperts(nn.Module):
+    """This rank's routed experts, stacked in id order (local index j = id - ``local.start``), each
+    holding its 1/moe_tp_size part of the intermediate dim (I_r = moe_intermediate_size / moe_tp_size):
+
+    * ``w13`` [E_local, 2·I_r, H]: expert j's gate_proj rows, then its up_proj rows;
+    * ``w2`` [E_local, H, I_r]: its down_proj.
+
+    forward(x [T, H], weights float32 [T, k], ids Long[T, k] global) -> this rank's partial sum
+    [T, H] of Σ_k weight · down(silu(gate(x)) · up(x)) over the choices routed to its experts.
+    """
+
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype) -> None:
+        super().__init__()
+        c = config
+        self.n_experts = c.n_routed_experts
+        self.local = ctx.local_experts(c.n_routed_experts)
+        self.inter = split_size(c.moe_intermediate_size, ctx.moe_tp_size, "moe_intermediate_size")
+        E, H, I = len(self.local), c.hidden_size, self.inter
+        self.w13 = nn.Parameter(torch.empty(E, 2 * I, H, dtype=dtype, device=ctx.device), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(E, H, I, dtype=dtype, device=ctx.device), requires_grad=False)
+        dense_per_choice = c.n_routed_experts / c.num_experts_per_tok * 3 * I * H
+        self.dense_limit = DENSE_LIMIT if dense_per_choice <= DENSE_WASTE else 0  # T × E_local; 0: never
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] * len(self.local) <= self.dense_limit:
+            return self._dense(x, weights, ids)
+        return self._grouped(x, weights, ids)
+
+    def _grouped(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Per local expert, only the tokens routed to it (work ∝ T·k): the choices sorted by expert,
+        then every expert's SwiGLU on its run of them."""
+        T, H = x.shape
+        k = ids.shape[1]
+        flat = ids.flatten()  # [T*k] one entry per (token, choice)
+        order = flat.argsort(stable=True)  # choices grouped by expert
+        counts = torch.bincount(flat, minlength=self.n_experts)  # [E] choices per expert
+        bounds = F.pad(counts.cumsum(0), (1, 0))  # [E + 1] where each expert's choices start in order
+        lo, hi = bounds[[self.local.start, self.local.stop]].tolist()
+        mine = order[lo:hi]  # this rank's experts' choices
+        x_mine = x[mine // k]  # [n, H] tokens, grouped by (local) expert
+        counts = counts[self.local.start : self.local.stop]
+        swiglu = self._swiglu_grouped_mm if grouped_mm_runs(x_mine, self.inter) else self._swiglu_per_expert
+        routed = x.new_zeros(T * k, H)
+        routed[mine] = swiglu(x_mine, counts)  # back to (token, choice) order; other ranks' stay 0
+        return (routed.view(T, k, H) * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
+
+    def _swiglu_grouped_mm(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x [n, H] sorted by local expert, ``counts`` [E_local] rows per expert -> [n, H]: each
+        expert's SwiGLU on its rows as two grouped GEMMs over the stacks (no loop, no weight copy)."""
+        offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's run
+        h = F.grouped_mm(x, self.w13.transpose(1, 2), offs=offs)  # [n, 2I] gate | up
+        return F.grouped_mm(
+            F.silu(h[:, : self.inter]) * h[:, self.inter :], self.w2.transpose(1, 2), offs=offs
+        )
+
+    def _swiglu_per_expert(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The same, expert by expert (where torch has no grouped GEMM for the device or dtype)."""
+        y = torch.empty_like(x)
+        bounds = [0, *accumulate(counts.tolist())]
+        for j, (a, b) in enumerate(pairwise(bounds)):
+            if a < b:
+                h = F.linear(x[a:b], self.w13[j])  # [n_j, 2I] gate | up
+                y[a:b] = F.linear(F.silu(h[:, : self.inter]) * h[:, self.inter :], self.w2[j])
+        return y
+
+    def _dense(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Same partial sum, every local expert on every token, weighted by the combine weights
+        (exact zeros where a token is not routed to the expert): two GEMMs for all the experts."""
+        T, E, I = x.shape[0], len(self.local), self.inter
+        combine = x.new_zeros(T, self.n_experts).scatter_(1, ids, weights.to(x.dtype))
+        combine = combine[:, self.local.start : self.local.stop]  # [T, E] this rank's experts
+        h = F.linear(x, self.w13.flatten(0, 1)).view(T, E, 2 * I)  # [T, E, 2I]
+        a = F.silu(h[..., :I]) * h[..., I:] * combine[..., None]  # [T, E, I]
+        return torch.bmm(a.transpose(0, 1), self.w2.transpose(1, 2)).sum(dim=0)  # [E,T,H] -> [T,H]
+
+
+def grouped_mm_runs(x: torch.Tensor, inter: int) -> bool:
+    """Whether ``F.grouped_mm`` (torch >= 2.10) takes the operands of a grouped SwiGLU on x [n, H]
+    with intermediate size ``inter``: 32- or 16-bit floats, rows a multiple of 16 bytes, on the CPU
+    or a CUDA device of compute capability >= 8.0."""
+    if not hasattr(F, "grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    if (x.shape[1] * x.element_size()) % 16 or (inter * x.element_size()) % 16:
+        return False
+    return x.device.type == "cpu" or (
+        x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    )
+
+
 class MoE(nn.Module):
     """Shared + routed experts; x [T, H] -> [T, H] (already combined over all ranks)."""
 
@@ -112,72 +208,16 @@ class MoE(nn.Module):
         c = config
         self.ctx = ctx
         self.gate = Gate(c, ctx, dtype)
-        self.local = ctx.local_experts(c.n_routed_experts)
-        inter = c.moe_intermediate_size
-        self.experts = nn.ModuleList(
-            MLP(
-                c.hidden_size, inter, ctx, ctx.moe_tp_size, "moe_intermediate_size", reduce=False, dtype=dtype
-            )
-            for _ in self.local
-        )
+        self.experts = RoutedExperts(c, ctx, dtype)
         self.shared_experts = None
         if c.n_shared_experts:
-            shared = inter * c.n_shared_experts
+            shared = c.moe_intermediate_size * c.n_shared_experts
             self.shared_experts = MLP(c.hidden_size, shared, ctx, ctx.world_size,
                                       "moe_intermediate_size * n_shared_experts", reduce=False, dtype=dtype)  # fmt: skip
-        self.dense_limit = DENSE_LIMIT
-        self._stack_experts()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, ids = self.gate(x)  # [T, k], [T, k] global expert ids
-        if x.shape[0] * len(self.experts) <= self.dense_limit:
-            y = self._routed_dense(x, weights, ids)
-        else:
-            y = self._routed_grouped(x, weights, ids)
+        y = self.experts(x, weights, ids)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return all_reduce(y, self.ctx)  # routed + shared partial sums of every rank
-
-    def _routed_grouped(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """This rank's routed partial sum [T, H]: per local expert, only the tokens routed to it."""
-        T, H = x.shape
-        k = ids.shape[1]
-        flat = ids.flatten()  # [T*k] one entry per (token, choice)
-        order = flat.argsort(stable=True)  # choices grouped by expert
-        bounds = [0, *accumulate(torch.bincount(flat, minlength=self.gate.n_experts).tolist())]
-        lo, hi = bounds[self.local.start], bounds[self.local.stop]  # this rank's experts' choices
-        mine = order[lo:hi]
-        x_mine = x[mine // k]  # [n, H] tokens, grouped by (local) expert
-        y_mine = torch.empty_like(x_mine)
-        for j, e in enumerate(self.local):
-            a, b = bounds[e] - lo, bounds[e + 1] - lo
-            if a < b:
-                y_mine[a:b] = self.experts[j](x_mine[a:b])
-        routed = x.new_zeros(T * k, H)
-        routed[mine] = y_mine  # back to (token, choice) order; other ranks' choices stay 0
-        return (routed.view(T, k, H) * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
-
-    def _routed_dense(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Same partial sum, every local expert on every token, weighted by the combine weights
-        (exact zeros where a token is not routed to the expert): two GEMMs for all the experts."""
-        if self.experts[0].gate_proj.weight.data_ptr() != self._gate_up.data_ptr():
-            self._stack_experts()  # the weights were moved or replaced since they were stacked
-        T, E, inter = x.shape[0], len(self.experts), self._down.shape[-1]
-        combine = x.new_zeros(T, self.gate.n_experts).scatter_(1, ids, weights.to(x.dtype))
-        combine = combine[:, self.local.start : self.local.stop]  # [T, E] this rank's experts
-        h = F.linear(x, self._gate_up.view(-1, x.shape[1])).view(T, E, 2 * inter)  # [T, E, 2I]
-        a = F.silu(h[..., :inter]) * h[..., inter:] * combine[..., None]  # [T, E, I]
-        return torch.bmm(a.transpose(0, 1), self._down.transpose(1, 2)).sum(dim=0)  # [E,T,H] -> [T,H]
-
-    def _stack_experts(self) -> None:
-        """Re-point each local expert's weights to views of [E, 2I, H] gate|up and [E, H, I] down
-        (one copy in memory; the loader fills them in place), the dense path's operands."""
-        with torch.inference_mode(False), torch.no_grad():
-            gate_up = torch.stack([torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in self.experts])
-            down = torch.stack([e.down_proj.weight for e in self.experts])
-            inter = down.shape[-1]
-            for j, e in enumerate(self.experts):
-                e.gate_proj.weight.data = gate_up[j, :inter]
-                e.up_proj.weight.data = gate_up[j, inter:]
-                e.down_proj.weight.data = down[j]
-        self._gate_up, self._down = gate_up, down

@@ -2,13 +2,15 @@
 
 ``SHARDING_TABLE`` maps checkpoint tensor names (regexes over the Hugging Face names) to how they
 are split. ``plan`` is a pure function of (table, layout, checkpoint names) giving, for every
-tensor this rank needs, our parameter name and the slice to read. Axes:
+tensor this rank needs, the slice to read and the ``Slot`` of our parameters it fills. Axes:
 
 * ``replicated``: the whole tensor on every rank;
 * ``tp``: split in W equal parts along ``dim``, part ``rank`` (heads, dense/shared MLP width);
 * ``vocab``: rows split in W parts of ceil(V / W), part ``rank`` (embedding, LM head);
-* ``expert``: only experts of this rank's expert shard, renumbered locally, each split in W/EP
-  equal parts along ``dim``, part ``moe_tp_rank`` (TP inside EP).
+* ``expert``: only experts of this rank's expert shard, each split in W/EP equal parts along
+  ``dim``, part ``moe_tp_rank`` (TP inside EP), and stacked (``STACKED``): expert e's slices of
+  ``gate_proj`` and ``up_proj`` fill ``mlp.experts.w13[e - first local id]`` (gate rows, then up
+  rows), its ``down_proj`` slice ``mlp.experts.w2[e - first local id]``.
 
 Layers at index >= num_hidden_layers (the multi-token-prediction modules) are skipped.
 """
@@ -18,8 +20,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from fathom.model.layers.vocab import vocab_range
+from fathom.parallel.context import ParallelContext
 
 L = r"model\.layers\.(?P<layer>\d+)\."
 SHARDING_TABLE: tuple[tuple[str, str, int | None], ...] = (
@@ -37,10 +41,15 @@ SHARDING_TABLE: tuple[tuple[str, str, int | None], ...] = (
     (L + r"self_attn\.o_proj\.weight", "tp", 1),
     (L + r"mlp\.(shared_experts\.)?(gate_proj|up_proj)\.weight", "tp", 0),
     (L + r"mlp\.(shared_experts\.)?down_proj\.weight", "tp", 1),
-    (L + r"mlp\.experts\.(?P<expert>\d+)\.(gate_proj|up_proj)\.weight", "expert", 0),
-    (L + r"mlp\.experts\.(?P<expert>\d+)\.down_proj\.weight", "expert", 1),
+    (L + r"mlp\.experts\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj)\.weight", "expert", 0),
+    (L + r"mlp\.experts\.(?P<expert>\d+)\.(?P<proj>down_proj)\.weight", "expert", 1),
     (L + r"mlp\.gate\.(weight|e_score_correction_bias)", "replicated", None),
 )
+# Routed experts are stacked per layer (the gpt-fast / vLLM FusedMoE layout), this rank's in id order:
+# w13 [E_local, 2·I_r, H] holds each expert's gate_proj rows then its up_proj rows, w2 [E_local, H, I_r]
+# its down_proj. Projection -> (our parameter in mlp.experts, row block of the expert it fills, of how many).
+STACKED = {"gate_proj": ("w13", 0, 2), "up_proj": ("w13", 1, 2), "down_proj": ("w2", 0, 1)}
+STACKED_PARAM = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(w13|w2)")
 # Checkpoint tensors that carry nothing we load (old rotary caches).
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 LAYER = re.compile(r"model\.layers\.(\d+)\.")
@@ -48,32 +57,42 @@ LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 @dataclass(frozen=True)
 class Layout:
-    """What ``plan`` needs to know about a rank and the model."""
+    """What ``plan`` needs to know about a rank and the model. Which ranks split what, and which
+    experts live on the rank, are ``ctx``'s answers (``ParallelContext.local_experts``), the same
+    ones the model's layers get."""
 
-    rank: int
-    world_size: int
-    ep_size: int
+    ctx: ParallelContext
     n_routed_experts: int
     num_hidden_layers: int
     vocab_size: int
     tie_word_embeddings: bool = False
 
     @property
-    def moe_tp_size(self) -> int:
-        return self.world_size // self.ep_size
-
-    @property
     def local_experts(self) -> range:
-        per = self.n_routed_experts // self.ep_size
-        ep_rank = self.rank // self.moe_tp_size
-        return range(ep_rank * per, (ep_rank + 1) * per)
+        return self.ctx.local_experts(self.n_routed_experts)
+
+
+class Slot(NamedTuple):
+    """A place in our parameters: all of parameter ``name``, or, of a stacked one, row block
+    ``block[0]`` of ``block[1]`` equal blocks of expert ``index`` (``name[index]``)."""
+
+    name: str
+    index: int | None = None
+    block: tuple[int, int] = (0, 1)
+
+    def view(self, param):
+        """The part of ``param`` (the parameter called ``name``) that this slot is."""
+        if self.index is None:
+            return param
+        k, n = self.block
+        return param[self.index].chunk(n)[k]
 
 
 @dataclass(frozen=True)
 class Shard:
-    """Read ``[start, stop)`` of the checkpoint tensor along ``dim`` (None: all of it) into ``name``."""
+    """Read ``[start, stop)`` of the checkpoint tensor along ``dim`` (None: all of it) into ``slot``."""
 
-    name: str
+    slot: Slot
     dim: int | None = None
     start: int = 0
     stop: int | None = None  # None: the whole tensor along dim
@@ -103,37 +122,59 @@ def shard_for(name: str, shape: tuple[int, ...], layout: Layout, table=SHARDING_
             continue
         groups = m.groupdict()
         if axis == "replicated":
-            return [Shard(name)]
+            return [Shard(Slot(name))]
         if axis == "vocab":
-            start, stop = vocab_range(layout.vocab_size, layout.rank, layout.world_size)
+            start, stop = vocab_range(layout.vocab_size, layout.ctx.rank, layout.ctx.world_size)
             targets = [name]
             if name == "model.embed_tokens.weight" and layout.tie_word_embeddings:
                 targets.append("lm_head.weight")
-            return [Shard(t, 0, start, stop) for t in targets]
+            return [Shard(Slot(t), 0, start, stop) for t in targets]
         if axis == "tp":
-            start, stop = _part(shape[dim], layout.world_size, layout.rank, name)
-            return [Shard(name, dim, start, stop)]
-        expert = int(groups["expert"])
-        if expert not in layout.local_experts:
-            return []
-        local = name.replace(f"experts.{expert}.", f"experts.{expert - layout.local_experts.start}.")
-        start, stop = _part(shape[dim], layout.moe_tp_size, layout.rank % layout.moe_tp_size, name)
-        return [Shard(local, dim, start, stop)]
+            start, stop = _part(shape[dim], layout.ctx.world_size, layout.ctx.rank, name)
+            return [Shard(Slot(name), dim, start, stop)]
+        return _expert_shard(name, shape, dim, groups, layout)
     raise UnexpectedTensor(f"checkpoint tensor {name!r} is not part of the DeepSeek architecture")
+
+
+def _expert_shard(name: str, shape: tuple[int, ...], dim: int, groups: dict, layout: Layout) -> list[Shard]:
+    """This rank's part of routed expert tensor ``name`` in its stacked parameter; [] if not local."""
+    expert, local = int(groups["expert"]), layout.local_experts
+    if expert not in local:
+        return []
+    param, block, blocks = STACKED[groups["proj"]]
+    slot = Slot(f"model.layers.{groups['layer']}.mlp.experts.{param}", expert - local.start, (block, blocks))
+    start, stop = _part(shape[dim], layout.ctx.moe_tp_size, layout.ctx.moe_tp_rank, name)
+    return [Shard(slot, dim, start, stop)]
+
+
+def sources(ours: str, layout: Layout) -> dict[Slot, str]:
+    """{slot: checkpoint tensor filling it} for every slot of our parameter ``ours`` on this rank: the
+    inverse of ``shard_for`` (a tied LM head aside), to name the tensors a checkpoint lacks."""
+    m = STACKED_PARAM.fullmatch(ours)
+    if m is None:
+        return {Slot(ours): ours}
+    layer, param = m.groups()
+    local = layout.local_experts
+    return {
+        Slot(ours, e - local.start, (block, blocks)): f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight"
+        for e in local
+        for proj, (p, block, blocks) in STACKED.items()
+        if p == param
+    }
 
 
 def plan(
     shapes: Iterable[tuple[str, tuple[int, ...]]], layout: Layout, table=SHARDING_TABLE
-) -> dict[str, tuple[str, Shard]]:
-    """{our parameter name: (checkpoint name, shard)} for every tensor this rank needs.
+) -> dict[Slot, tuple[str, Shard]]:
+    """{slot of our parameters: (checkpoint name, shard)} for every tensor this rank needs.
 
     ``shapes`` lists the checkpoint's (name, full shape) pairs; FP8 ``*_scale_inv`` companions are
     not listed here (they follow their weight). Pure: no I/O.
     """
-    out: dict[str, tuple[str, Shard]] = {}
+    out: dict[Slot, tuple[str, Shard]] = {}
     for name, shape in shapes:
         for shard in shard_for(name, tuple(shape), layout, table):
-            if shard.name in out and shard.name == "lm_head.weight" and name == "model.embed_tokens.weight":
+            if shard.slot in out and name == "model.embed_tokens.weight":
                 continue  # an explicit lm_head.weight wins over the tied embedding
-            out[shard.name] = (name, shard)
+            out[shard.slot] = (name, shard)
     return out
