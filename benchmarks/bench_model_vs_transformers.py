@@ -7,13 +7,17 @@ Prints times and the ratio. Usage: PYTHONPATH=platform python benchmarks/bench_m
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from fathom.model import testing as T
 from fathom.model.loader import load_model
 from fathom.worker.demo import demo_checkpoint_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test helpers: support.*
+from support import model_testing as T
 
 
 def main() -> None:

@@ -16,16 +16,20 @@ Usage: PYTHONPATH=platform python benchmarks/moe_paths.py [--experts 32 --top-k 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from fathom.model.config import DeepseekConfig
 from fathom.model.layers import moe as moe_module
 from fathom.model.layers.moe import MoE
-from fathom.model.testing import tiny_v3_kwargs
 from fathom.parallel.context import ParallelContext
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test helpers: support.*
+from support.model_testing import tiny_v3_kwargs
 
 PATHS = ("dense", "per-expert", "grouped")
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fathom.model import testing as T
+from support import model_testing as T
 from fathom.model.loader import load_model
 from fathom.parallel.context import ParallelContext
 from fathom.worker.demo import demo_checkpoint_dir

@@ -8,7 +8,7 @@ import torch
 from fathom.api.engine import EngineSettings
 from fathom.engine.sampling_params import SamplingParams
 from fathom.model.kv_cache import bytes_per_token
-from fathom.model.testing import save_reference
+from support.model_testing import save_reference
 from fathom.worker.factory import create_engine
 
 NEW = 10

@@ -10,7 +10,7 @@ import torch
 from ray.cluster_utils import Cluster
 
 from fathom.engine.sampling_params import SamplingParams
-from fathom.model.testing import save_reference
+from support.model_testing import save_reference
 
 pytestmark = pytest.mark.timeout(240)
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)

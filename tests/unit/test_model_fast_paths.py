@@ -10,7 +10,7 @@ from fathom.model.config import DeepseekConfig
 from fathom.model.kv_cache import allocate_kv_caches
 from fathom.model.layers.moe import DENSE_LIMIT, MoE, RoutedExperts, grouped_mm_runs
 from fathom.model.loader import load_model
-from fathom.model.testing import save_reference, tiny_v3_kwargs
+from support.model_testing import save_reference, tiny_v3_kwargs
 from fathom.parallel.context import ParallelContext
 
 BATCHES = [

@@ -4,7 +4,7 @@ import torch
 from fathom.model.attention_metadata import AttentionMetadata, contiguous_layout
 from fathom.model.config import DeepseekConfig
 from fathom.model.kv_cache import allocate_kv_caches, bytes_per_token, kv_cache_shape
-from fathom.model.testing import tiny_v3_kwargs
+from support.model_testing import tiny_v3_kwargs
 
 
 def config() -> DeepseekConfig:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fathom.model import testing as T
+from support import model_testing as T
 from fathom.model.loader import load_model
 from fathom.model.weights import fp8
 from fathom.parallel.context import ParallelContext

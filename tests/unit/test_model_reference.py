@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fathom.model import testing as T
+from support import model_testing as T
 from fathom.model.loader import load_model
 
 PROMPTS = [[5, 17, 99, 3, 200, 41, 8, 250, 1, 77, 33, 120, 6], [9, 9, 12, 130, 64], [42]]

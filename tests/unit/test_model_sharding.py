@@ -106,7 +106,7 @@ def test_unknown_tensors_and_uneven_splits_are_errors():
 def test_model_that_cannot_split_over_the_ranks_is_refused_by_name(world, ep, needle):
     from fathom.model.config import DeepseekConfig
     from fathom.model.deepseek import DeepseekForCausalLM
-    from fathom.model.testing import tiny_v3_kwargs
+    from support.model_testing import tiny_v3_kwargs
 
     kw = tiny_v3_kwargs(moe_intermediate_size=30)
     config = DeepseekConfig.from_dict({"model_type": "deepseek_v3", **kw})

@@ -95,7 +95,7 @@ async def test_errors_are_values_before_anything_starts(server):
 
 
 async def test_checkpoint_without_tokenizer_serves_token_ids_only(tmp_path):
-    from fathom.model.testing import save_reference
+    from support.model_testing import save_reference
 
     hf = save_reference(tmp_path, "v3", seed=2)
     ms = ModelServer(ServeSettings(engine={"model": str(tmp_path), "dtype": "float32", "max_num_seqs": 2,

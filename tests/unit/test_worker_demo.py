@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from fathom.model import testing as T
+from support import model_testing as T
 from fathom.model.config import DeepseekConfig
 from fathom.model.loader import load_model
 from fathom.worker.demo import BOS, EOS, SPECIAL_TOKENS, demo_checkpoint_dir, write_demo_checkpoint

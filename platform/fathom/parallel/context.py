@@ -33,8 +33,6 @@ class ParallelContext:
     ep_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     tp_group: Any = None  # torch ProcessGroup over all W ranks; None when W == 1
-    ep_group: Any = None  # ranks with the same moe_tp_rank (one per expert shard); None when ep_size == 1
-    moe_tp_group: Any = None  # ranks sharing this rank's expert shard; None when W // ep_size == 1
 
     def __post_init__(self) -> None:
         check_sizes(self.world_size, self.ep_size)
@@ -47,14 +45,6 @@ class ParallelContext:
     def single(cls, device: str | torch.device = "cpu") -> ParallelContext:
         """W = 1, EP = 1: the whole model on one device, no process groups."""
         return cls(device=torch.device(device))
-
-    @property
-    def tp_rank(self) -> int:
-        return self.rank
-
-    @property
-    def tp_size(self) -> int:
-        return self.world_size
 
     @property
     def moe_tp_size(self) -> int:
@@ -134,33 +124,8 @@ def init_parallel(
             world_size=world_size,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
-    return build_context(rank, world_size, ep_size, dev)
-
-
-def build_context(rank: int, world_size: int, ep_size: int, device: torch.device) -> ParallelContext:
-    """Create the EP sub-groups (every rank must call this, in the same order) and the context."""
-    moe_tp = world_size // ep_size
-    ep_group = moe_tp_group = None
-    # new_group is collective over the default group: every rank creates every group.
-    for j in range(moe_tp):
-        ranks = [j + moe_tp * e for e in range(ep_size)]
-        group = dist.new_group(ranks) if ep_size > 1 else None
-        if rank in ranks:
-            ep_group = group
-    for e in range(ep_size):
-        ranks = list(range(e * moe_tp, (e + 1) * moe_tp))
-        group = dist.new_group(ranks) if moe_tp > 1 else None
-        if rank in ranks:
-            moe_tp_group = group
-    return ParallelContext(
-        rank=rank,
-        world_size=world_size,
-        ep_size=ep_size,
-        device=device,
-        tp_group=dist.group.WORLD,
-        ep_group=ep_group,
-        moe_tp_group=moe_tp_group,
-    )
+    return ParallelContext(rank=rank, world_size=world_size, ep_size=ep_size, device=dev,
+                           tp_group=dist.group.WORLD)
 
 
 def destroy_parallel() -> None:

@@ -202,8 +202,7 @@ def run_rank(rank: int, world_size: int, ep_size: int, port: int, jobs: list[dic
     A job is {"path", "prompts", "decode": n}; results per job: full-sequence logits in the expanded
     and absorbed forms, n greedy tokens per prompt decoded over the paged cache, the logits and
     greedy tokens again with the small-batch paths off ("grouped", "greedy_general"), the number of
-    parameters this rank holds per kind (routed experts, head-split attention projections); plus,
-    once, the sum of the member ranks of each process group (to check the group layout).
+    parameters this rank holds per kind (routed experts, head-split attention projections).
     """
     from fathom.model.loader import load_model
     from fathom.parallel.context import destroy_parallel, init_parallel
@@ -212,7 +211,6 @@ def run_rank(rank: int, world_size: int, ep_size: int, port: int, jobs: list[dic
     ctx = init_parallel(rank, world_size, ep_size, master_port=port, device="cpu", timeout_s=60)
     results = []
     try:
-        groups = group_rank_sums(ctx)
         for job in jobs:
             model = load_model(job["path"], ctx)
             res = {"params": param_counts(model), "experts": local_expert_ids(model)}
@@ -227,20 +225,7 @@ def run_rank(rank: int, world_size: int, ep_size: int, port: int, jobs: list[dic
             results.append(res)
     finally:
         destroy_parallel()
-    torch.save({"jobs": results, "groups": groups}, Path(out_dir) / f"{rank}.pt")
-
-
-def group_rank_sums(ctx) -> dict[str, int]:
-    """Sum of the member ranks of each of ctx's groups (a group of None is this rank alone)."""
-    import torch.distributed as dist
-
-    sums = {}
-    for name in ("tp_group", "ep_group", "moe_tp_group"):
-        x = torch.tensor([float(ctx.rank)])
-        if getattr(ctx, name) is not None:
-            dist.all_reduce(x, group=getattr(ctx, name))
-        sums[name] = int(x.item())
-    return sums
+    torch.save({"jobs": results}, Path(out_dir) / f"{rank}.pt")
 
 
 def param_counts(model: DeepseekForCausalLM) -> dict[str, int]:
