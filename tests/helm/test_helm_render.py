@@ -164,8 +164,8 @@ def test_namespaced_mode_watches_only_its_namespaces(helm):
 
 
 def test_alerts_are_valid_promql_on_the_documented_metrics(helm):
-    """Every alert parses (a real PromQL parser) and uses only metrics named in docs/architecture.md."""
-    documented = set(re.findall(r"`(fathom_\w+)`", (ROOT / "docs" / "architecture.md").read_text()))
+    """Every alert parses (a real PromQL parser) and uses only metrics named in docs/metrics.md."""
+    documented = set(re.findall(r"`(fathom_\w+)`", (ROOT / "docs" / "metrics.md").read_text()))
     (rule,) = by_kind(helm.template(EVERYTHING_ON), "PrometheusRule")
     for r in rule["spec"]["groups"][0]["rules"]:
         promql_parser.parse(r["expr"])  # raises ValueError naming the syntax error
