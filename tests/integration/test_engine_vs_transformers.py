@@ -8,8 +8,8 @@ import torch
 from fathom.api.engine import EngineSettings
 from fathom.engine.sampling_params import SamplingParams
 from fathom.model.kv_cache import bytes_per_token
-from support.model_testing import save_reference
 from fathom.worker.factory import create_engine
+from support.model_testing import save_reference
 
 NEW = 10
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True)
