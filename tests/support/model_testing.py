@@ -229,10 +229,12 @@ def run_rank(rank: int, world_size: int, ep_size: int, port: int, jobs: list[dic
 
 
 def param_counts(model: DeepseekForCausalLM) -> dict[str, int]:
-    """Parameters held by this rank: routed experts, and the head-split attention projections."""
-    counts = {"routed_experts": 0, "attention_heads": 0, "total": 0}
+    """Parameters held by this rank: routed experts, the head-split attention projections, and how
+    many of all are FP8-resident."""
+    counts = {"routed_experts": 0, "attention_heads": 0, "total": 0, "fp8": 0}
     for name, p in model.named_parameters():
         counts["total"] += p.numel()
+        counts["fp8"] += p.numel() if p.dtype == torch.float8_e4m3fn else 0
         if ".mlp.experts." in name:
             counts["routed_experts"] += p.numel()
         elif any(s in name for s in ("q_proj", "q_b_proj", "kv_b_proj", "o_proj")):
