@@ -150,6 +150,13 @@ def fp8_block_of(model: torch.nn.Module, param: str) -> tuple[int, int]:
     return module.fp8_block if leaf == "weight" else getattr(module, f"{leaf}_block")
 
 
+def build_model(config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype,
+                quantization: str = "auto") -> DeepseekForCausalLM:  # fmt: skip
+    """This rank's empty model with the loader's format decisions (``fp8_resident``): what
+    ``load_model`` fills, and what the memory planner builds on the meta device."""
+    return DeepseekForCausalLM(config, ctx, dtype, fp8_resident(config.fp8, quantization))
+
+
 def load_model(
     path: str | Path,
     ctx: ParallelContext | None = None,
@@ -170,7 +177,7 @@ def load_model(
     ctx = ctx or ParallelContext.single(device or "cpu")
     if device is not None and torch.device(device) != ctx.device:
         raise ValueError(f"device {device} differs from the parallel context's device {ctx.device}")
-    model = DeepseekForCausalLM(config, ctx, dtype, fp8_resident(config.fp8, quantization))
+    model = build_model(config, ctx, dtype, quantization)
     names = checkpoint_files(path)
     files = _Files(names)
     shapes = [(n, tuple(files.slice(n).get_shape())) for n in names if not n.endswith(SCALE_SUFFIX)]
