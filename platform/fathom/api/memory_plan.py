@@ -56,6 +56,18 @@ GPUS = {
 }
 
 
+_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def quantity_bytes(quantity: int | str) -> int:
+    """A Kubernetes memory quantity ("141Gi", "150G", 1024) in bytes."""
+    text = str(quantity).strip()
+    for suffix, factor in _UNITS.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(float(text))
+
+
 def gpu_spec(name: str, memory_gib: float | None = None) -> GpuSpec:
     """A GPU of the table (case-insensitive), its memory optionally overridden; an unknown name
     needs ``memory_gib``."""
@@ -282,6 +294,10 @@ class MemoryPlan:
                        f"{self.gpu.memory_bytes / GIB:.1f} GiB")  # fmt: skip
         elif self.kv_tokens < self.max_model_len:
             out.append(f"KV cache holds {self.kv_tokens} tokens, fewer than max_model_len {self.max_model_len}")
+        elif worst.weight_bytes + self.reserved_bytes + worst.kv_budget > self.gpu.memory_bytes:
+            out.append(f"rank {worst.rank}: {worst.weight_bytes / GIB:.1f} GiB of weights + "
+                       f"{self.reserved_bytes / GIB:.1f} GiB reserved + kv_cache_memory "
+                       f"{worst.kv_budget / GIB:.1f} GiB exceed the {self.gpu.name}'s {self.gpu.memory_bytes / GIB:.1f} GiB")  # fmt: skip
         return out
 
     def to_dict(self) -> dict:
@@ -303,17 +319,20 @@ RESERVED_BYTES = 2 * GIB  # per GPU: CUDA context, NCCL buffers, one step's acti
 def plan_memory(shape: ModelShape, gpu: GpuSpec, *, num_gpus: int, tp: int, ep: int = 1,
                 dtype: str = "bfloat16", quantization: str = "auto", kv_cache_dtype: str = "auto",
                 max_model_len: int | None = None, memory_fraction: float = 0.9, block_size: int = 16,
-                reserved_bytes: int = RESERVED_BYTES, weights: list[dict[str, int]] | None = None) -> MemoryPlan:  # fmt: skip
+                reserved_bytes: int = RESERVED_BYTES, kv_cache_memory: int | None = None,
+                weights: list[dict[str, int]] | None = None) -> MemoryPlan:  # fmt: skip
     """The plan of one instance of TP ``tp`` / EP ``ep``. The KV budget of a rank is, as the engine
-    sizes it, ``memory_fraction`` of what its weights (and ``reserved_bytes``) leave of the GPU, in
-    whole blocks of ``block_size`` tokens. ``weights`` (per rank, by kind) replaces the arithmetic
-    with measured numbers (``fathom plan`` passes the meta-device build's)."""
+    sizes it, ``kv_cache_memory`` bytes when given, else ``memory_fraction`` of what its weights
+    (and ``reserved_bytes``) leave of the GPU, in whole blocks of ``block_size`` tokens.
+    ``weights`` (per rank, by kind) replaces the arithmetic with measured numbers (``fathom plan``
+    passes the meta-device build's)."""
     fp8 = fp8_resident(shape.fp8, quantization)
     per_token = kv_bytes_per_token(shape, kv_itemsize(kv_cache_dtype, dtype))
     ranks = []
     for r in range(tp):
         w = weights[r] if weights is not None else weight_bytes(shape, tp, ep, r, dtype, fp8)
-        budget = max(0, int((gpu.memory_bytes - reserved_bytes - sum(w.values())) * memory_fraction))
+        free = gpu.memory_bytes - reserved_bytes - sum(w.values())
+        budget = max(0, int(free * memory_fraction)) if kv_cache_memory is None else kv_cache_memory
         ranks.append(RankPlan(r, w, budget, budget // (per_token * block_size) * block_size))
     return MemoryPlan(gpu, num_gpus, tp, ep, dtype, fp8, kv_cache_dtype, per_token,
                       max_model_len or shape.max_position_embeddings, memory_fraction, reserved_bytes, ranks)  # fmt: skip
