@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from fathom.api.model_service import ModelServiceSpec
 from fathom_operator import render
 from fathom_operator.conditions import set_all
+from fathom_operator.memory_fit import model_fits
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,20 @@ def reconcile(obj: dict, observed: Observed) -> Result:
             "Progressing": (False, "KubeRayNotInstalled", "waiting for the RayService CRD"),
             "Degraded": (True, "KubeRayNotInstalled", message),
         }), spec)
+    fits = model_fits(spec)
+    if fits is not None and not fits[0]:  # no pods that would only die of OOM
+        kept = " (the existing RayService keeps serving the last spec that fit)" if observed.ray_service else ""
+        return Result(None, _status(old, generation, observed.now, "Invalid", {
+            "Ready": (False, fits[1], fits[2] + kept),
+            "Progressing": (False, fits[1], "give each rank more GPU memory, more ranks, or FP8 weights/KV cache"),
+            "Degraded": (True, fits[1], fits[2]),
+            "ModelFits": fits,
+        }), spec)
     replicas = desired_replicas(spec, old)
     children = [render.ray_service(spec, owner, replicas), render.api_service(spec, owner)]
     ready, phase, conditions = _progress(spec, observed.ray_service, replicas)
+    if fits is not None:
+        conditions["ModelFits"] = fits
     status = _status(old, generation, observed.now, phase, conditions)
     status.update({
         "replicas": replicas, "readyReplicas": ready, "desiredReplicas": replicas,

@@ -4,6 +4,7 @@
     fathom serve --model DIR --tensor-parallel-size 2 --expert-parallel-size 2 --num-replicas 2
     fathom serve --config serve.yaml --port 8080
     fathom serve --address auto        # join a running Ray cluster
+    fathom plan --model DIR --gpu h200 --num-gpus 8   # does it fit? (also: fathom serve --dry-run)
 
 Flags are generated from `fathom.api.serve.ServeSettings` (see `fathom.serve.flags`); the heavy
 imports (ray, torch) happen only once a command runs, so `--help` and flag errors are fast.
@@ -13,6 +14,7 @@ import argparse
 import sys
 
 from fathom.serve.flags import UsageError, add_serve_flags, settings_from_args
+from fathom.serve.plan_command import add_plan_parser, plan_settings, run_plan
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_serve_flags(serve)
+    serve.add_argument("--dry-run", action="store_true", help="Print the memory plan (fathom plan) and exit.")
+    add_plan_parser(sub)
     return parser
 
 
@@ -34,11 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "plan":
+        return run_plan(args)
     try:
         settings = settings_from_args(args)
     except UsageError as e:
         print(f"fathom {args.command}: error: {e}", file=sys.stderr)
         return 2
+    if getattr(args, "dry_run", False):
+        return plan_settings(settings.engine)
     from fathom.serve.launch import serve_forever  # ray, torch: only now
 
     return serve_forever(settings)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from support import model_testing as T
 from fathom.model.loader import load_model
 from fathom.parallel.context import ParallelContext
 from fathom.worker.demo import demo_checkpoint_dir
+from support import model_testing as T
 
 pytestmark = [
     pytest.mark.gpu,

@@ -8,8 +8,8 @@ import torch
 from fathom.api.engine import EngineSettings
 from fathom.engine.sampling_params import SamplingParams
 from fathom.model.kv_cache import bytes_per_token
-from support.model_testing import save_reference
 from fathom.worker.factory import create_engine
+from support.model_testing import save_reference
 
 NEW = 10
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True)
@@ -140,3 +140,18 @@ def test_kv_cache_holds_latents_only(checkpoint):
     assert total == runner.num_blocks * 4 * per_token
     assert total <= 1 << 20 and runner.num_blocks == (1 << 20) // (4 * per_token)
     assert all(t.shape[-1] == c.kv_lora_rank + c.qk_rope_head_dim for t in runner.kv_caches)
+
+
+def test_quantization_and_kv_cache_dtype_settings_reach_the_rank(checkpoint):
+    """`--quantization fp8 --kv-cache-dtype fp8`: projections quantised at load, an FP8 latent cache
+    sized at 1 byte per value, and the engine generates over them."""
+    path, hf = checkpoint
+    engine = make(path, kv_cache_memory=1 << 20, quantization="fp8", kv_cache_dtype="fp8")
+    runner = engine.executor.inner.runner
+    c = hf.config
+    per_token = c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim)
+    assert all(t.dtype == torch.float8_e4m3fn for t in runner.kv_caches)
+    assert runner.num_blocks == (1 << 20) // (4 * per_token)
+    assert runner.model.model.layers[1].mlp.experts.w13.dtype == torch.float8_e4m3fn
+    results = run(engine, {0: [("a", prompts([9])[0])]})
+    assert len(results["a"]) == NEW

@@ -1,8 +1,8 @@
 """TP/EP-sharded model in real processes over gloo: logits and greedy tokens equal transformers'.
 
 One spawn per (TP, EP) runs every checkpoint (V3 with YaRN + noaux_tc + nonzero correction bias,
-V2-Lite-style softmax + group_limited_greedy + q_lora_rank=None, and an FP8 block-quantised V3)
-in both attention forms and decodes token by token over a paged cache of 3-token blocks.
+V2-Lite-style softmax + group_limited_greedy + q_lora_rank=None, and an FP8 block-quantised V3
+held FP8-resident, against transformers on its dequantised weights) in both attention forms and decodes token by token over a paged cache of 3-token blocks.
 """
 
 import socket
@@ -65,6 +65,11 @@ def test_sharded_model_matches_transformers(references, tmp_path, tp, ep):
             # memory: 1/TP of the head-split attention, 1/TP of the routed experts (1/EP per shard)
             assert res["params"]["attention_heads"] * tp == full["attention_heads"]
             assert res["params"]["routed_experts"] * tp == full["routed_experts"]
+            # the FP8 checkpoint ran FP8-resident: every routed expert and attention projection in fp8
+            if name.endswith("fp8"):
+                assert res["params"]["fp8"] >= res["params"]["routed_experts"] + res["params"]["attention_heads"]
+            else:
+                assert res["params"]["fp8"] == 0
         shards = [results[j]["experts"] for results in ranks]
         per = 8 // ep
         assert shards == [list(range(r // (tp // ep) * per, (r // (tp // ep) + 1) * per)) for r in range(tp)]

@@ -18,10 +18,10 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from fathom.api.serve import ServeSettings
-from support.model_testing import save_reference
 from fathom.serve.app import APP_NAME
 from fathom.serve.launch import _export_source_root, deploy, free_port
 from fathom.worker.demo import demo_checkpoint_dir
+from support.model_testing import save_reference
 
 pytestmark = pytest.mark.timeout(300)
 MAX_NEW = 8

@@ -57,7 +57,7 @@ async def test_examples_through_the_operator(cluster, kubectl):
         services = await eventually(lambda: len(_live(cluster, "rayservices")) == 2 and _live(cluster, "rayservices"))
         for rs in services.values():
             jsonschema.Draft7Validator(rayservice).validate(rs)
-        assert services["deepseek-v3"]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 2
+        assert services["deepseek-v3"]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["replicas"] == 1  # one node
         await eventually(lambda: {"demo-api", "deepseek-v3-api"} <= set(_live(cluster, "services")))
         secret = await eventually(lambda: _live(cluster, "secrets").get(SECRET_NAME))
         tenants = await eventually(lambda: len(read_secret_file(_live(cluster, "secrets")[SECRET_NAME])) == 2

@@ -112,11 +112,13 @@ def reference_greedy(hf_model, ids: list[int], n: int) -> list[int]:
     return seq[len(ids) :]
 
 
-def full_logits(model: DeepseekForCausalLM, seqs: list[list[int]], block_size: int = 4) -> list[torch.Tensor]:
-    """Prefill every sequence of ``seqs`` in one batch over a fresh paged cache -> logits [T_i, vocab]."""
+def full_logits(model: DeepseekForCausalLM, seqs: list[list[int]], block_size: int = 4,
+                kv_dtype: torch.dtype | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """Prefill every sequence of ``seqs`` in one batch over a fresh paged cache (of ``kv_dtype``,
+    default the model's) -> logits [T_i, vocab]."""
     lens = [len(s) for s in seqs]
     tables, n_blocks = contiguous_layout(lens, block_size)
-    caches = allocate_kv_caches(model.config, n_blocks, block_size, model.dtype, model.ctx.device)
+    caches = allocate_kv_caches(model.config, n_blocks, block_size, kv_dtype or model.dtype, model.ctx.device)
     meta = AttentionMetadata.build(lens, lens, tables, block_size, model.ctx.device)
     ids = torch.tensor([t for s in seqs for t in s], device=model.ctx.device)
     logits = model.compute_logits(model(ids, meta.positions(), caches, meta))
@@ -124,13 +126,14 @@ def full_logits(model: DeepseekForCausalLM, seqs: list[list[int]], block_size: i
 
 
 def greedy_decode(model: DeepseekForCausalLM, prompts: list[list[int]], n: int,
-                  block_size: int = 4) -> list[list[int]]:  # fmt: skip
+                  block_size: int = 4, kv_dtype: torch.dtype | None = None) -> list[list[int]]:  # fmt: skip
     """Prefill all prompts in one batch, then decode n tokens per prompt one step at a time (q_i = 1)
-    over the paged cache, all sequences batched; each sequence's blocks are scattered (reversed)."""
+    over the paged cache (of ``kv_dtype``, default the model's), all sequences batched; each
+    sequence's blocks are scattered (reversed)."""
     total = [len(p) + n for p in prompts]
     tables, n_blocks = contiguous_layout(total, block_size)
     tables = [list(reversed(t)) for t in tables]
-    caches = allocate_kv_caches(model.config, n_blocks, block_size, model.dtype, model.ctx.device)
+    caches = allocate_kv_caches(model.config, n_blocks, block_size, kv_dtype or model.dtype, model.ctx.device)
     dev = model.ctx.device
     seqs = [list(p) for p in prompts]
     q_lens = [len(p) for p in prompts]
@@ -229,10 +232,12 @@ def run_rank(rank: int, world_size: int, ep_size: int, port: int, jobs: list[dic
 
 
 def param_counts(model: DeepseekForCausalLM) -> dict[str, int]:
-    """Parameters held by this rank: routed experts, and the head-split attention projections."""
-    counts = {"routed_experts": 0, "attention_heads": 0, "total": 0}
+    """Parameters held by this rank: routed experts, the head-split attention projections, and how
+    many of all are FP8-resident."""
+    counts = {"routed_experts": 0, "attention_heads": 0, "total": 0, "fp8": 0}
     for name, p in model.named_parameters():
         counts["total"] += p.numel()
+        counts["fp8"] += p.numel() if p.dtype == torch.float8_e4m3fn else 0
         if ".mlp.experts." in name:
             counts["routed_experts"] += p.numel()
         elif any(s in name for s in ("q_proj", "q_b_proj", "kv_b_proj", "o_proj")):

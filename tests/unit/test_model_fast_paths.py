@@ -10,8 +10,8 @@ from fathom.model.config import DeepseekConfig
 from fathom.model.kv_cache import allocate_kv_caches
 from fathom.model.layers.moe import DENSE_LIMIT, MoE, RoutedExperts, grouped_mm_runs
 from fathom.model.loader import load_model
-from support.model_testing import save_reference, tiny_v3_kwargs
 from fathom.parallel.context import ParallelContext
+from support.model_testing import save_reference, tiny_v3_kwargs
 
 BATCHES = [
     ([1, 1, 1, 1], [5, 17, 9, 30]),  # pure decode

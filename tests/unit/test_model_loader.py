@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from support import model_testing as T
 from fathom.model.loader import load_model
 from fathom.model.weights import fp8
 from fathom.parallel.context import ParallelContext
+from support import model_testing as T
 
 PROMPT = [3, 14, 15, 92, 65, 35, 89, 79]
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from support import model_testing as T
 from fathom.model.loader import load_model
+from support import model_testing as T
 
 PROMPTS = [[5, 17, 99, 3, 200, 41, 8, 250, 1, 77, 33, 120, 6], [9, 9, 12, 130, 64], [42]]
 

@@ -5,10 +5,10 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from support import model_testing as T
 from fathom.model.config import DeepseekConfig
 from fathom.model.loader import load_model
 from fathom.worker.demo import BOS, EOS, SPECIAL_TOKENS, demo_checkpoint_dir, write_demo_checkpoint
+from support import model_testing as T
 
 
 def test_demo_is_deterministic_and_a_real_moe(tmp_path):

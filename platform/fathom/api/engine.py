@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fathom.api.base import Spec
+from fathom.api.memory_plan import KvCacheDType, Quantization
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -26,12 +27,14 @@ class EngineSettings(Spec):
     tensor_parallel_size: int = Field(1, ge=1, le=1024, description="World size W of one model instance (attention heads, dense MLPs, vocab split over W ranks).")
     expert_parallel_size: int = Field(1, ge=1, le=1024, description="Routed experts split over EP groups; must divide tensor_parallel_size.")
     dtype: DType = Field("auto", description="Weights and activations dtype; auto = bfloat16 on CUDA, float32 on CPU.")
+    quantization: Quantization = Field("auto", description="Weights format: auto = as the checkpoint (an FP8 block-quantised checkpoint stays FP8 in memory); fp8 = also quantise a bf16/fp32 checkpoint's projections to FP8 at load; none = dequantise FP8 weights to dtype at load.")
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt + completion, in tokens; default: the checkpoint's max_position_embeddings.")
     max_num_seqs: int = Field(64, ge=1, description="Most sequences in one engine step.")
     max_num_batched_tokens: int = Field(2048, ge=16, description="Token budget of one engine step (prefill chunks + decodes).")
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV-cache block.")
     kv_cache_memory: int | None = Field(None, ge=1, description="Bytes for the latent KV cache per rank; default: a fraction of free device memory.")
     kv_cache_memory_fraction: float = Field(0.9, gt=0, le=1, description="Fraction of free device memory for the KV cache when kv_cache_memory is unset.")
+    kv_cache_dtype: KvCacheDType = Field("auto", description="Latent KV cache dtype: auto = the model dtype; fp8 = float8 e4m3 with a per-layer scale, half of bf16's bytes per token (parity tolerance in docs/architecture.md).")
     enable_prefix_caching: bool = Field(True, description="Reuse cached KV blocks of shared prompt prefixes.")
     enable_chunked_prefill: bool = Field(True, description="Split long prompts over several steps so decodes are not stalled.")
     reasoning_parser: Literal["none", "deepseek_r1"] = Field("none", description="Return <think>...</think> as reasoning_content.")

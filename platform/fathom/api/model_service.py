@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from fathom.api.base import Spec
 from fathom.api.engine import EngineSettings
+from fathom.api.memory_plan import ModelShape
 
 GROUP = "fathom.dev"
 VERSION = "v1alpha1"
@@ -44,6 +45,7 @@ class ModelSource(Spec):
     uri: str | None = Field(None, pattern=r"^(hf|s3|gs|https?)://.+", description="Checkpoint fetched by an init container: hf://, s3://, gs://, http(s):// (a tarball).")
     path: str = Field("", pattern=r"^[^/].*$|^$", description="Checkpoint directory relative to the volume root (or to the fetched tree); empty = the root.")
     fetch_image: str | None = Field(None, description="Image of the fetch init container (needs huggingface_hub, awscli, gsutil or curl for the scheme); default: spec.image.")
+    architecture: ModelShape | None = Field(None, description="The checkpoint's config.json numbers (same names, camelCase). With resources.gpuType or gpuMemory the operator checks that the model fits the ranks' GPUs (condition ModelFits) before creating any pod; `fathom plan` prints the same numbers.")
 
     @field_validator("path")
     @classmethod
@@ -88,6 +90,8 @@ class RankResources(Spec):
     memory: Quantity = Field("64Gi", description="Memory request per rank (Kubernetes quantity).")
     gpus_per_node: int = Field(8, ge=1, le=64, description="GPUs of one worker pod (one node): how many ranks share a pod.")
     gpu_resource_name: str = Field("nvidia.com/gpu", description="Extended resource name of the accelerator.")
+    gpu_type: Literal["h100", "h200", "h20", "a100", "b200"] | None = Field(None, description="GPU kind of the worker nodes; its memory (as the driver reports it) lets the operator check the model fits (with spec.model.architecture).")
+    gpu_memory: Quantity | None = Field(None, description="Memory of one GPU (e.g. 141Gi); overrides gpuType's.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the worker pods must match.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the worker pods.")
 
@@ -191,13 +195,13 @@ class ModelServiceSpec(Spec):
         return -(-self.ranks_per_instance // self.ranks_per_pod)
 
 
-ConditionType = Literal["Ready", "Progressing", "Degraded"]
+ConditionType = Literal["Ready", "Progressing", "Degraded", "ModelFits"]
 
 
 class Condition(Spec):
     """A status condition as in Kubernetes API conventions (metav1.Condition)."""
 
-    type: str = Field(..., description="Ready, Progressing or Degraded.")
+    type: str = Field(..., description="Ready, Progressing or Degraded; a ModelService also has ModelFits when its fit can be planned.")
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field(..., description="CamelCase reason for the last transition.")
     message: str = Field("", description="Human-readable detail.")
@@ -212,7 +216,7 @@ class ModelServiceStatus(Spec):
     """Observed state, written by the operator only."""
 
     phase: Phase | None = Field(None, description="Pending, Deploying, Ready, ScaledToZero, Degraded or Invalid.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded conditions.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded conditions, and ModelFits when the model's fit can be planned.")
     observed_generation: int | None = Field(None, description="metadata.generation last reconciled.")
     replicas: int | None = Field(None, description="Model instances configured in the RayService (the /scale status).")
     ready_replicas: int | None = Field(None, description="Model instances whose workers are ready and Serve app running.")

@@ -14,6 +14,7 @@ from torch import nn
 from fathom.model.attention_metadata import AttentionMetadata
 from fathom.model.config import DeepseekConfig
 from fathom.model.layers.attention import MODES, MLAttention
+from fathom.model.layers.fp8_gemm import share_scratch
 from fathom.model.layers.moe import MLP, MoE
 from fathom.model.layers.norm import RMSNorm
 from fathom.model.layers.rotary import Rotary
@@ -22,17 +23,18 @@ from fathom.parallel.context import ParallelContext
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, idx: int, dtype: torch.dtype) -> None:
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, idx: int, dtype: torch.dtype,
+                 fp8: bool = False) -> None:  # fmt: skip
         super().__init__()
         c = config
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(ctx.device, dtype)
-        self.self_attn = MLAttention(c, ctx, dtype)
+        self.self_attn = MLAttention(c, ctx, dtype, fp8)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(ctx.device, dtype)
         if c.is_moe_layer(idx):
-            self.mlp: nn.Module = MoE(c, ctx, dtype)
+            self.mlp: nn.Module = MoE(c, ctx, dtype, fp8)
         else:
             self.mlp = MLP(c.hidden_size, c.intermediate_size, ctx, ctx.world_size, "intermediate_size",
-                           reduce=True, dtype=dtype)  # fmt: skip
+                           reduce=True, dtype=dtype, fp8=fp8)  # fmt: skip
 
     def forward(self, x, cos_sin, rotary, kv_cache, meta) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos_sin, rotary, kv_cache, meta)
@@ -40,25 +42,32 @@ class DecoderLayer(nn.Module):
 
 
 class DeepseekModel(nn.Module):
-    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype) -> None:
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype, fp8: bool = False) -> None:
         super().__init__()
         c = config
         self.embed_tokens = VocabParallelEmbedding(c.vocab_size, c.hidden_size, ctx, dtype)
-        self.layers = nn.ModuleList(DecoderLayer(c, ctx, i, dtype) for i in range(c.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(c, ctx, i, dtype, fp8) for i in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(ctx.device, dtype)
 
 
 class DeepseekForCausalLM(nn.Module):
-    """One rank's shard of the model. Construct empty, then fill with ``fathom.model.loader``."""
+    """One rank's shard of the model. Construct empty, then fill with ``fathom.model.loader``.
+
+    ``dtype`` is the compute dtype and that of every weight, except that with ``fp8_weights`` the
+    projections (MLA's, the dense MLPs', the shared and routed experts') are FP8-resident with block
+    scales (``layers.linear``, ``layers.moe.RoutedExperts``), sharing one dequantisation scratch
+    buffer; embeddings, LM head, norms and the router stay in ``dtype``."""
 
     def __init__(
-        self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype = torch.float32
-    ) -> None:
+        self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype = torch.float32,
+        fp8_weights: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.config, self.ctx, self.dtype = config, ctx, dtype
-        self.model = DeepseekModel(config, ctx, dtype)
+        self.config, self.ctx, self.dtype, self.fp8_weights = config, ctx, dtype, fp8_weights
+        self.model = DeepseekModel(config, ctx, dtype, fp8_weights)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, ctx, dtype)
         self.rotary = Rotary(config, ctx.device)
+        self.scratch = share_scratch(self)
 
     @torch.inference_mode()
     def forward(

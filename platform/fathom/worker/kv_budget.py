@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from fathom.api.engine import EngineSettings
-from fathom.model.kv_cache import bytes_per_token
+from fathom.model.kv_cache import bytes_per_token, kv_dtype
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,16 @@ class CacheSpec:
     kv_cache_memory: int | None
     memory_fraction: float
     max_useful_tokens: int
+    kv_cache_dtype: str = "auto"  # 'auto' (the model's dtype) or 'fp8'
+
+    def dtype_for(self, model) -> torch.dtype:
+        """The cache dtype on `model`'s rank."""
+        return kv_dtype(self.kv_cache_dtype, model.dtype)
 
 
 def cache_spec(settings: EngineSettings, max_model_len: int) -> CacheSpec:
     return CacheSpec(settings.block_size, settings.kv_cache_memory, settings.kv_cache_memory_fraction,
-                     settings.max_num_seqs * max_model_len)
+                     settings.max_num_seqs * max_model_len, settings.kv_cache_dtype)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -40,7 +45,7 @@ def default_device() -> torch.device:
 
 def blocks_for(model, spec: CacheSpec) -> int:
     """KV blocks that fit this rank's budget once `model` is loaded."""
-    return num_kv_blocks(bytes_per_token(model.config, model.dtype), spec.block_size, model.ctx.device,
+    return num_kv_blocks(bytes_per_token(model.config, spec.dtype_for(model)), spec.block_size, model.ctx.device,
                          kv_cache_memory=spec.kv_cache_memory, memory_fraction=spec.memory_fraction,
                          max_useful_tokens=spec.max_useful_tokens)
 

@@ -24,7 +24,7 @@ class RankWorker:
         self.rank, self.world_size, self.ep_size = rank, world_size, ep_size
         configure_tracing("rank")
         torch.set_num_threads(max(1, threads))
-        self.model = self.runner = None
+        self.model = self.runner = self.spec = None
         self.block_size = 0
 
     def address(self) -> tuple[str, int]:
@@ -34,20 +34,22 @@ class RankWorker:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
-    def load(self, master_addr: str, master_port: int, model_dir: str, dtype: str, spec: CacheSpec) -> int:
+    def load(self, master_addr: str, master_port: int, model_dir: str, dtype: str, spec: CacheSpec,
+             quantization: str = "auto") -> int:
         """Join the group, load this rank's shard; return how many KV blocks fit on this rank."""
         from fathom.model.loader import load_model
         from fathom.parallel.context import init_parallel
 
         ctx = init_parallel(self.rank, self.world_size, self.ep_size, master_addr=master_addr,
                             master_port=master_port)
-        self.model = load_model(model_dir, ctx, resolve_dtype(dtype, ctx.device))
-        self.block_size = spec.block_size
+        self.model = load_model(model_dir, ctx, resolve_dtype(dtype, ctx.device), quantization=quantization)
+        self.block_size, self.spec = spec.block_size, spec
         return blocks_for(self.model, spec)
 
     def allocate(self, num_blocks: int) -> int:
         """Allocate the KV cache (the same block count on every rank); returns the vocab size."""
-        self.runner = ModelRunner(self.model, num_blocks, self.block_size, samples=self.rank == 0)
+        self.runner = ModelRunner(self.model, num_blocks, self.block_size, self.spec.dtype_for(self.model),
+                                  samples=self.rank == 0)
         return self.model.config.vocab_size
 
     def execute(self, step: StepInput) -> StepOutput | None:

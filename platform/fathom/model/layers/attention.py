@@ -27,6 +27,7 @@ from torch import nn
 
 from fathom.model.attention_metadata import AttentionMetadata, DecodeBatch
 from fathom.model.config import DeepseekConfig
+from fathom.model.kv_cache import read_latents, write_latents
 from fathom.model.layers.linear import column_parallel, replicated, row_parallel, split_size
 from fathom.model.layers.norm import RMSNorm
 from fathom.model.layers.rotary import Rotary, softmax_scale
@@ -36,7 +37,7 @@ MODES = ("auto", "expand", "absorb")
 
 
 class MLAttention(nn.Module):
-    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype) -> None:
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype, fp8: bool = False) -> None:
         super().__init__()
         c, w = config, ctx.world_size
         self.n_heads = split_size(c.num_attention_heads, w, "num_attention_heads")
@@ -45,19 +46,20 @@ class MLAttention(nn.Module):
         self.scale = softmax_scale(c)
         self.mode = "auto"
         self.batch_decode = True  # attend all q_i = 1 sequences of a step in one batch (absorbed)
+        self.kv_scale = 1.0  # an FP8 cache holds latent / kv_scale (fathom.model.kv_cache)
         q_out, heads = c.num_attention_heads * c.qk_dim, "num_attention_heads"
         if c.q_lora_rank is None:
-            self.q_proj = column_parallel(c.hidden_size, q_out, ctx, w, heads, dtype)
+            self.q_proj = column_parallel(c.hidden_size, q_out, ctx, w, heads, dtype, fp8)
         else:
-            self.q_a_proj = replicated(c.hidden_size, c.q_lora_rank, ctx, dtype)
+            self.q_a_proj = replicated(c.hidden_size, c.q_lora_rank, ctx, dtype, fp8)
             self.q_a_layernorm = RMSNorm(c.q_lora_rank, c.rms_norm_eps).to(ctx.device, dtype)
-            self.q_b_proj = column_parallel(c.q_lora_rank, q_out, ctx, w, heads, dtype)
-        self.kv_a_proj_with_mqa = replicated(c.hidden_size, c.kv_lora_rank + c.qk_rope_head_dim, ctx, dtype)
+            self.q_b_proj = column_parallel(c.q_lora_rank, q_out, ctx, w, heads, dtype, fp8)
+        self.kv_a_proj_with_mqa = replicated(c.hidden_size, c.kv_lora_rank + c.qk_rope_head_dim, ctx, dtype, fp8)
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.rms_norm_eps).to(ctx.device, dtype)
         kv_out = c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim)
-        self.kv_b_proj = column_parallel(c.kv_lora_rank, kv_out, ctx, w, heads, dtype)
+        self.kv_b_proj = column_parallel(c.kv_lora_rank, kv_out, ctx, w, heads, dtype, fp8)
         o_in = c.num_attention_heads * c.v_head_dim
-        self.o_proj = row_parallel(o_in, c.hidden_size, ctx, w, heads, reduce=True, dtype=dtype)
+        self.o_proj = row_parallel(o_in, c.hidden_size, ctx, w, heads, reduce=True, dtype=dtype, fp8=fp8)
 
     def forward(
         self,
@@ -78,8 +80,7 @@ class MLAttention(nn.Module):
         kv = self.kv_a_proj_with_mqa(x)  # [T, r + rope]
         c_kv = self.kv_a_layernorm(kv[:, : self.rank_kv])  # [T, r]
         k_pe = rotary.apply(kv[:, self.rank_kv :], *cos_sin)  # [T, rope]
-        flat = kv_cache.view(-1, kv_cache.shape[-1])
-        flat[meta.slot_mapping] = torch.cat([c_kv, k_pe], dim=-1).to(flat.dtype)
+        write_latents(kv_cache, meta.slot_mapping, torch.cat([c_kv, k_pe], dim=-1), self.kv_scale)
 
         dec = meta.decode_batch(kv_cache.shape[1]) if self.batch_decode and self._use_absorb(1) else None
         if dec is not None and dec.every_row:  # pure decode step: one attention for the whole batch
@@ -100,7 +101,7 @@ class MLAttention(nn.Module):
             a, b = starts[i], starts[i] + q_len
             n_blocks = -(-s_len // block_size)
             ctx_lat = kv_cache[meta.block_tables[i, :n_blocks]].view(-1, kv_cache.shape[-1])[:s_len]
-            ctx_lat = ctx_lat.to(out.dtype)  # [S, r + rope]
+            ctx_lat = read_latents(ctx_lat, out.dtype, self.kv_scale)  # [S, r + rope]
             attend = self._absorbed if self._use_absorb(q_len) else self._expanded
             out[a:b] = attend(q_nope[a:b], q_pe[a:b], ctx_lat[:, : self.rank_kv], ctx_lat[:, self.rank_kv :])
 
@@ -134,7 +135,7 @@ class MLAttention(nn.Module):
 
     def _absorbed(self, q_nope, q_pe, c_kv, k_pe) -> torch.Tensor:
         """Same contract as ``_expanded``, attending over the latents without expanding K/V."""
-        w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.rank_kv)
+        w = self.kv_b_proj.dense_weight().view(self.n_heads, self.nope + self.v_dim, self.rank_kv)
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # [h,nope,r], [h,v,r]
         q_lat = torch.einsum("qhd,hdr->qhr", q_nope, w_uk)  # [q,h,r]
         scores = torch.einsum("qhr,sr->hqs", q_lat, c_kv) + torch.einsum("qhd,sd->hqs", q_pe, k_pe)
@@ -147,8 +148,8 @@ class MLAttention(nn.Module):
         (padded to the longest, masked past seq_len): q_nope [B,h,nope], q_pe [B,h,rope] -> [B,h,v]."""
         B = q_nope.shape[0]
         ctx = kv_cache.index_select(0, dec.block_tables).view(B, dec.valid.shape[1], -1)  # [B,S,r+rope]
-        ctx = ctx.to(q_nope.dtype)
-        w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.rank_kv)
+        ctx = read_latents(ctx, q_nope.dtype, self.kv_scale)
+        w = self.kv_b_proj.dense_weight().view(self.n_heads, self.nope + self.v_dim, self.rank_kv)
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # [h,nope,r], [h,v,r]
         q_lat = torch.einsum("bhd,hdr->bhr", q_nope, w_uk)  # [B,h,r]
         scores = torch.bmm(torch.cat([q_lat, q_pe], dim=-1), ctx.transpose(1, 2))  # [B,h,S]

@@ -38,7 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fathom.model.config import DeepseekConfig
+from fathom.model.layers.fp8_gemm import Scratch, block_scaled_mm_runs, dequantized, fp8_linear
 from fathom.model.layers.linear import column_parallel, row_parallel, split_size
+from fathom.model.weights import fp8 as fp8_format
 from fathom.parallel.comm import all_reduce
 from fathom.parallel.context import ParallelContext
 
@@ -53,11 +55,11 @@ class MLP(nn.Module):
     """SwiGLU MLP, intermediate dim split in ``parts``: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, hidden: int, inter: int, ctx: ParallelContext, parts: int, what: str,
-                 *, reduce: bool, dtype: torch.dtype) -> None:  # fmt: skip
+                 *, reduce: bool, dtype: torch.dtype, fp8: bool = False) -> None:  # fmt: skip
         super().__init__()
-        self.gate_proj = column_parallel(hidden, inter, ctx, parts, what, dtype)
-        self.up_proj = column_parallel(hidden, inter, ctx, parts, what, dtype)
-        self.down_proj = row_parallel(inter, hidden, ctx, parts, what, reduce=reduce, dtype=dtype)
+        self.gate_proj = column_parallel(hidden, inter, ctx, parts, what, dtype, fp8)
+        self.up_proj = column_parallel(hidden, inter, ctx, parts, what, dtype, fp8)
+        self.down_proj = row_parallel(inter, hidden, ctx, parts, what, reduce=reduce, dtype=dtype, fp8=fp8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -118,19 +120,34 @@ class RoutedExperts(nn.Module):
     * ``w13`` [E_local, 2·I_r, H]: expert j's gate_proj rows, then its up_proj rows;
     * ``w2`` [E_local, H, I_r]: its down_proj.
 
+    With ``fp8`` both are float8_e4m3fn with float32 block scales ``w13_scale_inv`` / ``w2_scale_inv``
+    [E_local, blocks of rows, blocks of cols] (blocks ``w13_block`` / ``w2_block``, fathom.model.weights.fp8;
+    w13's rows in gcd(128, I_r) so no block straddles gate and up). They are multiplied expert by
+    expert on the block-scaled kernel where it runs, else the experts that have tokens are
+    dequantised just in time into the shared scratch buffer and run grouped as below.
+
     forward(x [T, H], weights float32 [T, k], ids Long[T, k] global) -> this rank's partial sum
     [T, H] of Σ_k weight · down(silu(gate(x)) · up(x)) over the choices routed to its experts.
     """
 
-    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype) -> None:
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype, fp8: bool = False) -> None:
         super().__init__()
         c = config
         self.n_experts = c.n_routed_experts
         self.local = ctx.local_experts(c.n_routed_experts)
         self.inter = split_size(c.moe_intermediate_size, ctx.moe_tp_size, "moe_intermediate_size")
         E, H, I = len(self.local), c.hidden_size, self.inter
-        self.w13 = nn.Parameter(torch.empty(E, 2 * I, H, dtype=dtype, device=ctx.device), requires_grad=False)
-        self.w2 = nn.Parameter(torch.empty(E, H, I, dtype=dtype, device=ctx.device), requires_grad=False)
+        self.dtype, self.fp8 = dtype, fp8
+        w_dtype = fp8_format.FP8 if fp8 else dtype
+        self.w13 = nn.Parameter(torch.empty(E, 2 * I, H, dtype=w_dtype, device=ctx.device), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(E, H, I, dtype=w_dtype, device=ctx.device), requires_grad=False)
+        if fp8:
+            self.w13_block = (fp8_format.local_block(I, True), fp8_format.BLOCK)
+            self.w2_block = (fp8_format.BLOCK, fp8_format.local_block(I, ctx.moe_tp_size > 1))
+            for name, block in (("w13", self.w13_block), ("w2", self.w2_block)):
+                grid = fp8_format.scale_shape(tuple(getattr(self, name).shape[1:]), block)
+                self.register_buffer(f"{name}_scale_inv", torch.empty(E, *grid, dtype=torch.float32, device=ctx.device))
+            self.scratch = Scratch()  # replaced by the model's shared one (fp8_gemm.share_scratch)
         dense_per_choice = c.n_routed_experts / c.num_experts_per_tok * 3 * I * H
         self.dense_limit = DENSE_LIMIT if dense_per_choice <= DENSE_WASTE else 0  # T × E_local; 0: never
 
@@ -152,29 +169,61 @@ class RoutedExperts(nn.Module):
         mine = order[lo:hi]  # this rank's experts' choices
         x_mine = x[mine // k]  # [n, H] tokens, grouped by (local) expert
         counts = counts[self.local.start : self.local.stop]
-        swiglu = self._swiglu_grouped_mm if grouped_mm_runs(x_mine, self.inter) else self._swiglu_per_expert
         routed = x.new_zeros(T * k, H)
-        routed[mine] = swiglu(x_mine, counts)  # back to (token, choice) order; other ranks' stay 0
+        routed[mine] = self._swiglu(x_mine, counts)  # back to (token, choice) order; other ranks' stay 0
         return (routed.view(T, k, H) * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
 
-    def _swiglu_grouped_mm(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """x [n, H] sorted by local expert, ``counts`` [E_local] rows per expert -> [n, H]: each
-        expert's SwiGLU on its rows as two grouped GEMMs over the stacks (no loop, no weight copy)."""
-        offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's run
-        h = F.grouped_mm(x, self.w13.transpose(1, 2), offs=offs)  # [n, 2I] gate | up
-        return F.grouped_mm(
-            F.silu(h[:, : self.inter]) * h[:, self.inter :], self.w2.transpose(1, 2), offs=offs
-        )
+    def _swiglu(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x [n, H] sorted by local expert, ``counts`` [E_local] rows per expert -> each expert's
+        SwiGLU on its rows [n, H]."""
+        if not self.fp8:
+            swiglu = self._swiglu_grouped_mm if grouped_mm_runs(x, self.inter) else self._swiglu_per_expert
+            return swiglu(x, counts)
+        if grouped_mm_runs(x, self.inter) and not block_scaled_mm_runs(x, self.w13[0], self.w13_block):
+            active = counts.nonzero().flatten().tolist()  # dequantise only the experts that have tokens
+            return self._swiglu_grouped_mm(x, counts[active], self._dequantized("w13", active, 0),
+                                           self._dequantized("w2", active, 1))  # fmt: skip
+        s13, s2, b13, b2 = self.w13_scale_inv, self.w2_scale_inv, self.w13_block, self.w2_block
+        return self._swiglu_per_expert(x, counts, lambda h, j: fp8_linear(h, self.w13[j], s13[j], b13, self.scratch),
+                                       lambda h, j: fp8_linear(h, self.w2[j], s2[j], b2, self.scratch))  # fmt: skip
 
-    def _swiglu_per_expert(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """The same, expert by expert (where torch has no grouped GEMM for the device or dtype)."""
+    def _swiglu_grouped_mm(self, x: torch.Tensor, counts: torch.Tensor, w13: torch.Tensor | None = None,
+                           w2: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """The SwiGLU of each group of rows (``counts`` [G] rows each) with its stacked weights
+        (w13 [G, 2I, H], w2 [G, H, I]; default this rank's stacks) as two grouped GEMMs (no loop,
+        no weight copy)."""
+        w13, w2 = self.w13 if w13 is None else w13, self.w2 if w2 is None else w2
+        offs = counts.cumsum(0).to(torch.int32)  # end row of each expert's run
+        h = F.grouped_mm(x, w13.transpose(1, 2), offs=offs)  # [n, 2I] gate | up
+        return F.grouped_mm(F.silu(h[:, : self.inter]) * h[:, self.inter :], w2.transpose(1, 2), offs=offs)
+
+    def _swiglu_per_expert(self, x: torch.Tensor, counts: torch.Tensor, lin13=None, lin2=None) -> torch.Tensor:
+        """The same, expert by expert (where torch has no grouped GEMM for the device or dtype, and for
+        FP8 experts on the block-scaled kernel): ``lin13(rows, j)``, ``lin2(rows, j)`` apply expert j's
+        w13, w2 (default: F.linear with the stacks)."""
+        lin13 = lin13 or (lambda h, j: F.linear(h, self.w13[j]))
+        lin2 = lin2 or (lambda h, j: F.linear(h, self.w2[j]))
         y = torch.empty_like(x)
         bounds = [0, *accumulate(counts.tolist())]
         for j, (a, b) in enumerate(pairwise(bounds)):
             if a < b:
-                h = F.linear(x[a:b], self.w13[j])  # [n_j, 2I] gate | up
-                y[a:b] = F.linear(F.silu(h[:, : self.inter]) * h[:, self.inter :], self.w2[j])
+                h = lin13(x[a:b], j)  # [n_j, 2I] gate | up
+                y[a:b] = lin2(F.silu(h[:, : self.inter]) * h[:, self.inter :], j)
         return y
+
+    def _dequantized(self, name: str, experts: list[int] | None, slot: int) -> torch.Tensor:
+        """Stack ``name`` (w13 or w2) of the given local experts (None: all) in the compute dtype: the
+        parameter itself, or (FP8) dequantised into scratch ``slot``."""
+        w = getattr(self, name)
+        if not self.fp8:
+            return w if experts is None else w[experts]
+        scale, block = getattr(self, f"{name}_scale_inv"), getattr(self, f"{name}_block")
+        if experts is None:
+            return dequantized(w, scale, block, self.dtype, self.scratch, slot)
+        out = self.scratch.take((len(experts), *w.shape[1:]), self.dtype, w.device, slot)
+        for i, j in enumerate(experts):
+            fp8_format.dequantize_into(out[i], w[j], scale[j], block)
+        return out
 
     def _dense(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Same partial sum, every local expert on every token, weighted by the combine weights
@@ -182,9 +231,10 @@ class RoutedExperts(nn.Module):
         T, E, I = x.shape[0], len(self.local), self.inter
         combine = x.new_zeros(T, self.n_experts).scatter_(1, ids, weights.to(x.dtype))
         combine = combine[:, self.local.start : self.local.stop]  # [T, E] this rank's experts
-        h = F.linear(x, self.w13.flatten(0, 1)).view(T, E, 2 * I)  # [T, E, 2I]
+        w13, w2 = self._dequantized("w13", None, 0), self._dequantized("w2", None, 1)
+        h = F.linear(x, w13.flatten(0, 1)).view(T, E, 2 * I)  # [T, E, 2I]
         a = F.silu(h[..., :I]) * h[..., I:] * combine[..., None]  # [T, E, I]
-        return torch.bmm(a.transpose(0, 1), self.w2.transpose(1, 2)).sum(dim=0)  # [E,T,H] -> [T,H]
+        return torch.bmm(a.transpose(0, 1), w2.transpose(1, 2)).sum(dim=0)  # [E,T,H] -> [T,H]
 
 
 def grouped_mm_runs(x: torch.Tensor, inter: int) -> bool:
@@ -203,17 +253,18 @@ def grouped_mm_runs(x: torch.Tensor, inter: int) -> bool:
 class MoE(nn.Module):
     """Shared + routed experts; x [T, H] -> [T, H] (already combined over all ranks)."""
 
-    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype) -> None:
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype, fp8: bool = False) -> None:
         super().__init__()
         c = config
         self.ctx = ctx
-        self.gate = Gate(c, ctx, dtype)
-        self.experts = RoutedExperts(c, ctx, dtype)
+        self.gate = Gate(c, ctx, dtype)  # the router stays in the compute dtype
+        self.experts = RoutedExperts(c, ctx, dtype, fp8)
         self.shared_experts = None
         if c.n_shared_experts:
             shared = c.moe_intermediate_size * c.n_shared_experts
             self.shared_experts = MLP(c.hidden_size, shared, ctx, ctx.world_size,
-                                      "moe_intermediate_size * n_shared_experts", reduce=False, dtype=dtype)  # fmt: skip
+                                      "moe_intermediate_size * n_shared_experts", reduce=False, dtype=dtype,
+                                      fp8=fp8)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, ids = self.gate(x)  # [T, k], [T, k] global expert ids
