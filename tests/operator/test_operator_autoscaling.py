@@ -8,6 +8,7 @@ logs the replica count the cluster holds at that moment.
 
 import time
 
+import pytest
 import yaml
 from aiohttp import web
 from operator_support import eventually, operator_running
@@ -53,6 +54,7 @@ class FakeLoad:
         return [n for when, n in self.log if when >= t]
 
 
+@pytest.mark.slow  # ~9 s: waits out real scale-up and idle windows
 async def test_load_drives_replicas(cluster, kubectl):
     load = FakeLoad(cluster)
     app = web.Application()
