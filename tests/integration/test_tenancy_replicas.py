@@ -10,9 +10,9 @@ import httpx
 import openai
 import pytest
 import ray
-from tenancy_server import MODEL, wait_for, write_tenants
 
 from fathom.tenancy.actor import ACTOR_NAME, NAMESPACE
+from support.tenancy_server import MODEL, wait_for, write_tenants
 
 HERE = Path(__file__).resolve().parent
 TENANTS = {
@@ -29,9 +29,9 @@ class Replica:
 
     def __init__(self, tenants_file: str):
         import torch
-        from tenancy_server import HttpServer, app_for, settings
 
         from fathom.serve.model_server import ModelServer
+        from support.tenancy_server import HttpServer, app_for, settings
 
         torch.set_num_threads(1)
         s = settings(tenants_file, max_num_seqs=4)
@@ -48,7 +48,7 @@ class Replica:
 def cluster(tmp_path_factory):
     tenants_file = tmp_path_factory.mktemp("tenants") / "tenants.yaml"
     write_tenants(tenants_file, TENANTS)
-    paths = [str(HERE.parents[1] / "platform"), str(HERE), os.environ.get("PYTHONPATH", "")]
+    paths = [str(HERE.parents[1] / "platform"), str(HERE.parent), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     ray.init(address="local", num_cpus=1, include_dashboard=False, namespace="tenancy-replicas",
              log_to_driver=False)

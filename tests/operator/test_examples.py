@@ -7,7 +7,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from operator_support import eventually, operator_running
 from test_operator_model_service import KUBERAY_CRD
 
 from fathom.api.crd import all_crds
@@ -15,6 +14,7 @@ from fathom.api.model_service import ModelServiceSpec
 from fathom.api.tenant import TenantManifest, hash_api_key
 from fathom_operator import kube
 from fathom_operator.tenants import SECRET_NAME, read_secret_file
+from support.operator_support import eventually, operator_running
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "k8s"
 NS = "fathom-demo"

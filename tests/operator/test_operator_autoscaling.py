@@ -11,10 +11,10 @@ import time
 import pytest
 import yaml
 from aiohttp import web
-from operator_support import eventually, operator_running
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from fathom_operator import kube
+from support.operator_support import eventually, operator_running
 
 NS = "serving"
 WINDOW, IDLE, INTERVAL = 2.0, 3.0, 0.25
