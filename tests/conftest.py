@@ -12,6 +12,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from fathom.telemetry import configure_tracing
 
+pytest_plugins = ("support.ray_fixtures",)  # ray_local, ray_multinode: one of each per session
+
 TESTS = Path(__file__).resolve().parent
 DIRECTORY_MARKERS = ("unit", "integration", "operator", "helm", "gpu")
 SLOW_DIRECTORIES = ("integration",)  # real Ray, subprocesses, model loads: minutes in all
