@@ -1,14 +1,37 @@
-"""Suite-wide hooks, and the in-memory span fixtures of the telemetry tests."""
+"""Suite-wide hooks (markers by directory, leaked threads), and the in-memory span fixtures of
+the telemetry tests."""
 
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from fathom.telemetry import configure_tracing
+
+pytest_plugins = ("support.ray_fixtures",)  # ray_local, ray_multinode: one of each per session
+
+TESTS = Path(__file__).resolve().parent
+DIRECTORY_MARKERS = ("unit", "integration", "operator", "helm", "gpu")
+SLOW_DIRECTORIES = ("integration",)  # real Ray, subprocesses, model loads: minutes in all
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on them
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its directory (`-m unit`, `-m "not helm"`, ...); everything under
+    integration/ is also `slow`, so `pytest -m "not slow"` is the edit-test loop."""
+    for item in items:
+        try:
+            top = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue  # a test outside tests/ (given on the command line)
+        if top in DIRECTORY_MARKERS:
+            item.add_marker(top)
+        if top in SLOW_DIRECTORIES:
+            item.add_marker("slow")
 
 
 def pytest_sessionfinish(session, exitstatus):

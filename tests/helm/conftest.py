@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helm_support import CHART, Helm, find_helm
+
+from support.helm_support import CHART, Helm, find_helm
 
 
 @pytest.fixture(scope="session")

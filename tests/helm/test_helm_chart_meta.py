@@ -4,7 +4,8 @@ dependency that is off by default."""
 import tomllib
 
 import yaml
-from helm_support import CHART, ROOT
+
+from support.helm_support import CHART, ROOT
 
 
 def chart_meta() -> dict:

@@ -12,13 +12,11 @@ import sys
 
 import kopf
 import pytest
-from helm_support import CHART, ROOT
-from helm_value_sets import DEEPSEEK_V3, EVERYTHING_ON, TEAM_A, TWO_MODELS_WITH_TENANTS
 
 from fathom_operator import kube
-
-sys.path.insert(0, str(ROOT / "tests" / "operator"))  # the operator's emulator support (no package)
-from operator_support import emulated_cluster, eventually, operator_running, write_kubeconfig
+from support.helm_support import CHART
+from support.helm_value_sets import DEEPSEEK_V3, EVERYTHING_ON, TEAM_A, TWO_MODELS_WITH_TENANTS
+from support.operator_support import emulated_cluster, eventually, operator_running, write_kubeconfig
 
 NS = "fathom"
 HOOK = "helm.sh/hook"

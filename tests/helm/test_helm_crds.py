@@ -10,9 +10,10 @@ import sys
 
 import pytest
 import yaml
-from helm_schemas import crd_schema, validate
-from helm_support import CHART, ROOT, kuberay_reference
-from helm_value_sets import DEEPSEEK_V3, VALUE_SETS
+
+from support.helm_schemas import crd_schema, validate
+from support.helm_support import CHART, ROOT, kuberay_reference
+from support.helm_value_sets import DEEPSEEK_V3, VALUE_SETS
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helm_support import CHART, ROOT
+
+from support.helm_support import CHART, ROOT
 
 DOCKER = ROOT / "docker"
 DOCKERFILES = [DOCKER / "platform.Dockerfile", DOCKER / "operator.Dockerfile"]

@@ -6,12 +6,12 @@ arguments are parsed by the operator's real command-line parser."""
 
 import kubernetes_validate
 import pytest
-from helm_schemas import crd_schema, validate
-from helm_support import kuberay_reference
-from helm_value_sets import EVERYTHING_ON, NAMESPACED, TWO_MODELS_WITH_TENANTS
 
 from fathom_operator.__main__ import parse_args
 from fathom_operator.reconcile import Observed, reconcile
+from support.helm_schemas import crd_schema, validate
+from support.helm_support import kuberay_reference
+from support.helm_value_sets import EVERYTHING_ON, NAMESPACED, TWO_MODELS_WITH_TENANTS
 
 RAY_INTERNAL_PORTS = {6379, 8265, 10001, 52365}
 VALUE_SETS = {"everything-on": EVERYTHING_ON, "two-models-with-tenants": TWO_MODELS_WITH_TENANTS,

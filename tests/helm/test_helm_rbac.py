@@ -2,7 +2,7 @@
 wildcards, nothing cluster-wide in namespaced mode but CRD discovery. (test_helm_rbac_observed
 shows the grants suffice for the real operator.)"""
 
-from helm_value_sets import NAMESPACED
+from support.helm_value_sets import NAMESPACED
 
 # (apiGroup, resource) -> verbs the operator (kopf + fathom_operator) uses.
 OPERATOR_RULES = {

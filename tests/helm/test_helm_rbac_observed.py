@@ -4,18 +4,14 @@ rendered by the chart through create, update and delete, record every API reques
 and require each (API group, resource, verb) to be granted by the chart's roles, and every
 grant to be used (but for a documented few this scenario cannot reach)."""
 
-import sys
 from urllib.parse import parse_qs, urlsplit
 
 import kopf
 import pytest
-from helm_support import ROOT
-from helm_value_sets import DEEPSEEK_V3, TEAM_A
 
 from fathom_operator import kube
-
-sys.path.insert(0, str(ROOT / "tests" / "operator"))  # the operator's emulator support (no package)
-from operator_support import emulated_cluster, eventually, operator_running, write_kubeconfig
+from support.helm_value_sets import DEEPSEEK_V3, TEAM_A
+from support.operator_support import emulated_cluster, eventually, operator_running, write_kubeconfig
 
 NS = "fathom"
 USER_TOKEN = "a-user-not-the-operator"

@@ -7,8 +7,9 @@ import re
 import kubernetes_validate
 import promql_parser
 import pytest
-from helm_support import ROOT
-from helm_value_sets import EVERYTHING_ON, NAMESPACED, TWO_MODELS_WITH_TENANTS, VALUE_SETS
+
+from support.helm_support import ROOT
+from support.helm_value_sets import EVERYTHING_ON, NAMESPACED, TWO_MODELS_WITH_TENANTS, VALUE_SETS
 
 # Kinds that are not part of Kubernetes itself; checked against their CRDs in test_helm_crds.py
 # (fathom.dev) or by shape below (Prometheus Operator kinds, whose CRDs are not shipped here).

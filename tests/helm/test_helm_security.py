@@ -4,7 +4,8 @@ container non-root with a read-only root filesystem, no privilege escalation, al
 capabilities dropped, RuntimeDefault seccomp, and API keys only as Secret references."""
 
 import pytest
-from helm_value_sets import EVERYTHING_ON, VALUE_SETS
+
+from support.helm_value_sets import EVERYTHING_ON, VALUE_SETS
 
 RAY_INTERNAL_PORTS = {6379, 8265, 10001, 52365}  # GCS, dashboard + job API, Ray client, dashboard agent
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}

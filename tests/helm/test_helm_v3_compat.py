@@ -3,7 +3,8 @@ renders exactly the same objects as under helm 4 for every value set. (That its 
 refuses the same bad values under both is in test_helm_values_schema.py.)"""
 
 import pytest
-from helm_value_sets import VALUE_SETS
+
+from support.helm_value_sets import VALUE_SETS
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)

@@ -7,8 +7,9 @@ import runpy
 import jsonschema
 import pytest
 import yaml
-from helm_support import CHART, ROOT
-from helm_value_sets import BAD_VALUES
+
+from support.helm_support import CHART, ROOT
+from support.helm_value_sets import BAD_VALUES
 
 
 @pytest.fixture(params=["helm", "helm3"])

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_process import ServeProcess
+
+from support.serve_process import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,11 +7,10 @@ import json
 import httpx
 import openai
 import pytest
-import ray
 from ray import serve
 
 from fathom.api.serve import ServeSettings
-from fathom.serve.launch import deploy, free_port, start_ray
+from fathom.serve.launch import deploy, free_port
 from fathom.serve.router import prefix_key
 
 MODEL = "fathom-demo"
@@ -19,17 +18,15 @@ MAX_LEN = 512
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(ray_local):
     settings = ServeSettings(
         engine={"max_model_len": MAX_LEN, "max_num_seqs": 8, "reasoning_parser": "deepseek_r1"},
         port=free_port(), num_replicas=2, max_ongoing_requests=16, max_queued_requests=8,
         max_request_body_bytes=64 * 1024,
     )
-    start_ray(settings)
     deploy(settings, show_progress=False)
     yield settings
     serve.shutdown()
-    ray.shutdown()
 
 
 @pytest.fixture

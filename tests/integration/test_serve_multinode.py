@@ -15,11 +15,10 @@ import pytest
 import ray
 import torch
 from ray import serve
-from ray.cluster_utils import Cluster
 
 from fathom.api.serve import ServeSettings
 from fathom.serve.app import APP_NAME
-from fathom.serve.launch import _export_source_root, deploy, free_port
+from fathom.serve.launch import deploy, free_port
 from fathom.worker.demo import demo_checkpoint_dir
 from support.model_testing import save_reference
 
@@ -28,16 +27,10 @@ MAX_NEW = 8
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    _export_source_root()  # the cluster's processes inherit it: workers import this checkout
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    c.add_node(num_cpus=2)
-    c.wait_for_nodes()
-    ray.init(address=c.address)
+def cluster(ray_multinode):
+    """The session's two-node cluster; the app's HTTP port."""
     yield free_port()
     serve.shutdown()
-    ray.shutdown()
-    c.shutdown()
 
 
 @pytest.fixture(scope="module")

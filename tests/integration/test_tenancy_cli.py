@@ -8,10 +8,10 @@ import sys
 import httpx
 import openai
 import pytest
-from serve_process import ENV, ROOT, ServeProcess
-from tenancy_server import MODEL, write_tenants
 
 from fathom.serve.launch import free_port
+from support.serve_process import ENV, ROOT, ServeProcess
+from support.tenancy_server import MODEL, write_tenants
 
 TENANTS = {
     "alice": {"keys": ["sk-alice"], "limits": {"requestsPerMinute": 3}},

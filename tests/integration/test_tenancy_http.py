@@ -10,9 +10,9 @@ import httpx
 import openai
 import pytest
 import torch
-from tenancy_server import MODEL, HttpServer, app_for, settings, wait_for, write_tenants
 
 from fathom.serve.model_server import ModelServer
+from support.tenancy_server import MODEL, HttpServer, app_for, settings, wait_for, write_tenants
 
 PRICING = {"promptPerMillion": 1000.0, "cachedPromptPerMillion": 250.0, "completionPerMillion": 4000.0}
 TENANTS = {

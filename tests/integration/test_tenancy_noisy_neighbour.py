@@ -10,9 +10,9 @@ import time
 import openai
 import pytest
 import torch
-from tenancy_server import MODEL, HttpServer, app_for, settings, write_tenants
 
 from fathom.serve.model_server import ModelServer
+from support.tenancy_server import MODEL, HttpServer, app_for, settings, write_tenants
 
 pytestmark = pytest.mark.slow
 

@@ -4,17 +4,15 @@ replica. Real Ray, real HTTP, the official openai client."""
 
 import asyncio
 import os
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import ray
-from tenancy_server import MODEL, wait_for, write_tenants
 
 from fathom.tenancy.actor import ACTOR_NAME, NAMESPACE
+from support.tenancy_server import MODEL, wait_for, write_tenants
 
-HERE = Path(__file__).resolve().parent
 TENANTS = {
     "limited": {"keys": ["sk-limited"], "limits": {"requestsPerMinute": 4}},
     "single": {"keys": ["sk-single"], "limits": {"maxConcurrentRequests": 1}},
@@ -29,9 +27,9 @@ class Replica:
 
     def __init__(self, tenants_file: str):
         import torch
-        from tenancy_server import HttpServer, app_for, settings
 
         from fathom.serve.model_server import ModelServer
+        from support.tenancy_server import HttpServer, app_for, settings
 
         torch.set_num_threads(1)
         s = settings(tenants_file, max_num_seqs=4)
@@ -45,18 +43,15 @@ class Replica:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(ray_local, tmp_path_factory):
     tenants_file = tmp_path_factory.mktemp("tenants") / "tenants.yaml"
     write_tenants(tenants_file, TENANTS)
-    paths = [str(HERE.parents[1] / "platform"), str(HERE), os.environ.get("PYTHONPATH", "")]
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    ray.init(address="local", num_cpus=1, include_dashboard=False, namespace="tenancy-replicas",
-             log_to_driver=False)
     replicas = [Replica.remote(str(tenants_file)) for _ in range(2)]
     urls = ray.get([r.url.remote() for r in replicas])
     yield tenants_file, replicas, urls
+    for r in replicas:
+        ray.kill(r)
     ray.kill(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE))
-    ray.shutdown()
 
 
 def client(url, key):

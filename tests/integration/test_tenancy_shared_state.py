@@ -4,7 +4,6 @@ import asyncio
 import os
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import ray
@@ -12,16 +11,6 @@ import ray
 from fathom.tenancy.actor import NAMESPACE, TenancyClient, tenancy_actor
 from fathom.tenancy.state import Settlement
 from fathom.tenancy.tenant_policy import Limits, TenantPolicy
-
-PLATFORM = str(Path(__file__).resolve().parents[2] / "platform")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PLATFORM, os.environ.get("PYTHONPATH")]))
-    ray.init(address="local", num_cpus=1, include_dashboard=False, namespace="tenancy-test", log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @ray.remote(num_cpus=0)
@@ -61,7 +50,7 @@ class Ingress:
 
 
 @pytest.fixture
-def name(ray_cluster):
+def name(ray_local):
     name = f"tenancy-{uuid.uuid4().hex[:8]}"
     tenancy_actor(name=name, checkpoint_key=name)  # each test its own actor and checkpoint
     yield name
@@ -125,7 +114,7 @@ def test_admission_whose_caller_went_away_is_released(name):
     assert ray.get(a.admit.remote(tenant, 1, 1)).allowed
 
 
-def test_usage_survives_a_restart_of_the_tenancy_actor(ray_cluster):
+def test_usage_survives_a_restart_of_the_tenancy_actor(ray_local):
     name = f"tenancy-{uuid.uuid4().hex[:8]}"
     handle = tenancy_actor(name=name, checkpoint_s=0.0, checkpoint_key=name)
     ray.get(handle.settle.remote([Settlement(None, "t", "m", 10, 2, 5, 0.25)]))

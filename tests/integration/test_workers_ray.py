@@ -7,7 +7,6 @@ import asyncio
 import pytest
 import ray
 import torch
-from ray.cluster_utils import Cluster
 
 from fathom.engine.sampling_params import SamplingParams
 from support.model_testing import save_reference
@@ -17,14 +16,9 @@ GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    c.add_node(num_cpus=2)
-    c.wait_for_nodes()
-    ray.init(address=c.address)
-    yield c
-    ray.shutdown()
-    c.shutdown()
+def cluster(ray_multinode):
+    """The session's two-node cluster."""
+    return ray_multinode
 
 
 @pytest.fixture(scope="module")

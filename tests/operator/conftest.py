@@ -2,9 +2,9 @@
 
 import kopf
 import pytest
-from operator_support import emulated_cluster, write_kubeconfig
 
 from fathom_operator.kube import KubeClient
+from support.operator_support import emulated_cluster, write_kubeconfig
 
 
 @pytest.fixture

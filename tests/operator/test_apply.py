@@ -3,11 +3,11 @@
 import os
 
 import kopf
-from operator_support import emulated_cluster
 
 from fathom_operator import kube
 from fathom_operator.apply import apply
 from fathom_operator.kube import Conflict, KubeClient
+from support.operator_support import emulated_cluster
 
 
 def service(port: int) -> dict:

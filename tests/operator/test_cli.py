@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from operator_support import eventually
 from test_operator_model_service import modelservice, objects
 
 from fathom_operator import kube
+from support.operator_support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}{os.pathsep}{ROOT / 'operators'}"}

@@ -5,8 +5,8 @@ import subprocess
 
 import jsonschema
 import kubernetes_validate
+import pytest
 import yaml
-from operator_support import eventually, operator_running
 from test_operator_model_service import KUBERAY_CRD
 
 from fathom.api.crd import all_crds
@@ -14,6 +14,7 @@ from fathom.api.model_service import ModelServiceSpec
 from fathom.api.tenant import TenantManifest, hash_api_key
 from fathom_operator import kube
 from fathom_operator.tenants import SECRET_NAME, read_secret_file
+from support.operator_support import eventually, operator_running
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "k8s"
 NS = "fathom-demo"
@@ -48,6 +49,7 @@ def _live(api, plural: str) -> dict:
     return {n: o.raw for (r, _, n), o in api.objects.items() if r.plural == plural and not o.deleted}
 
 
+@pytest.mark.slow  # ~7 s: every example through the running operator
 async def test_examples_through_the_operator(cluster, kubectl):
     schema = yaml.load(KUBERAY_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     rayservice = next(v for v in schema["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]

@@ -8,12 +8,13 @@ logs the replica count the cluster holds at that moment.
 
 import time
 
+import pytest
 import yaml
 from aiohttp import web
-from operator_support import eventually, operator_running
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from fathom_operator import kube
+from support.operator_support import eventually, operator_running
 
 NS = "serving"
 WINDOW, IDLE, INTERVAL = 2.0, 3.0, 0.25
@@ -53,6 +54,7 @@ class FakeLoad:
         return [n for when, n in self.log if when >= t]
 
 
+@pytest.mark.slow  # ~9 s: waits out real scale-up and idle windows
 async def test_load_drives_replicas(cluster, kubectl):
     load = FakeLoad(cluster)
     app = web.Application()

@@ -7,9 +7,9 @@ import jsonschema
 import kopf
 import pytest
 import yaml
-from operator_support import emulated_cluster, eventually, operator_running, write_kubeconfig
 
 from fathom_operator import kube
+from support.operator_support import emulated_cluster, eventually, operator_running, write_kubeconfig
 
 KUBERAY_CRD = pathlib.Path("/work/shared/reference/kuberay/ray.io_rayservices.yaml")
 if not KUBERAY_CRD.exists():

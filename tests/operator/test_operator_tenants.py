@@ -3,11 +3,10 @@
 import base64
 import json
 
-from operator_support import eventually, operator_running
-
 from fathom.api.tenant import hash_api_key
 from fathom_operator import kube
 from fathom_operator.tenants import SECRET_NAME, read_secret_file
+from support.operator_support import eventually, operator_running
 
 NS = "team-space"
 PLAINTEXT = "sk-team-a-0123456789"

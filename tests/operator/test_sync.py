@@ -4,11 +4,11 @@ import asyncio
 
 import kopf
 import yaml
-from operator_support import emulated_cluster
 
 from fathom_operator import kube
 from fathom_operator.kube import KubeClient
 from fathom_operator.sync import sync_model_service
+from support.operator_support import emulated_cluster
 
 
 def num_replicas(rs: dict) -> int:

@@ -1,13 +1,13 @@
 import asyncio
 
 import pytest
-from engine_fakes import FakeExecutor, reference_greedy
 
 from fathom.engine.async_engine import AsyncEngine
 from fathom.engine.engine_core import ThreadCore
 from fathom.engine.errors import EngineDeadError, InvalidRequestError, PromptTooLongError
 from fathom.engine.llm_engine import EngineConfig, LLMEngine
 from fathom.engine.sampling_params import SamplingParams
+from support.engine_fakes import FakeExecutor, reference_greedy
 
 
 @pytest.fixture

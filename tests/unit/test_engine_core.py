@@ -2,12 +2,12 @@
 equal to the reference computed on the true history."""
 
 import pytest
-from engine_fakes import VOCAB, FakeExecutor, reference_greedy
 
 from fathom.engine.errors import InvalidRequestError, PromptTooLongError
 from fathom.engine.fair_share import FairSharePolicy
 from fathom.engine.llm_engine import EngineConfig, LLMEngine
 from fathom.engine.sampling_params import SamplingParams
+from support.engine_fakes import VOCAB, FakeExecutor, reference_greedy
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
 

@@ -3,12 +3,11 @@
 
 import statistics
 
-from engine_fakes import VOCAB, FakeExecutor, reference_greedy
-
 from fathom.engine.fair_share import FairSharePolicy
 from fathom.engine.llm_engine import EngineConfig, LLMEngine
 from fathom.engine.sampling_params import SamplingParams
 from fathom.engine.scheduling_policy import FcfsPolicy
+from support.engine_fakes import VOCAB, FakeExecutor, reference_greedy
 
 SLOTS = 4
 

@@ -1,13 +1,13 @@
 import json
 
 import pytest
-from engine_fakes import FakeExecutor, reference_greedy
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from fathom.engine.llm_engine import EngineConfig, LLMEngine
 from fathom.engine.sampling_params import SamplingParams
 from fathom.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from support.engine_fakes import FakeExecutor, reference_greedy
 
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}"
             "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")

@@ -1,6 +1,7 @@
 import json
 import multiprocessing as mp
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
@@ -68,6 +69,7 @@ def _cache_dir(cache, q):
     q.put(str(demo_checkpoint_dir()))
 
 
+@pytest.mark.slow  # ~6 s: three spawned interpreters import torch
 def test_demo_cache_dir_is_safe_under_concurrent_first_use(tmp_path):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()

@@ -32,7 +32,7 @@ class FakeReplica:
 
 
 @pytest.fixture
-def hub(ray_cluster):
+def hub(tracing_env):
     yield get_hub()
     ray.kill(ray.get_actor(HUB_NAME, namespace=HUB_NAMESPACE))
 
@@ -45,8 +45,8 @@ def samples(text: bytes) -> dict:
     }
 
 
-def test_one_scrape_sums_every_replica(hub):
-    a, b = FakeReplica.remote("a"), FakeReplica.remote("b")
+def test_one_scrape_sums_every_replica(hub, tracing_env):
+    a, b = (FakeReplica.options(runtime_env=tracing_env).remote(name) for name in ("a", "b"))
     ray.get([a.serve.remote(3, 4), b.serve.remote(2, 1)])
     s = samples(render_fleet_metrics())
     assert s[("fathom_requests_total", (("model", "demo"), ("status", "200"), ("tenant", "acme")))] == 5

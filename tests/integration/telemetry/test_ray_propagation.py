@@ -73,9 +73,13 @@ class Ingress:
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster):
-    ranks = [Rank.remote(r) for r in range(2)]
-    yield Ingress.remote(Replica.remote(ranks))
+def app(tracing_env):
+    ranks = [Rank.options(runtime_env=tracing_env).remote(r) for r in range(2)]
+    replica = Replica.options(runtime_env=tracing_env).remote(ranks)
+    ingress = Ingress.options(runtime_env=tracing_env).remote(replica)
+    yield ingress
+    for actor in (ingress, replica, *ranks):
+        ray.kill(actor)
 
 
 def test_one_trace_spans_ingress_replica_and_both_ranks(receiver, app):

@@ -18,7 +18,7 @@ MODEL = "fathom-demo"
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, receiver):
+def app(ray_local, receiver):
     settings = ServeSettings(
         engine={"max_model_len": 128, "max_num_seqs": 1, "tensor_parallel_size": 2},
         port=free_port(),

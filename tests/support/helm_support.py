@@ -1,6 +1,6 @@
 """Shared pieces of the Helm chart tests: paths, the real helm binary, a renderer over it.
 
-(Kept out of conftest.py so that test modules can import them by a unique module name.)
+(Kept out of conftest.py so that test modules can import them: `from support.helm_support import ...`.)
 """
 
 from __future__ import annotations
