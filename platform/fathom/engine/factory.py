@@ -38,11 +38,12 @@ class CacheSpec:
     kv_cache_memory: int | None
     memory_fraction: float
     max_useful_tokens: int
+    gpu_memory_utilization: float = 0.9
 
 
 def cache_spec(settings: EngineSettings, max_model_len: int) -> CacheSpec:
     return CacheSpec(settings.block_size, settings.kv_cache_memory, settings.kv_cache_memory_fraction,
-                     settings.max_num_seqs * max_model_len)
+                     settings.max_num_seqs * max_model_len, settings.gpu_memory_utilization)
 
 
 def blocks_for(model, spec: CacheSpec) -> int:
@@ -50,7 +51,8 @@ def blocks_for(model, spec: CacheSpec) -> int:
 
     return num_kv_blocks(bytes_per_token(model.config, model.dtype), spec.block_size, model.ctx.device,
                          kv_cache_memory=spec.kv_cache_memory, memory_fraction=spec.memory_fraction,
-                         max_useful_tokens=spec.max_useful_tokens)
+                         max_useful_tokens=spec.max_useful_tokens,
+                         gpu_memory_utilization=spec.gpu_memory_utilization)
 
 
 def max_model_len_of(settings: EngineSettings, model_dir: Path) -> int:
