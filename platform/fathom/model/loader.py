@@ -19,6 +19,7 @@ from fathom.model.deepseek import DeepseekForCausalLM
 from fathom.model.weights import fp8
 from fathom.model.weights.sharding import Layout, Shard, plan
 from fathom.parallel.context import ParallelContext
+from fathom.telemetry.progress import shard_loaded
 
 SCALE_SUFFIX = "_scale_inv"
 
@@ -112,13 +113,19 @@ def load_model(
     if missing:
         raise ValueError(f"checkpoint {path} lacks tensor(s) {', '.join(missing[:5])}"
                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))  # fmt: skip
+    by_file: dict[Path, list[tuple[str, str, Shard]]] = {}
     for ours, (name, shard) in wanted.items():
-        if ours not in params:
-            raise ValueError(f"checkpoint tensor {name!r} has no place in a model with this config.json")
-        t = read_shard(files, name, shard, params[ours].dtype if ours.endswith("correction_bias") else dtype)
-        if t.shape != params[ours].shape:
-            raise ValueError(f"tensor {name!r}: this rank expects shape {tuple(params[ours].shape)} "
-                             f"(of {ours}), checkpoint gives {tuple(t.shape)}")  # fmt: skip
-        params[ours].data.copy_(t)
+        by_file.setdefault(names[name], []).append((ours, name, shard))
+    shard_loaded(0, len(by_file), ctx.rank)
+    for i, f in enumerate(sorted(by_file)):  # file by file, so progress is per checkpoint shard
+        for ours, name, shard in by_file[f]:
+            if ours not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no place in a model with this config.json")
+            t = read_shard(files, name, shard, params[ours].dtype if ours.endswith("correction_bias") else dtype)
+            if t.shape != params[ours].shape:
+                raise ValueError(f"tensor {name!r}: this rank expects shape {tuple(params[ours].shape)} "
+                                 f"(of {ours}), checkpoint gives {tuple(t.shape)}")  # fmt: skip
+            params[ours].data.copy_(t)
+        shard_loaded(i + 1, len(by_file), ctx.rank)
     model.eval()
     return model
