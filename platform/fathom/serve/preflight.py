@@ -8,10 +8,11 @@ instead of as a replica that Ray Serve retries and a traceback in a Ray log file
   widths and experts must split evenly over the tensor- and expert-parallel sizes;
 - `--max-model-len` against the checkpoint's context;
 - the shape: TP × replicas rank workers against the CPUs/GPUs a local Ray instance will have
-  (`shape_problem`, used again after joining a cluster with `--address`);
+  (counted as Ray counts them; `shape_problem` runs again once Ray is up, and after joining a
+  cluster with `--address`);
 - the port, and the tenants file.
 
-Imports neither ray nor torch at module level (ray only for its CPU/GPU detection).
+Imports neither ray nor torch (huggingface_hub only for a hub id).
 """
 
 import os
@@ -180,24 +181,46 @@ def sharding_problem(config, tp: int, ep: int) -> str | None:
 # ---------------------------------------------------------------------------------- resources
 
 
-def local_resources() -> tuple[float, float | None]:
-    """(CPUs, GPUs) a local Ray instance started here will have, detected as Ray does (GPUs:
-    None when Ray's detection is not available)."""
-    try:
-        from ray._private.accelerators import NvidiaGPUAcceleratorManager
-        from ray._private.utils import get_num_cpus
+def local_resources() -> tuple[float, float]:
+    """(CPUs, GPUs) a local Ray instance started here will have, detected as Ray detects them
+    (without importing it: this check must be quick). `fathom.serve.launch.check_cluster`
+    checks again against what Ray reports once it runs."""
+    return float(_ray_cpu_count()), float(_nvidia_gpu_count())
 
-        cpus = float(get_num_cpus())
-    except ImportError:  # another Ray layout: the check after ray.init still runs
-        return float(os.cpu_count() or 1), None
+
+def _ray_cpu_count() -> float:
+    """Ray's count (`ray._private.utils.get_num_cpus`): all CPUs, unless a container's cgroup
+    limits them by quota (v1 cfs or v2 cpu.max) or by cpuset (the smaller one then)."""
+    count = float(os.cpu_count() or 1)
+    if os.environ.get("RAY_USE_MULTIPROCESSING_CPU_COUNT"):
+        return count
+    quota = None
     try:
-        gpus = NvidiaGPUAcceleratorManager.get_current_node_num_accelerators()
-        visible = NvidiaGPUAcceleratorManager.get_current_process_visible_accelerator_ids()
-        if visible is not None:
-            gpus = min(gpus, len(visible))
-    except Exception:  # noqa: BLE001 - no NVML: unknown
-        return cpus, None
-    return cpus, float(gpus)
+        v1 = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        if v1[0].exists() and v1[1].exists():
+            quota = float(v1[0].read_text()) / float(v1[1].read_text())
+        elif Path("/sys/fs/cgroup/cpu.max").exists():
+            q, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+            quota = float(q) / float(period) if q.isnumeric() and period.isnumeric() else None
+        quota = None if quota is None or quota < 0 else max(quota, 1.0)
+        cpuset = Path("/sys/fs/cgroup/cpuset/cpuset.cpus")
+        cpus = None
+        if cpuset.exists():
+            cpus = sum(int(b) - int(a) + 1 if "-" in r else 1
+                       for r in cpuset.read_text().strip().split(",") for a, _, b in [r.partition("-")])
+    except (OSError, ValueError):
+        return count
+    limit = min(x for x in (quota, cpus) if x) if (quota or cpus) else None
+    return float(int(limit)) if limit else count
+
+
+def _nvidia_gpu_count() -> int:
+    """NVIDIA GPUs this process may use: CUDA_VISIBLE_DEVICES if set, else the driver's list."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
 
 
 def needs(settings: ServeSettings, gpus: float | None) -> dict[str, float]:
