@@ -2,7 +2,8 @@
 the banner's curl line (open, or with the key placeholder)."""
 
 from fathom.api.serve import ServeSettings
-from fathom.serve.launch import banner, replica_error
+from fathom.serve.launch import banner
+from fathom.serve.status import replica_error
 
 SERVE_MESSAGE = (
     "A replica failed to start with exception. Retrying 2 more time(s). Error:\n"

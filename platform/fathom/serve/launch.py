@@ -20,7 +20,6 @@ a second or two); on a joined cluster (`--address`) only our app is deleted.
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -39,13 +38,22 @@ from fathom.serve.app import APP_NAME, build_app
 from fathom.serve.console import Console
 from fathom.serve.preflight import port_problem, shape_problem  # noqa: F401 (port_problem: re-exported)
 from fathom.serve.ray_tuning import export_serve_throughput_env
+from fathom.serve.status import (
+    ReplicaWatch,
+    TenantsWatch,
+    details,
+    progress_line,
+    startup_failure,
+    within,
+)
 from fathom.telemetry import progress
-from fathom.tenancy.registry import TenantConfigError, describe_tenants, load_registry
+from fathom.tenancy.registry import TenantConfigError, describe_tenants
 
 POLL_S = 0.25
 SHUTDOWN_SLACK_S = 15.0  # for Ray to stop after the grace period, before the watchdog exits hard
 DRAIN_CALL_TIMEOUT_S = 2.0
-_EXC_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt)\w*): (.+)$")
+RAY_STOP_S = 5.0  # for ray.shutdown (~1.5 s when Ray answers)
+DELETE_APP_S = 60.0  # for serve.delete on a joined cluster (its replicas stop gracefully)
 
 
 class StartupFailed(RuntimeError):
@@ -169,7 +177,7 @@ def _with_tenants(settings: ServeSettings, console: Console) -> ServeSettings:
 def wait_running(show_progress: bool, console: Console | None = None, stop: Stopper | None = None) -> None:
     console = console or Console()
     loads = progress.ProgressFile(os.environ[progress.ENV]) if os.environ.get(progress.ENV) else None
-    t0, last = time.monotonic(), ""
+    t0, last, replicas = time.monotonic(), "", ReplicaWatch()
     while True:
         if stop is not None and stop.requested:
             raise Interrupted
@@ -180,54 +188,14 @@ def wait_running(show_progress: bool, console: Console | None = None, stop: Stop
         if status == "RUNNING":
             console.say(f"model ready in {time.monotonic() - t0:.1f}s")
             return
-        if failure := _failure(app):
-            raise StartupFailed(failure, _details(app))
-        line = _progress_line(app)
+        if failure := startup_failure(app):
+            raise StartupFailed(failure, details(app))
+        replicas.report(app, console)  # some replica failed while another runs: say so, go on
+        line = progress_line(app)
         if show_progress and line != last:
             console.say(f"{line} ({time.monotonic() - t0:.0f}s)")
             last = line
         time.sleep(POLL_S)
-
-
-def _progress_line(app) -> str:
-    if app is None:
-        return "deploying"
-    parts = []
-    for name, d in sorted(app.deployments.items()):
-        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(d.replica_states.items()))
-        parts.append(f"{name}: {counts or d.status.lower()}")
-    return "; ".join(parts) or "deploying"
-
-
-def _failure(app) -> str | None:
-    """One line when the app cannot start: a deployment failed, or a replica of one failed to
-    start while none of its replicas runs (Serve would retry; an error in loading a model is
-    not one that goes away, so we stop at the first)."""
-    if app is None:
-        return None
-    for name, d in sorted(app.deployments.items()):
-        running = d.replica_states.get("RUNNING", 0)
-        failed = d.status in ("DEPLOY_FAILED", "UNHEALTHY") or "failed to start" in (d.message or "")
-        if failed and not running:
-            what = "a model replica" if name == "model" else f"the {name} deployment"
-            return f"{what} failed to start: {replica_error(d.message or app.message or 'see the Ray logs')}"
-    if app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-        return f"deployment failed: {replica_error(app.message or 'see the Ray logs')}"
-    return None
-
-
-def _details(app) -> str:
-    return "\n\n".join(f"{name}: {d.message}" for name, d in sorted(app.deployments.items()) if d.message)
-
-
-def replica_error(message: str) -> str:
-    """The exception at the end of Serve's message (`Type: text`, module path dropped), or the
-    message's first line."""
-    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", message).splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if m := _EXC_LINE.match(line):
-            return f"{m.group(1)}: {m.group(2)}"
-    return lines[0] if lines else message
 
 
 def banner(settings: ServeSettings) -> str:
@@ -250,44 +218,13 @@ def banner(settings: ServeSettings) -> str:
     )
 
 
-class TenantsWatch:
-    """Reports on the console whether an edited tenants file reloads (the ingress replicas
-    reload it themselves; a broken edit keeps the previous tenants there)."""
-
-    def __init__(self, path: str | None):
-        self.path = path
-        self.signature = self._signature()
-
-    def _signature(self) -> tuple:
-        if self.path is None:
-            return ()
-        p = Path(self.path)
-        files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
-        try:
-            return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
-        except OSError:
-            return ("missing",)
-
-    def check(self, console: Console) -> None:
-        sig = self._signature()
-        if sig == self.signature:
-            return
-        self.signature = sig
-        try:
-            registry = load_registry(self.path)
-        except (TenantConfigError, OSError) as e:
-            console.error(f"tenants file not reloaded, the previous tenants stay in force: {e}")
-            return
-        console.say(f"tenants reloaded from {self.path}: {len(registry.tenants)} tenant(s)")
-
-
 def drain(handle, grace_s: float, console: Console | None = None, stop: Stopper | None = None) -> None:
     """Stop accepting, then wait up to `grace_s` for in-flight requests, counting down."""
     console = console or Console()
     deadline = time.monotonic() + grace_s
     waited = False
     try:
-        while left := handle.drain.remote().result(timeout_s=DRAIN_CALL_TIMEOUT_S):
+        while left := within(DRAIN_CALL_TIMEOUT_S + 1, lambda: handle.drain.remote().result(timeout_s=DRAIN_CALL_TIMEOUT_S)):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (stop is not None and stop.signals > 1):
                 console.status(f"stopping with {left} request(s) still in flight", final=True)
@@ -300,7 +237,8 @@ def drain(handle, grace_s: float, console: Console | None = None, stop: Stopper 
         if waited:
             console.status("in-flight requests finished", final=True)
     except Exception as e:  # noqa: BLE001 - the ingress (or Ray) may already be gone; stop regardless
-        console.status(f"drain skipped ({type(e).__name__})", final=True)
+        why = "Ray is not answering: its processes were stopped too" if isinstance(e, TimeoutError) else type(e).__name__
+        console.status(f"drain skipped ({why})", final=True)
 
 
 def serve_forever(settings: ServeSettings) -> int:
@@ -342,9 +280,12 @@ def _run(settings: ServeSettings, console: Console, stop: Stopper) -> int:
         console.say("interrupted before the model was ready; stopping")
         return 130
     console.print(banner(settings))
-    watch = TenantsWatch(settings.tenants)
+    watch, replicas, beat = TenantsWatch(settings.tenants), ReplicaWatch(), 0
     while not stop.event.wait(1.0):
         watch.check(console)
+        beat += 1
+        if beat % 5 == 0:
+            replicas.check(console)
     console.say("shutting down: no new requests; in-flight ones may finish")
     _watchdog(settings.graceful_shutdown_timeout_s + SHUTDOWN_SLACK_S, console)
     drain(handle, settings.graceful_shutdown_timeout_s, console, stop)
@@ -372,9 +313,12 @@ def _shutdown(joined: bool = False, console: Console | None = None) -> None:
         return
     try:
         if joined:
-            serve.delete(APP_NAME)
+            within(DELETE_APP_S, lambda: serve.delete(APP_NAME))
     finally:
-        ray.shutdown()
+        try:
+            within(RAY_STOP_S, ray.shutdown)
+        except TimeoutError:
+            pass  # Ray's processes are gone already (they were signalled with us)
         console.say("stopped")
 
 
