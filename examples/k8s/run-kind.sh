@@ -60,8 +60,6 @@ kubectl apply -f "$ROOT/helm/fathom/crds/"
 kubectl wait --for condition=established --timeout=60s crd/modelservices.fathom.dev crd/tenants.fathom.dev
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
 if [ "${USE_CHART:-0}" = 1 ]; then
-  # the chart declares KubeRay as an optional dependency: helm needs it vendored even when off
-  helm dependency build "$ROOT/helm/fathom" >/dev/null
   # the operator runs from an image: build docker/operator.Dockerfile and load it into the cluster first
   helm upgrade --install fathom "$ROOT/helm/fathom" --namespace fathom-system --create-namespace --wait
 else

@@ -45,8 +45,10 @@ def test_cuda_engine_matches_cpu_engine():
     assert first == again and all(len(t) == 8 for t in first)
 
 
-def test_bfloat16_auto_dtype_and_memory_fraction_sizing():
-    engine = create_engine(EngineSettings(kv_cache_memory_fraction=0.01))
+def test_bfloat16_auto_dtype_and_gpu_memory_utilization_sizing():
+    free, total = torch.cuda.mem_get_info()
+    utilization = (total - free) / total + 0.01  # 1% of the GPU beyond what is in use now
+    engine = create_engine(EngineSettings(gpu_memory_utilization=utilization))
     runner = engine.executor.runner
     assert runner.model.dtype == torch.bfloat16 and runner.kv_caches[0].is_cuda
     out = generate(engine, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))

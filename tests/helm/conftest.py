@@ -8,11 +8,9 @@ no helm can be had the tests FAIL; set FATHOM_SKIP_HELM_TESTS=1 to skip them on 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from support.helm_support import CHART, Helm, find_helm
 
@@ -28,22 +26,9 @@ def helm_bin() -> str:
 
 
 @pytest.fixture(scope="session")
-def chart_dir(tmp_path_factory) -> Path:
-    """The chart as `helm template` sees it once its optional dependency is left out.
-
-    Chart.yaml declares KubeRay's chart as an optional dependency (condition
-    kuberay-operator.enabled, off by default). helm refuses to render a chart whose declared
-    dependency is missing from charts/ even when its condition is false, and fetching it needs
-    the network (`helm dependency build`). So the tests render a copy without the
-    `dependencies` entry: with the condition false the subchart contributes nothing, so the
-    output is exactly what a user gets after `helm dependency build`.
-    """
-    staged = tmp_path_factory.mktemp("chart") / "fathom"
-    shutil.copytree(CHART, staged, ignore=shutil.ignore_patterns("charts", "*.tgz"))
-    meta = yaml.safe_load((staged / "Chart.yaml").read_text())
-    meta.pop("dependencies", None)
-    (staged / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    return staged
+def chart_dir() -> Path:
+    """The chart exactly as shipped: it has no dependencies, so nothing is fetched or staged."""
+    return CHART
 
 
 @pytest.fixture(scope="session")

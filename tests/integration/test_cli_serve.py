@@ -1,10 +1,12 @@
 """`fathom serve` as a user runs it: a subprocess with the default demo model on a random
-port; its banner, the README's curl and `openai` snippets as pasted, readiness, and a
-graceful SIGTERM that lets an in-flight stream finish."""
+port; its banner and curl line, readiness, a console free of Ray's output, and a graceful
+SIGTERM that lets an in-flight stream finish with one count-down line. Failures: Ctrl-C while
+loading, and a model replica that cannot start (the README's commands: test_readme.py)."""
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,31 +32,18 @@ def server():
         s.proc.wait(30)
 
 
-def readme_blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
-
-
 def test_banner_shows_progress_url_and_a_working_curl_line(server):
     out = server.output
     assert "starting a local Ray instance (dashboard off, bound to 127.0.0.1)" in out
     assert "loading the built-in demo model as `fathom-demo`" in out and "model ready in" in out
+    assert "fathom: loading safetensors shards: 1/1 in " in out  # the replica's load progress, on this console
+    for noise in ("WARNING", "Token authentication", "(raylet)", "INFO"):
+        assert noise not in out, f"Ray's output on the console: {noise}"
     assert f"http://127.0.0.1:{server.port}/v1" in out
     curl = next(line.strip() for line in server.lines if line.strip().startswith("curl "))
     reply = json.loads(subprocess.run(["bash", "-c", curl], check=True, capture_output=True, text=True, timeout=60).stdout)
     assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] >= 1
     assert "Traceback" not in out
-
-
-def test_readme_snippets_work_as_pasted(server):
-    here = f"127.0.0.1:{server.port}"
-    [curl] = [b for b in readme_blocks("bash") if "curl" in b]
-    out = subprocess.run(["bash", "-c", curl.replace("127.0.0.1:8000", here)], check=True, capture_output=True, text=True,
-                         timeout=60)
-    assert json.loads(out.stdout)["choices"][0]["message"]["role"] == "assistant"
-    [py] = [b for b in readme_blocks("python") if "OpenAI(" in b]
-    out = subprocess.run([sys.executable, "-c", py.replace("127.0.0.1:8000", here)], check=False, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0 and "completion_tokens=" in out.stdout, out.stderr
 
 
 def _descendants(root: int) -> set[int]:
@@ -156,5 +145,40 @@ def test_sigterm_finishes_in_flight_stream_then_exits(server):
     assert events[-1] == "data: [DONE]"  # the in-flight stream was not cut off
     assert refused is not None and refused.headers["retry-after"] and refused.json()["error"]["code"] == "shutting_down"
     assert server.proc.wait(120) == 0
-    assert "shutting down" in server.output and "stopped" in server.output
+    assert "shutting down" in server.output and server.lines[-1] == "fathom: stopped"
+    waiting = [line for line in server.lines if "in-flight request(s)" in line]
+    assert len(waiting) == 1 and re.match(r"fathom: waiting up to \d+s for \d+ in-flight request\(s\)", waiting[0])
+    assert "fathom: in-flight requests finished" in server.lines
+    assert "(raylet)" not in server.output and "ServeController" not in server.output
+
+
+def test_ctrl_c_while_loading_stops_at_once_without_a_traceback():
+    s = ServeProcess()
+    while s.proc.poll() is None and not any("model: 1 starting" in line for line in s.lines):
+        time.sleep(0.05)
+    s.proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    assert s.proc.wait(60) == 130
+    assert time.monotonic() - t0 < 15, s.output
+    assert s.lines[-2:] == ["fathom: interrupted before the model was ready; stopping", "fathom: stopped"], s.output
+    assert "Traceback" not in s.output and "KeyboardInterrupt" not in s.output
+
+
+def test_a_model_replica_that_cannot_start_is_reported_and_the_server_exits(tmp_path):
+    """A checkpoint that passes the checks before Ray (config.json, *.safetensors present) but
+    whose weights are corrupt: its loader's error on the console, exit status 1, no retries."""
+    from fathom.worker.demo import demo_checkpoint_dir
+
+    ckpt = tmp_path / "corrupt"
+    shutil.copytree(demo_checkpoint_dir(), ckpt)
+    with open(ckpt / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    s = ServeProcess(str(ckpt))
+    assert s.proc.wait(180) == 1, s.output
+    errors = [line for line in s.lines if line.startswith("fathom serve: error:")]
+    assert errors == [("fathom serve: error: a model replica failed to start: SafetensorError: "
+                       "Error while deserializing header: invalid header length")], s.output
+    [log] = re.findall(r"the full error and Ray's output: (\S+)", s.output)
+    assert "Traceback" in Path(log).read_text() and "Traceback" not in s.output
+    assert "Retrying" not in s.output
 

@@ -1,9 +1,12 @@
 """`fathom serve --tenants FILE` as a user runs it (a subprocess: local Ray, Serve proxy, ingress
 and model deployments): the tenancy path through Ray Serve, the shared actor and the model
-replica, and a bad tenants file refused at start with the field named."""
+replica; the banner's curl line with its key placeholder; edits to the file reported on the
+console; a bad tenants file refused at start with the field named; and a quick idle Ctrl-C."""
 
+import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import openai
@@ -21,10 +24,15 @@ TENANTS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def tenants_file(tmp_path_factory):
     f = tmp_path_factory.mktemp("tenants") / "tenants.yaml"
     write_tenants(f, TENANTS)
-    s = ServeProcess("--tenants", str(f), "--max-model-len", "256").wait_ready()
+    return f
+
+
+@pytest.fixture(scope="module")
+def server(tenants_file):
+    s = ServeProcess("--tenants", str(tenants_file), "--max-model-len", "256").wait_ready()
     yield s
     s.stop()
 
@@ -35,6 +43,15 @@ def client(server, key):
 
 def test_start_says_how_many_tenants(server):
     assert any("3 tenant(s) from" in line for line in server.lines), server.lines
+
+
+def test_banner_curl_line_carries_the_key_placeholder(server, tenants_file):
+    curl = next(line.strip() for line in server.lines if line.strip().startswith("curl "))
+    assert '-H "Authorization: Bearer $FATHOM_API_KEY"' in curl
+    assert f"(first: export FATHOM_API_KEY=<a tenant's key from {tenants_file}>)" in server.output
+    out = subprocess.run(["bash", "-c", curl + " -sS"], check=False, capture_output=True, text=True, timeout=60,
+                         env={**ENV, "FATHOM_API_KEY": "sk-bob"})
+    assert out.returncode == 0 and '"chat.completion"' in out.stdout, out.stdout + out.stderr
 
 
 def test_statuses_headers_and_usage_through_ray_serve(server):
@@ -76,3 +93,37 @@ def test_bad_tenants_file_is_refused_at_start(tmp_path):
     assert proc.returncode != 0
     assert "requestsPerMinut" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _wait_for_line(server, text: str, timeout_s: float = 30) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [line for line in server.lines if text in line]
+        if found:
+            return found[-1]
+        time.sleep(0.1)
+    pytest.fail(f"no line with {text!r} in:\n{server.output}")
+
+
+def test_tenants_file_edits_are_reported_on_the_console(server, tenants_file):
+    good = tenants_file.read_text()
+    tenants_file.write_text(good.replace("requestsPerMinute", "requestsPerMinut", 1))
+    line = _wait_for_line(server, "tenants file not reloaded")
+    assert line.startswith("fathom serve: error: tenants file not reloaded, the previous tenants stay in force:")
+    assert "requestsPerMinut" in line
+    bob = client(server, "sk-bob")
+    assert bob.completions.create(model=MODEL, prompt="x", max_tokens=1).usage.completion_tokens == 1  # still served
+    tenants_file.write_text(good)
+    assert _wait_for_line(server, "tenants reloaded from").endswith(": 3 tenant(s)")
+
+
+def test_idle_ctrl_c_stops_within_seconds(server):
+    """Last in this module: it stops the module's server."""
+    time.sleep(1)  # idle
+    server.proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    assert server.proc.wait(60) == 0, server.output
+    elapsed = time.monotonic() - t0
+    assert server.lines[-1] == "fathom: stopped" and not any("waiting" in line for line in server.lines), server.output
+    assert elapsed < 10, f"an idle stop took {elapsed:.1f}s"
+    assert "Traceback" not in server.output and "(raylet)" not in server.output

@@ -11,9 +11,8 @@ import yaml
 from fathom_operator import kube
 from support.operator_support import emulated_cluster, eventually, operator_running, write_kubeconfig
 
-KUBERAY_CRD = pathlib.Path("/work/shared/reference/kuberay/ray.io_rayservices.yaml")
-if not KUBERAY_CRD.exists():
-    KUBERAY_CRD = pathlib.Path(__file__).resolve().parents[3] / "shared/reference/kuberay/ray.io_rayservices.yaml"
+# KubeRay's published RayService CRD, kept in the repository (tests/fixtures/kuberay/README.md)
+KUBERAY_CRD = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "kuberay" / "ray.io_rayservices.yaml"
 NS = "serving"
 
 

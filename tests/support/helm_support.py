@@ -20,13 +20,12 @@ INSTALL_HELM = ROOT / ".ci" / "install-helm"
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+KUBERAY_FIXTURES = ROOT / "tests" / "fixtures" / "kuberay"  # KubeRay's published CRD (see its README)
+
+
 def kuberay_reference() -> Path:
-    """KubeRay's published CRDs: in the shared/ folder beside the checkout (CI) or above it."""
-    for base in (ROOT, *ROOT.parents):
-        ref = base / "shared" / "reference" / "kuberay"
-        if (ref / "ray.io_rayservices.yaml").is_file():
-            return ref
-    raise FileNotFoundError(f"shared/reference/kuberay/ not found beside or above {ROOT}")
+    """KubeRay's published CRDs, kept in the repository as test fixtures."""
+    return KUBERAY_FIXTURES
 
 
 def find_helm(major: int = 4) -> str:

@@ -16,12 +16,12 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"), os.e
 
 
 class ServeProcess:
-    def __init__(self, *flags: str, port: int | None = None):
+    def __init__(self, *flags: str, port: int | None = None, cwd: Path = ROOT, env: dict | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fathom.cli", "serve", "--port", str(self.port), *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT,
+            [sys.executable, "-m", "fathom.cli", "serve", *flags, "--port", str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or ENV, cwd=cwd,
         )
         self.lines: list[str] = []
         self.ready = threading.Event()

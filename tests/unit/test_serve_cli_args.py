@@ -1,5 +1,7 @@
 import pytest
 
+import fathom
+from fathom.api.tenant import hash_api_key
 from fathom.cli import build_parser, main
 from fathom.serve.flags import UsageError, settings_from_args
 
@@ -58,16 +60,72 @@ def test_bad_config_file_names_the_key(tmp_path):
         settings("--config", str(tmp_path / "missing.yaml"))
 
 
-def test_main_reports_usage_errors_without_traceback(capsys):
+def test_main_reports_usage_errors_with_the_serve_usage(capsys):
     assert main(["serve", "--max-ongoing-requests", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fathom serve: error:") and "max_ongoing_requests (2)" in err
-    assert "Traceback" not in err
+    assert err.startswith("usage: fathom serve [MODEL] [options]\nfathom serve: error:")
+    assert "max_ongoing_requests (2)" in err and "Traceback" not in err
+    assert main(["serve", "--tensor-parallel-size", "2", "--no-such-flag"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fathom serve") and "unrecognized arguments: --no-such-flag" in err
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--port", "eighty"])  # argparse's own type error: the subcommand's usage too
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("usage: fathom serve [MODEL] [options]")
 
 
-def test_help_lists_flags_from_the_settings(capsys):
+def test_model_is_positional_as_in_vllm_serve():
+    assert settings("/ckpt/DeepSeek-V3").engine.model == "/ckpt/DeepSeek-V3"
+    assert settings("org/name", "--port", "9000").engine.model == "org/name"
+    assert settings("--model", "/x", "/x").engine.model == "/x"
+    with pytest.raises(UsageError, match="MODEL /x and --model /y disagree"):
+        settings("/x", "--model", "/y")
+
+
+def test_api_key_is_kept_only_as_its_digest(monkeypatch):
+    monkeypatch.delenv("FATHOM_API_KEY", raising=False)
+    s = settings("--api-key", "sk-local")
+    assert s.api_key_sha256 == hash_api_key("sk-local")
+    assert "sk-local" not in s.model_dump_json()
+    monkeypatch.setenv("FATHOM_API_KEY", "sk-from-env")
+    assert settings().api_key_sha256 == hash_api_key("sk-from-env")
+    assert settings("--api-key", "sk-flag").api_key_sha256 == hash_api_key("sk-flag")  # the flag wins
+    with pytest.raises(UsageError, match="--api-key.*--tenants.*exclude each other"):
+        settings("--tenants", "t.yaml")
+    monkeypatch.delenv("FATHOM_API_KEY")
+    with pytest.raises(UsageError, match="the key is empty"):
+        settings("--api-key", " ")
+
+
+def test_gpu_memory_utilization_is_vllms_fraction():
+    assert settings().engine.gpu_memory_utilization == 0.9
+    assert settings("--gpu-memory-utilization", "0.5").engine.gpu_memory_utilization == 0.5
+    with pytest.raises(UsageError, match="--gpu-memory-utilization: .*less than or equal to 1"):
+        settings("--gpu-memory-utilization", "1.5")
+
+
+def test_version(capsys):
+    for argv in (["--version"], ["serve", "--version"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fathom {fathom.__version__}"
+
+
+def test_help_puts_common_flags_first_in_human_groups(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--tensor-parallel-size", "--max-queued-requests", "--config", "--served-model-name"):
+    assert out.startswith("usage: fathom serve [MODEL] [options]")
+    for flag in ("--tensor-parallel-size", "--max-queued-requests", "--config", "--served-model-name",
+                 "--api-key", "--gpu-memory-utilization", "--max-num-batched-tokens"):
         assert flag in out
+    titles = [line[:-1] for line in out.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles == ["positional arguments", "options", "common options", "engine options (each model instance)",
+                      "server options (HTTP API, Ray Serve, tenants)"]
+    common = out.split("common options:")[1].split("engine options")[0]
+    order = [common.index(f) for f in ("--model", "--host", "--port", "--tensor-parallel-size", "--num-replicas",
+                                       "--api-key", "--tenants", "--config")]
+    assert order == sorted(order)
+    for pythonism in ("None", "EngineSettings", "ServeSettings", "true", "false", "str |"):
+        assert pythonism not in out, pythonism
+    assert len(out.splitlines()) <= 100, "two screens at most"

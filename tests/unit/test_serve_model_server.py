@@ -43,7 +43,8 @@ async def collect(ms, req) -> tuple[list[dict], StreamEnd]:
 async def test_chunks_carry_several_tokens_when_the_chunk_budget_is_exceeded(server):
     default = server.settings.stream_chunks_per_s
     whole = await server.complete("completion", completion())
-    text = whole["choices"][0]["text"]
+    text = whole.body["choices"][0]["text"]
+    assert whole.first_token_at is not None  # TTFT and TPOT of non-streamed requests too
     server.settings.stream_chunks_per_s = 1e9  # no budget pressure: a chunk per step
     eager, end = await collect(server, completion())
     server.settings.stream_chunks_per_s = 4.0  # one stream may send a chunk every 0.25 s
@@ -104,7 +105,7 @@ async def test_checkpoint_without_tokenizer_serves_token_ids_only(tmp_path):
         ids = [5, 17, 42, 7, 99]
         r = await ms.complete("completion", CompletionRequest(
             model=ms.model_name, prompt=ids, max_tokens=6, temperature=0, ignore_eos=True, logprobs=0))
-        got = [int(t.removeprefix("token_id:")) for t in r["choices"][0]["logprobs"]["tokens"]]
+        got = [int(t.removeprefix("token_id:")) for t in r.body["choices"][0]["logprobs"]["tokens"]]
         want = hf.generate(torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False)[0, 5:].tolist()
         assert got == want
         chat = await ms.complete("chat", ChatCompletionRequest(model=ms.model_name,

@@ -8,6 +8,7 @@ import pytest
 
 from fathom.api.engine import Pricing
 from fathom.api.openai_error import APIError
+from fathom.api.serve import ServeSettings
 from fathom.engine.sampling_params import SamplingParams
 from fathom.serve.preprocess import EngineCall
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
@@ -98,6 +99,21 @@ async def test_open_mode_admits_everyone_as_default_admin():
     assert (await gate.admit(t, "completion", completion())).lease is None
 
 
+async def test_one_api_key_is_the_default_admin_behind_that_key():
+    """`fathom serve --api-key`: the settings carry only the digest; that key, and no other, is in."""
+    settings = ServeSettings(api_key_sha256=keys.digest("sk-only").upper())
+    gate = TenancyGate.from_settings(settings)
+    assert not gate.open
+    tenant = gate.authenticate("Bearer sk-only")
+    assert (tenant.name, tenant.role, tenant.limits.requests_per_minute) == ("default", "admin", None)
+    for header in (None, "Bearer sk-other", "sk-only"):
+        with pytest.raises(APIError) as e:
+            gate.authenticate(header)
+        assert e.value.status == 401 and "sk-only" not in e.value.message
+    grant = await gate.admit(tenant, "completion", completion())
+    gate.release(grant)
+
+
 def test_prompt_estimate_and_reservation():
     chat = ChatCompletionRequest.model_validate(
         {"model": MODEL, "messages": [{"role": "user", "content": "héllo"}], "max_tokens": 5, "n": 2})
@@ -123,12 +139,16 @@ def test_cap_calls_limits_prompt_plus_max_tokens():
 
 def test_key_tool_hashes_stdin_and_makes_keys(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("sk-a\n\nsk-b\n"))
-    assert keys.main([]) == 0
+    assert keys.main(["--stdin"]) == 0
     assert capsys.readouterr().out.split() == [keys.digest("sk-a"), keys.digest("sk-b")]
     assert keys.main(["--new"]) == 0
     key_line, digest_line = capsys.readouterr().out.splitlines()
     assert keys.digest(key_line.split()[1]) == digest_line.split()[1]
     assert keys.main(["sk-on-the-command-line"]) == 2
+    assert keys.main([]) == 2  # reading stdin is asked for, never implied
+    assert "one of the arguments --new --stdin is required" in capsys.readouterr().err
+    assert keys.main(["--help"]) == 0
+    assert "--stdin" in capsys.readouterr().out
 
 
 async def test_unreachable_shared_state_fails_closed_with_503(gate):

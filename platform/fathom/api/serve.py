@@ -29,10 +29,10 @@ class ServeSettings(Spec):
     """One served model: its engine settings plus the HTTP server and Ray Serve around it."""
 
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Settings of each model instance.")
-    host: str = Field("127.0.0.1", description="Interface the HTTP API binds; loopback unless you opt in (0.0.0.0).")
+    host: str = Field("127.0.0.1", description="Interface the HTTP API binds: loopback unless you opt in (0.0.0.0).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port of the API (0 picks a free one).")
     num_replicas: int = Field(1, ge=1, le=4096, description="Independent model instances (Ray Serve replicas of the model deployment).")
-    address: str | None = Field(None, description="Ray cluster to join (e.g. `auto`, `ray://head:10001`); None starts a local Ray instance.")
+    address: str | None = Field(None, description="Ray cluster to join (e.g. `auto`, `ray://head:10001`); unset: start a local Ray instance.")
     max_ongoing_requests: int = Field(256, ge=1, description="Requests one model replica serves at once (running + waiting in its engine).")
     max_queued_requests: int = Field(
         256, ge=0, description="Requests queued in front of the model replicas (per ingress) before the API answers 429."
@@ -41,16 +41,26 @@ class ServeSettings(Spec):
         8 * 1024 * 1024, ge=1024, description="Largest accepted HTTP request body; larger bodies get 413 before parsing."
     )
     graceful_shutdown_timeout_s: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before the server exits."
+        30.0, ge=0, description="On SIGTERM or Ctrl-C, how long in-flight requests may run before the server stops."
     )
     stream_chunks_per_s: float = Field(
         100.0, gt=0, description=(
-            "Streamed chunks per second one model replica aims to send over all its streams; beyond it, "
-            "each chunk carries several tokens (one stream alone still gets every token as it comes)."
+            "Streamed chunks per second one model replica aims at over all its streams; beyond it, each chunk "
+            "carries several tokens."
         ),
     )
-    tenants: str | None = Field(None, description="YAML file of Tenant manifests (API keys, limits, weights); None disables auth.")
+    tenants: str | None = Field(None, description="YAML file of Tenant manifests (API keys, limits, fair-share weights), reloaded on change.")
+    api_key_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$",
+        description="The SHA-256 hex digest of one API key that every request must present (what --api-key sets).",
+    )
     log_requests: bool = Field(False, description="Log one line per request at the ingress.")
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> "ServeSettings":
+        if self.api_key_sha256 is not None and self.tenants is not None:
+            raise ValueError("an API key (--api-key) and tenants (--tenants) exclude each other: give the key to a Tenant instead")
+        return self
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> "ServeSettings":
@@ -63,7 +73,8 @@ class ServeSettings(Spec):
 
     @property
     def model_name(self) -> str:
-        """The id in /v1/models: served_model_name, else the checkpoint directory name, else `fathom-demo`."""
+        """The id in /v1/models: served_model_name (`fathom serve` sets a hub id here), else the checkpoint
+        directory name, else `fathom-demo`."""
         if self.engine.served_model_name:
             return self.engine.served_model_name
         if self.engine.model:

@@ -22,6 +22,7 @@ from fathom.model.deepseek import DeepseekForCausalLM
 from fathom.model.weights import fp8
 from fathom.model.weights.sharding import Layout, Shard, plan, sources
 from fathom.parallel.context import ParallelContext
+from fathom.telemetry.progress import shard_loaded
 
 SCALE_SUFFIX = "_scale_inv"
 
@@ -190,15 +191,21 @@ def load_model(
         raise ValueError(f"checkpoint {path} lacks tensor(s) {', '.join(missing[:5])}"
                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))  # fmt: skip
     scales = {n: b for n, b in model.named_buffers() if n.endswith(SCALE_SUFFIX)}
+    by_file: dict[Path, list] = {}
+    for slot, (name, shard) in wanted.items():
+        if slot not in needed:
+            raise ValueError(f"checkpoint tensor {name!r} has no place in a model with this config.json")
+        by_file.setdefault(names[name], []).append((slot, name, shard))
+    shard_loaded(0, len(by_file), ctx.rank)
     with torch.no_grad():
-        for slot, (name, shard) in wanted.items():
-            if slot not in needed:
-                raise ValueError(f"checkpoint tensor {name!r} has no place in a model with this config.json")
-            dest = slot.view(params[slot.name])
-            if slot.name + SCALE_SUFFIX in scales:
-                scale = slot.view(scales[slot.name + SCALE_SUFFIX])
-                fill_fp8(dest, scale, fp8_block_of(model, slot.name), files, name, shard)
-            else:
-                fill(dest, files, name, shard, dtype)
+        for i, f in enumerate(sorted(by_file)):  # file by file, so progress is per checkpoint shard
+            for slot, name, shard in by_file[f]:
+                dest = slot.view(params[slot.name])
+                if slot.name + SCALE_SUFFIX in scales:
+                    scale = slot.view(scales[slot.name + SCALE_SUFFIX])
+                    fill_fp8(dest, scale, fp8_block_of(model, slot.name), files, name, shard)
+                else:
+                    fill(dest, files, name, shard, dtype)
+            shard_loaded(i + 1, len(by_file), ctx.rank)
     model.eval()
     return model

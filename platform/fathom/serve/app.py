@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
-from fathom.serve.frontend import OVERLOAD_RETRY_AFTER_S, Frontend
+from fathom.serve.frontend import OVERLOAD_RETRY_AFTER_S, Completion, Frontend
 from fathom.serve.model_server import ModelServer
 from fathom.serve.ray_tuning import grpc_between_deployments, serve_throughput_env
 from fathom.serve.routes import build_api
@@ -54,7 +54,7 @@ class HandleBackend:
         self._unary = handle
         self._streaming = handle.options(stream=True)
 
-    async def complete(self, kind: str, req: Any, routing_key: int | None, tenancy=None) -> dict | APIError:
+    async def complete(self, kind: str, req: Any, routing_key: int | None, tenancy=None) -> Completion | APIError:
         with open_route_span(req.model, OPERATIONS[kind]) as route:
             try:
                 return await self._unary.complete.remote(kind, req, routing_key=routing_key, tenancy=tenancy,

@@ -3,7 +3,8 @@ SSE relay, metrics. Transport-agnostic: `backend` is the model deployment behind
 handle in production (`HandleBackend`) and can be any object with the same two methods.
 
 Backend contract (the model deployment's methods, see `fathom.serve.model_server`):
-- `complete(kind, request, routing_key) -> dict | APIError` (the whole response body);
+- `complete(kind, request, routing_key) -> Completion | dict | APIError` (the whole response
+  body, with the first token's time for TTFT when it is a `Completion`);
 - `stream(kind, request, routing_key) -> AsyncIterator[str | APIError | StreamEnd]`: the first
   item is an APIError (nothing was started) or SSE text; then SSE text, each item possibly
   several coalesced events; the last item is a `StreamEnd` with the usage (not sent on).
@@ -48,8 +49,17 @@ class StreamEnd:
     first_token_at: float | None = None  # time.time() of the first token, for TTFT
 
 
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A whole (non-streamed) response: its body, and when its first token was generated, so
+    TTFT and TPOT are recorded for non-streaming requests too."""
+
+    body: dict
+    first_token_at: float | None = None  # time.time()
+
+
 class Backend(Protocol):
-    async def complete(self, kind: str, request: Any, routing_key: int | None) -> dict | APIError: ...
+    async def complete(self, kind: str, request: Any, routing_key: int | None) -> Completion | dict | APIError: ...
     def stream(self, kind: str, request: Any, routing_key: int | None) -> AsyncIterator[Any]: ...
 
 
@@ -141,10 +151,11 @@ class Frontend:
             result = await self.backend.complete(kind, req, key, **tenancy)
             if isinstance(result, APIError):
                 raise result
-            usage = result["usage"]
+            body, first = (result.body, result.first_token_at) if isinstance(result, Completion) else (result, None)
+            usage = body["usage"]
             self._finished(200, started, usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
-                           usage["completion_tokens"], None, grant)
-            return Response(json.dumps(result), media_type="application/json", headers=grant.headers)
+                           usage["completion_tokens"], first, grant)
+            return Response(json.dumps(body), media_type="application/json", headers=grant.headers)
         stream = self.backend.stream(kind, req, key, **tenancy)
         first = await anext(stream)
         if isinstance(first, APIError):

@@ -1,11 +1,20 @@
-"""`fathom serve`: start (or join) Ray, deploy the app, show progress, serve until SIGTERM.
+"""`fathom serve`: start (or join) Ray, deploy the app, show progress, serve until SIGTERM or Ctrl-C.
 
 Secure defaults: the API binds 127.0.0.1 unless `--host`; a local Ray instance runs without
 its dashboard (and so without the job-submission API) and with every Ray socket on
 127.0.0.1. The only socket of ours is the HTTP API, which parses JSON and nothing else.
 
-Shutdown (SIGTERM or Ctrl-C): the ingress stops accepting (503 + Retry-After, /health 503),
-in-flight requests get up to `graceful_shutdown_timeout_s` to finish, then Serve and Ray stop.
+What the user sees (`fathom.serve.console`): Fathom's lines only. Ray's output goes to a log
+file that is kept, and named, only when something failed. `fathom.serve.preflight` has already
+checked what it can without Ray; what only Ray can tell is reported here in one line each: a
+shape the joined cluster cannot hold, a model replica that fails to start (its error; then
+`fathom serve` exits 1), a tenants file edit that fails to reload (the old tenants stay).
+
+Stopping (SIGTERM or Ctrl-C): while loading, at once. While serving, the ingress stops
+accepting (503 + Retry-After, /health 503), in-flight requests get up to
+`graceful_shutdown_timeout_s` with a count-down (a second Ctrl-C cuts it short), then Ray
+stops. A local Ray instance is stopped whole (its processes end with it, so an idle stop takes
+a second or two); on a joined cluster (`--address`) only our app is deleted.
 """
 
 import json
@@ -14,8 +23,10 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import ray
 from ray import serve
@@ -23,16 +34,59 @@ from ray.serve.api import RunTarget
 
 from fathom.api.serve import ServeSettings
 from fathom.serve.app import APP_NAME, build_app
+from fathom.serve.console import Console
+from fathom.serve.preflight import shape_problem
 from fathom.serve.ray_tuning import export_serve_throughput_env
+from fathom.serve.status import (
+    ReplicaWatch,
+    TenantsWatch,
+    details,
+    progress_line,
+    startup_failure,
+    within,
+)
+from fathom.telemetry import progress
 from fathom.tenancy.registry import TenantConfigError, describe_tenants
 from fathom.worker.source_root import with_source_root
 
-POLL_S = 0.5
-SHUTDOWN_SLACK_S = 30.0  # for Serve and Ray to stop after the grace period
+POLL_S = 0.25
+SHUTDOWN_SLACK_S = 15.0  # for Ray to stop after the grace period, before the watchdog exits hard
+DRAIN_CALL_TIMEOUT_S = 2.0
+RAY_STOP_S = 5.0  # for ray.shutdown (~1.5 s when Ray answers)
+DELETE_APP_S = 60.0  # for serve.delete on a joined cluster (its replicas stop gracefully)
 
 
-def _say(msg: str) -> None:
-    print(f"fathom: {msg}", flush=True)
+class StartupFailed(RuntimeError):
+    """The app cannot start: the message is one line for the console, `details` (e.g. the
+    replica's traceback) go to the log."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
+
+
+class Interrupted(Exception):
+    """SIGTERM or Ctrl-C before the app was serving."""
+
+
+class Stopper:
+    """SIGTERM / SIGINT handler: the first one asks to stop, each further one to hurry."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signals = 0
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, *_) -> None:
+        self.signals += 1
+        self.event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -41,111 +95,104 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def port_problem(host: str, port: int) -> str | None:
-    """Why the API cannot listen on host:port (checked before starting Ray), or None."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-    except OSError as e:
-        return f"cannot listen on {host}:{port}: {e.strerror} (choose another with --port / --host)"
-    return None
-
-
 def _export_source_root() -> None:
     """Make `fathom` importable in Ray's worker processes even when it is not installed (a
     source checkout): a local Ray instance inherits this process's environment."""
     os.environ["PYTHONPATH"] = with_source_root(os.environ.get("PYTHONPATH"))
 
 
-def start_ray(settings: ServeSettings) -> None:
+def start_ray(settings: ServeSettings, console: Console | None = None) -> None:
     """Join `settings.address`, or start a private local Ray instance (loopback, no dashboard)."""
+    console = console or Console()
     if ray.is_initialized():
         return
     if settings.address:
-        _say(f"joining Ray cluster at {settings.address}")
-        ray.init(address=settings.address, logging_level=logging.WARNING, log_to_driver=False)
+        console.say(f"joining Ray cluster at {settings.address}")
+        ray.init(address=settings.address, logging_level=logging.ERROR, log_to_driver=False)
         return
-    _say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
+    console.say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
     _export_source_root()
     export_serve_throughput_env()  # the proxy reads them from the environment it inherits
     ray.init(
         address="local",  # a new instance: never join another `ray start` cluster on this machine
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
-        logging_level=logging.WARNING,
+        logging_level=logging.ERROR,
         log_to_driver=False,
         namespace=APP_NAME,
     )
 
 
-def deploy(settings: ServeSettings, show_progress: bool = True):
-    """Start Serve's proxy on host:port and deploy the app; return the ingress handle once
-    it is running (raises RuntimeError with Serve's message if the deployment fails)."""
-    settings = _with_tenants(settings)
+def check_cluster(settings: ServeSettings) -> None:
+    """The shape against what the cluster has now that Ray is up (a joined cluster is only
+    known here; a local one was checked before starting)."""
+    total = ray.cluster_resources()
+    where = "the cluster" if settings.address else "this machine"
+    if problem := shape_problem(settings, total.get("CPU", 0.0), total.get("GPU", 0.0), where):
+        raise StartupFailed(problem)
+
+
+def deploy(settings: ServeSettings, show_progress: bool = True, console: Console | None = None,
+           stop: Stopper | None = None):
+    """Start Serve's proxy on host:port and deploy the app; return the ingress handle once it is
+    running. Raises StartupFailed with the model replica's error if it cannot start, Interrupted
+    if `stop` is requested meanwhile."""
+    console = console or Console()
+    settings = _with_tenants(settings, console)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our own progress lines instead
     serve.start(http_options={"host": settings.host, "port": settings.port},
                 proxy_location="HeadOnly" if not settings.address else "EveryNode")
     gpus = 1.0 if settings.engine.tensor_parallel_size == 1 and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     what = settings.engine.model or "the built-in demo model"
-    _say(f"loading {what} as `{settings.model_name}` (TP={settings.engine.tensor_parallel_size}, "
-         f"EP={settings.engine.expert_parallel_size}, replicas={settings.num_replicas})")
+    console.say(f"loading {what} as `{settings.model_name}` (TP={settings.engine.tensor_parallel_size}, "
+                f"EP={settings.engine.expert_parallel_size}, replicas={settings.num_replicas})")
     if APP_NAME in serve.status().applications:
         # Replace, not update in place: a RUNNING status could still be the old version's, and
         # its replicas (other shapes, other placement) would keep answering until they drain.
-        _say(f"removing the running `{APP_NAME}` app first")
+        console.say(f"removing the running `{APP_NAME}` app first")
         serve.delete(APP_NAME)
     [handle] = serve.run_many([RunTarget(build_app(settings, gpus), name=APP_NAME, route_prefix="/")],
                               wait_for_applications_running=False)
-    wait_running(show_progress)
+    wait_running(show_progress, console, stop)
     return handle
 
 
-def _with_tenants(settings: ServeSettings) -> ServeSettings:
-    """Validate the tenants file now (a clear error, not a failed replica), say whether the API
-    is open, and make its path absolute for the replicas."""
+def _with_tenants(settings: ServeSettings, console: Console) -> ServeSettings:
+    """Say how requests are authenticated; make the tenants path absolute for the replicas."""
+    if settings.api_key_sha256 is not None:
+        console.say("API key required (--api-key): `Authorization: Bearer <key>` on every request")
+        return settings
     try:
-        _say(describe_tenants(settings.tenants))
+        console.say(describe_tenants(settings.tenants))
     except TenantConfigError as e:
-        raise RuntimeError(str(e)) from None
+        raise StartupFailed(str(e)) from None
     if settings.tenants is None:
         return settings
     return settings.model_copy(update={"tenants": os.path.abspath(settings.tenants)})
 
 
-def wait_running(show_progress: bool) -> None:
-    t0, last = time.monotonic(), ""
+def wait_running(show_progress: bool, console: Console | None = None, stop: Stopper | None = None) -> None:
+    console = console or Console()
+    loads = progress.ProgressFile(os.environ[progress.ENV]) if os.environ.get(progress.ENV) else None
+    t0, last, replicas = time.monotonic(), "", ReplicaWatch()
     while True:
+        if stop is not None and stop.requested:
+            raise Interrupted
         app = serve.status().applications.get(APP_NAME)
         status = app.status if app else "NOT_STARTED"
+        if show_progress and loads is not None:
+            console.loading(loads.read())
         if status == "RUNNING":
-            _say(f"model ready in {time.monotonic() - t0:.1f}s")
+            console.say(f"model ready in {time.monotonic() - t0:.1f}s")
             return
-        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise RuntimeError(_failure_message(app))
-        line = _progress_line(app)
+        if failure := startup_failure(app):
+            raise StartupFailed(failure, details(app))
+        replicas.report(app, console)  # some replica failed while another runs: say so, go on
+        line = progress_line(app)
         if show_progress and line != last:
-            _say(f"{line} ({time.monotonic() - t0:.0f}s)")
+            console.say(f"{line} ({time.monotonic() - t0:.0f}s)")
             last = line
         time.sleep(POLL_S)
-
-
-def _progress_line(app) -> str:
-    if app is None:
-        return "deploying"
-    parts = []
-    for name, d in sorted(app.deployments.items()):
-        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(d.replica_states.items()))
-        parts.append(f"{name}: {counts or d.status.lower()}")
-    return "; ".join(parts) or "deploying"
-
-
-def _failure_message(app) -> str:
-    msgs = [app.message] if app.message else []
-    for name, d in app.deployments.items():
-        if d.message:
-            msgs.append(f"{name}: {d.message}")
-    return "deployment failed: " + ("\n".join(msgs) or "see the Ray logs")
 
 
 def banner(settings: ServeSettings) -> str:
@@ -153,61 +200,101 @@ def banner(settings: ServeSettings) -> str:
     url = f"http://{host}:{settings.port}"
     body = json.dumps({"model": settings.model_name, "messages": [{"role": "user", "content": "Hello!"}],
                        "max_tokens": 32})
-    exposed = "" if settings.host in ("127.0.0.1", "localhost", "::1") else (
+    keyed = settings.tenants is not None or settings.api_key_sha256 is not None
+    exposed = "" if settings.host in ("127.0.0.1", "localhost", "::1") or keyed else (
         f"note: the API listens on {settings.host}, reachable from the network; "
-        "use --tenants FILE for API keys\n")
+        "use --api-key KEY or --tenants FILE for API keys\n")
+    auth = ' -H "Authorization: Bearer $FATHOM_API_KEY"' if keyed else ""
+    whose = "the key given to --api-key" if settings.api_key_sha256 else f"a tenant's key from {settings.tenants}"
+    hint = f"  (first: export FATHOM_API_KEY=<{whose}>)\n" if keyed else ""
     return exposed + (
         f"serving `{settings.model_name}` at {url}/v1 (OpenAI API; readiness {url}/health/ready, "
         f"metrics {url}/metrics)\n"
-        f"try:\n  curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'\n"
+        f"try:\n  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'\n{hint}"
         "Ctrl-C or SIGTERM stops the server (in-flight requests finish first)."
     )
 
 
-def drain(handle, grace_s: float) -> None:
-    """Stop accepting, then wait up to `grace_s` for in-flight requests."""
+def drain(handle, grace_s: float, console: Console | None = None, stop: Stopper | None = None) -> None:
+    """Stop accepting, then wait up to `grace_s` for in-flight requests, counting down."""
+    console = console or Console()
     deadline = time.monotonic() + grace_s
+    waited = False
     try:
-        while (left := handle.drain.remote().result(timeout_s=5)) and time.monotonic() < deadline:
-            _say(f"waiting for {left} in-flight request(s)")
+        while left := within(DRAIN_CALL_TIMEOUT_S + 1, lambda: handle.drain.remote().result(timeout_s=DRAIN_CALL_TIMEOUT_S)):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (stop is not None and stop.signals > 1):
+                console.status(f"stopping with {left} request(s) still in flight", final=True)
+                return
+            if not waited and not console.tty:  # a log gets the line once; a terminal a count-down
+                console.say(f"waiting up to {remaining:.0f}s for {left} in-flight request(s) (Ctrl-C again: stop now)")
+            waited = True
+            console.status(f"waiting for {left} in-flight request(s): {remaining:.0f}s left (Ctrl-C again: stop now)")
             time.sleep(POLL_S)
-    except Exception as e:  # noqa: BLE001 - the ingress may already be gone; shut down regardless
-        _say(f"drain skipped ({type(e).__name__})")
+        if waited:
+            console.status("in-flight requests finished", final=True)
+    except Exception as e:  # noqa: BLE001 - the ingress (or Ray) may already be gone; stop regardless
+        why = "Ray is not answering: its processes were stopped too" if isinstance(e, TimeoutError) else type(e).__name__
+        console.status(f"drain skipped ({why})", final=True)
 
 
 def serve_forever(settings: ServeSettings) -> int:
-    """Run until SIGTERM/SIGINT; return the process exit status."""
+    """Run until SIGTERM/SIGINT; return the process exit status (0; 1 if the app could not start;
+    130 if stopped before it was serving)."""
+    console, stop = Console(), Stopper()
+    stop.install()
     if settings.port == 0:
         settings = settings.model_copy(update={"port": free_port(settings.host)})
-    elif not settings.address and (problem := port_problem(settings.host, settings.port)):
-        print(f"fathom serve: error: {problem}", file=sys.stderr)
-        return 1
+    work = Path(tempfile.mkdtemp(prefix="fathom-serve-"))
+    console.quiet(str(work / "ray-output.log"))
+    if not settings.address:
+        os.environ[progress.ENV] = str(work / "load-progress.jsonl")  # inherited by the local Ray instance
+    code = _run(settings, console, stop)
+    _watchdog(SHUTDOWN_SLACK_S, console)
+    _shutdown(joined=bool(settings.address), console=console)
+    console.restore()
+    if code in (0, 130):
+        _remove(work)
+    else:
+        console.say(f"the full error and Ray's output: {work / 'ray-output.log'}")
+    return code
+
+
+def _run(settings: ServeSettings, console: Console, stop: Stopper) -> int:
     try:
-        start_ray(settings)
-        handle = deploy(settings)
-    except RuntimeError as e:
-        print(f"fathom serve: error: {e}", file=sys.stderr)
-        _shutdown(joined=bool(settings.address))
+        start_ray(settings, console)
+        stop.install()  # again: ray.init installs its own SIGTERM handler
+        if stop.requested:
+            raise Interrupted
+        check_cluster(settings)
+        handle = deploy(settings, console=console, stop=stop)
+    except StartupFailed as e:
+        console.error(str(e))
+        if e.details:
+            print(f"fathom serve: {e}\n{e.details}", file=sys.stderr, flush=True)  # fd 2: the log
         return 1
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own SIGTERM handler
-        signal.signal(sig, lambda *_: stop.set())
-    print(banner(settings), flush=True)
-    while not stop.wait(1.0):
-        pass
-    _say("shutting down: no new requests; finishing in-flight ones")
-    _watchdog(settings.graceful_shutdown_timeout_s + SHUTDOWN_SLACK_S)
-    drain(handle, settings.graceful_shutdown_timeout_s)
-    _shutdown(joined=bool(settings.address))
+    except Interrupted:
+        console.say("interrupted before the model was ready; stopping")
+        return 130
+    console.print(banner(settings))
+    watch, replicas, beat = TenantsWatch(settings.tenants), ReplicaWatch(), 0
+    while not stop.event.wait(1.0):
+        watch.check(console)
+        beat += 1
+        if beat % 5 == 0:
+            replicas.check(console)
+    console.say("shutting down: no new requests; in-flight ones may finish")
+    _watchdog(settings.graceful_shutdown_timeout_s + SHUTDOWN_SLACK_S, console)
+    drain(handle, settings.graceful_shutdown_timeout_s, console, stop)
     return 0
 
 
-def _watchdog(seconds: float) -> None:
-    """Exit hard if shutdown hangs (e.g. SIGTERM went to the whole process group and Ray's own
+def _watchdog(seconds: float, console: Console) -> None:
+    """Exit hard if stopping hangs (e.g. SIGTERM went to the whole process group and Ray's own
     processes are already gone, so calls into Ray never return)."""
 
     def expire() -> None:
-        print("fathom: shutdown timed out; exiting", file=sys.stderr, flush=True)
+        console.error("Ray did not stop in time; exiting")
         os._exit(1)
 
     timer = threading.Timer(seconds, expire)
@@ -215,13 +302,24 @@ def _watchdog(seconds: float) -> None:
     timer.start()
 
 
-def _shutdown(joined: bool = False) -> None:
-    """Stop what we started: on a cluster we joined (--address), only our app; else Serve and Ray."""
+def _shutdown(joined: bool = False, console: Console | None = None) -> None:
+    """Stop what we started: on a cluster we joined (--address), only our app; else the whole
+    local instance (Serve's controller, replicas and rank workers go with it)."""
+    console = console or Console()
+    if not ray.is_initialized():
+        return
     try:
         if joined:
-            serve.delete(APP_NAME)
-        else:
-            serve.shutdown()
+            within(DELETE_APP_S, lambda: serve.delete(APP_NAME))
     finally:
-        ray.shutdown()
-        _say("stopped")
+        try:
+            within(RAY_STOP_S, ray.shutdown)
+        except TimeoutError:
+            pass  # Ray's processes are gone already (they were signalled with us)
+        console.say("stopped")
+
+
+def _remove(work: Path) -> None:
+    for f in work.iterdir():
+        f.unlink(missing_ok=True)
+    work.rmdir()

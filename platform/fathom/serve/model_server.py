@@ -22,7 +22,7 @@ from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
 from fathom.engine.errors import EngineDeadError, InvalidRequestError
 from fathom.engine.fair_share import FairSharePolicy
-from fathom.serve.frontend import StreamEnd
+from fathom.serve.frontend import Completion, StreamEnd
 from fathom.serve.preprocess import EngineCall, engine_error, prepare
 from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
@@ -117,7 +117,7 @@ class ModelServer:
         return {"root": self.settings.engine.model or "fathom-demo", "max_model_len": self.max_model_len}
 
     async def complete(self, kind: str, req: Any, routing_key: int | None = None,
-                       tenancy: RequestTenancy | None = None, trace_context: dict | None = None) -> dict | APIError:
+                       tenancy: RequestTenancy | None = None, trace_context: dict | None = None) -> Completion | APIError:
         try:
             r = self._start(kind, req, tenancy)
         except APIError as e:
@@ -132,7 +132,7 @@ class ModelServer:
         body = {"id": r.id, "object": "chat.completion" if kind == "chat" else "text_completion",
                 "created": r.created, "model": self.model_name, "choices": [c.result() for c in r.choices],
                 "usage": r.usage_dict(), "system_fingerprint": None}
-        return body
+        return Completion(body, r.first_token_at)
 
     async def stream(self, kind: str, req: Any, routing_key: int | None = None,
                      tenancy: RequestTenancy | None = None, trace_context: dict | None = None) -> AsyncIterator[Any]:

@@ -41,8 +41,8 @@ class TenancyGate:
 
     @classmethod
     def from_settings(cls, settings) -> "TenancyGate":
-        """From ServeSettings: `tenants` file (None = open mode); the cluster-wide actor when
-        Ray is up (a Serve replica), an in-process state otherwise."""
+        """From ServeSettings: `tenants` file, or the one `api_key_sha256` (neither: open mode);
+        the cluster-wide actor when Ray is up (a Serve replica), an in-process state otherwise."""
         import ray
 
         if ray.is_initialized():
@@ -51,7 +51,9 @@ class TenancyGate:
             client = TenancyClient(tenancy_actor())
         else:
             client = LocalTenancyClient()
-        return cls(TenantSource(settings.tenants), client, settings.model_name, settings.engine.pricing)
+        source = (TenantSource.single_key(settings.api_key_sha256) if settings.api_key_sha256
+                  else TenantSource(settings.tenants))
+        return cls(source, client, settings.model_name, settings.engine.pricing)
 
     @property
     def open(self) -> bool:

@@ -67,18 +67,36 @@ def new_key() -> str:
     return "sk-fathom-" + secrets.token_urlsafe(32)
 
 
+def _parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fathom.tenancy.keys",
+        description="API keys for Fathom tenants files (`apiKeys: [{sha256: ...}]`) and `fathom serve "
+                    "--api-key-sha256`: a new key with its SHA-256 digest, or the digests of keys you have.",
+        epilog="Keys are never taken as arguments (shells keep those in history):\n"
+               "  printf '%s\\n' \"$KEY\" | python -m fathom.tenancy.keys --stdin",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--new", action="store_true", help="make a random key (256 bits) and print it with its digest")
+    what.add_argument("--stdin", action="store_true",
+                      help="read keys from standard input, one per line, and print the digest of each")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m fathom.tenancy.keys`: print the SHA-256 digest of each key read from stdin
-    (one per line; never from argv, which shells keep in history). `--new`: make a key and
-    print it with its digest."""
-    args = sys.argv[1:] if argv is None else argv
-    if args == ["--new"]:
+    """`python -m fathom.tenancy.keys --new | --stdin` (see `--help`)."""
+    try:
+        args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # --help (0) or a usage error (2)
+        return int(e.code or 0)
+    if args.new:
         key = new_key()
         print(f"key:    {key}\nsha256: {digest(key)}")
         return 0
-    if args:
-        print("usage: python -m fathom.tenancy.keys [--new] < keys.txt", file=sys.stderr)
-        return 2
+    if sys.stdin.isatty():
+        print("reading keys from the terminal, one per line; end with Ctrl-D", file=sys.stderr)
     for line in sys.stdin:
         if line.strip():
             print(digest(line.strip()))

@@ -17,13 +17,14 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
 from fathom.api.tenant import TenantManifest
-from fathom.tenancy.keys import KeyIndex, bearer_key, digest
+from fathom.tenancy.keys import KeyIndex, bearer_key, digest, normalize_digest
 from fathom.tenancy.tenant_policy import OPEN_POLICY, Limits, TenantPolicy
 
 log = logging.getLogger(__name__)
@@ -174,12 +175,15 @@ class TenantSource:
     to load at start raises; a later broken edit is logged and the previous tenants stay.
     """
 
-    def __init__(self, path: str | os.PathLike | None, poll_s: float = 1.0):
+    def __init__(self, path: str | os.PathLike | None, poll_s: float = 1.0, fixed: TenantRegistry | None = None):
         self.path = Path(path) if path is not None else None
         self.poll_s = poll_s
         self._lock = threading.Lock()
         self._checked = time.monotonic()
         self._signature = _signature(self.path) if self.path else ()
+        if fixed is not None:  # no file: these tenants, for good
+            self._registry = fixed
+            return
         present = self.path is not None and self.path.exists()
         self._registry = load_registry(self.path) if present else TenantRegistry()
         if self.path is not None and not present:
@@ -188,6 +192,12 @@ class TenantSource:
             log.warning("No tenants configured: the API is open (no API keys, no per-tenant limits).")
         else:
             log.info("Loaded %d tenants from %s", len(self._registry.tenants), self.path)
+
+    @classmethod
+    def single_key(cls, key_digest: str) -> "TenantSource":
+        """`fathom serve --api-key`: one key, held by the `default` admin tenant without limits
+        (the open mode's tenant, now behind a key); nothing to reload."""
+        return cls(None, fixed=TenantRegistry([replace(OPEN_POLICY, key_digests=(normalize_digest(key_digest),))]))
 
     def current(self) -> TenantRegistry:
         if self.path is not None and time.monotonic() - self._checked >= self.poll_s:

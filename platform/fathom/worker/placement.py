@@ -34,8 +34,22 @@ def create_rank_placement_group(world_size: int, use_gpu: bool, cpus_per_rank: f
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(pg)
-        total = ray.cluster_resources()
-        raise RuntimeError(
-            f"cannot place {world_size} rank workers ({bundles[0]} each, {strategy}) within {timeout_s:.0f}s; "
-            f"cluster resources: {total}")
+        raise RuntimeError(f"cannot place {world_size} rank workers within {timeout_s:.0f}s: "
+                           + shortfall(bundles, ray.cluster_resources(), ray.available_resources()))
     return pg
+
+
+def shortfall(bundles: list[dict[str, float]], total: dict[str, float], free: dict[str, float]) -> str:
+    """Which resource is short for `bundles`, in words (the cluster's total and what is free now)."""
+    need: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            need[k] = need.get(k, 0.0) + v
+    for k, v in sorted(need.items()):
+        if total.get(k, 0.0) < v:
+            return f"they need {v:g} {k} and the cluster has {total.get(k, 0.0):g}"
+    for k, v in sorted(need.items()):
+        if free.get(k, 0.0) < v:
+            return (f"they need {v:g} {k}; the cluster has {total[k]:g} but only {free.get(k, 0.0):g} free "
+                    "(other replicas or jobs hold the rest)")
+    return f"they need {need} on as few nodes as possible; no set of nodes has them free at once"
