@@ -50,7 +50,7 @@ def month_of(t: float) -> str:
     return time.strftime("%Y-%m", time.gmtime(t))
 
 
-class _Tier:
+class TimeTier:
     """UsageTotals summed into fixed-width time buckets, oldest dropped after `retention_s`."""
 
     def __init__(self, width_s: int, retention_s: int):
@@ -93,8 +93,8 @@ class UsageLedger:
         coarse_width_s: int = 3600,
         coarse_retention_s: int = 400 * 86400,
     ):
-        self.fine = _Tier(fine_width_s, fine_retention_s)
-        self.coarse = _Tier(coarse_width_s, coarse_retention_s)
+        self.fine = TimeTier(fine_width_s, fine_retention_s)
+        self.coarse = TimeTier(coarse_width_s, coarse_retention_s)
         self.totals: dict[tuple[str, str], UsageTotals] = defaultdict(UsageTotals)
         self.month_tokens: dict[tuple[str, str], int] = defaultdict(int)
 
