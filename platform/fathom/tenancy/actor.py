@@ -85,9 +85,10 @@ class TenancyActor:
         self._changed()
         return decisions
 
-    def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None) -> list[dict]:
-        """UsageTotals rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
-        return self.state.usage_rows(time.time(), tenant, start, end)
+    def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None,
+              hourly: bool = False) -> list[dict]:
+        """`TenancyState.usage_rows` now."""
+        return self.state.usage_rows(time.time(), tenant, start, end, hourly)
 
     def in_flight(self, tenant: str) -> int:
         return self.state.in_flight(tenant)
@@ -168,9 +169,10 @@ class TenancyClient:
             elif decision.allowed:  # the caller went away while waiting: release its slot
                 self.settle(Settlement(decision.lease, args[0], "", 0, metered=False))
 
-    async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None):
+    async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None,
+                    hourly: bool = False):
         self.flush()  # this replica's own settlements come first
-        return await self.handle.usage.remote(tenant, start, end)
+        return await self.handle.usage.remote(tenant, start, end, hourly)
 
 
 def _log_failure(fut) -> None:

@@ -166,8 +166,13 @@ class TenancyState:
         return dropped
 
     def usage_rows(self, now: float, tenant: str | None = None, start: float | None = None,
-                   end: float | None = None) -> list[dict]:
-        """UsageTotals rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
+                   end: float | None = None, hourly: bool = False) -> list[dict]:
+        """UsageTotals rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model;
+        `hourly`: one row per tenant, model and hour, with the hour's `start_time`/`end_time`, oldest first."""
+        if hourly:
+            width = self.ledger.coarse.width_s
+            return [{"start_time": h, "end_time": h + width, "tenant": t, "model": m, **u.to_dict()}
+                    for h, t, m, u in self.ledger.hourly(tenant, start, end)]
         rows = self.ledger.query(now, tenant=tenant, start=start, end=end)
         return [{"tenant": t, "model": m, **u.to_dict()} for (t, m), u in sorted(rows.items())]
 
