@@ -7,9 +7,9 @@ Layout of the RayService (ray.io/v1):
   KubeRay reads Serve status through it.
 - one worker group `ranks`: pods of `ranksPerPod` ranks each; replicas = instances × pods per
   instance. KubeRay applies replica changes of a worker group to the running cluster in place.
-- `serveConfigV2`: the Fathom app (`fathom.serve.app:build_app`, whose argument is the
-  `ServeSettings` model: engine settings, tenants file, HTTP bind) and a `deployments` override
-  with `num_replicas` of the model deployment. Scaling changes only that override, which Ray
+- `serveConfigV2`: the Fathom app (`fathom.serve.app:app_from_config`, whose argument is the
+  `ServeSettings` model: engine settings, tenants file, HTTP bind, cold-start bound) and a
+  `deployments` override with the model deployment's count (`replica_count`). Scaling changes only that override, which Ray
   Serve applies in place (a change of `args` would rebuild the app and restart every replica);
   `args.numReplicas` is maxReplicas, which only sizes the ingress queue. The model deployment
   asks for the custom resource `fathom_worker`, which only worker pods advertise, so a model
@@ -27,7 +27,7 @@ from fathom.api.serve import RAY_SERVE_THROUGHPUT_ENV
 from fathom_operator import pods
 
 APP_NAME = "fathom"
-IMPORT_PATH = "fathom.serve.app:build_app"
+IMPORT_PATH = "fathom.serve.app:app_from_config"
 MODEL_DEPLOYMENT = "model"  # fathom.serve.app names its deployments "ingress" and "model"
 SERVE_PORT = 8000
 WORKER_GROUP = "ranks"
@@ -75,12 +75,23 @@ def serve_config(spec: ModelServiceSpec, replicas: int) -> str:
             "route_prefix": "/",
             "import_path": IMPORT_PATH,
             "args": {"engine": engine.to_wire(), "numReplicas": max(1, spec.autoscaling.max_replicas),
-                     "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT},
-            "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas,
+                     "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT,
+                     "coldStartTimeoutS": spec.autoscaling.cold_start_timeout_seconds},
+            "deployments": [{"name": MODEL_DEPLOYMENT, **replica_count(replicas),
                              "ray_actor_options": model_actor_options(spec)}],
         }],
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def replica_count(replicas: int) -> dict:
+    """The model deployment's count in Serve's config schema, whose `num_replicas` must be >= 1:
+    zero is Serve autoscaling pinned to [0, 1] starting at 0. The ingress holds requests while
+    no replica runs (so Serve's autoscaler sees none queued) and the operator wakes the model;
+    should a request reach Serve's queue anyway (a scale-down racing it), Serve wakes one itself."""
+    if replicas > 0:
+        return {"num_replicas": replicas}
+    return {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}}
 
 
 def model_actor_options(spec: ModelServiceSpec) -> dict:

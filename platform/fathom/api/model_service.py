@@ -126,7 +126,8 @@ class Autoscaling(Spec):
     Scale-up takes the smallest count asked for over `scaleUpStabilizationSeconds` (0 = at once);
     scale-down the largest over `scaleDownStabilizationSeconds`. With `minReplicas: 0` the
     service goes to zero after `scaleToZeroAfterSeconds` without requests, and back to one as
-    soon as the ingress (which stays up on the Ray head) reports a queued request.
+    soon as the ingress (which stays up on the Ray head) reports a request it holds; that request
+    waits up to `coldStartTimeoutSeconds` for the replica.
     """
 
     enabled: bool = Field(True, description="Off: the replica count is spec.replicas (kubectl scale, HPA or KEDA via /scale).")
@@ -137,6 +138,7 @@ class Autoscaling(Spec):
     scale_up_stabilization_seconds: float = Field(0.0, ge=0, description="Window over which scale-up takes the smallest recommendation.")
     scale_down_stabilization_seconds: float = Field(300.0, ge=0, description="Window over which scale-down takes the largest recommendation.")
     scale_to_zero_after_seconds: float = Field(900.0, ge=0, description="Idle time (no running or waiting requests) before scaling to zero when minReplicas is 0.")
+    cold_start_timeout_seconds: float = Field(600.0, ge=0, description="How long a request that arrives while no model replica runs (scaled to zero, starting) waits at the ingress before 503 + Retry-After.")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "Autoscaling":

@@ -49,6 +49,13 @@ class ServeSettings(Spec):
             "each chunk carries several tokens (one stream alone still gets every token as it comes)."
         ),
     )
+    cold_start_timeout_s: float = Field(
+        300.0, ge=0, description=(
+            "How long a request waits at the ingress while no model replica is running (scaled to zero, or "
+            "starting) before it gets 503 + Retry-After; 0 refuses at once. Waiting requests count in "
+            "fathom_requests_waiting{replica=\"ingress\"}, which wakes a ModelService at zero replicas."
+        ),
+    )
     tenants: str | None = Field(None, description="YAML file of Tenant manifests (API keys, limits, weights); None disables auth.")
     log_requests: bool = Field(False, description="Log one line per request at the ingress.")
 

@@ -35,6 +35,7 @@ from fathom.telemetry.spans import open_route_span
 from fathom.telemetry.tracing import with_tracing_env
 
 APP_NAME = "fathom"
+MODEL_DEPLOYMENT = "model"
 READY_PROBE_TIMEOUT_S = 2.0
 
 
@@ -81,6 +82,10 @@ class HandleBackend:
                     with contextlib.suppress(RayError, RayServeException, asyncio.CancelledError, CancelledError):
                         gen.cancel()
 
+    async def running_replicas(self) -> int:
+        """Model replicas RUNNING now, as the Serve controller reports them (fathom.serve.cold_start)."""
+        return await asyncio.to_thread(_running_model_replicas)
+
     async def ready(self) -> dict | None:
         """Model info once a replica has loaded its model; None while none has (or on timeout)."""
         response = self._unary.ready.remote()
@@ -91,6 +96,12 @@ class HandleBackend:
             return None
         except (RayError, RayServeException):  # replicas not up yet, or being replaced
             return None
+
+
+def _running_model_replicas() -> int:
+    app = serve.status().applications.get(serve.get_replica_context().app_name)
+    model = app.deployments.get(MODEL_DEPLOYMENT) if app else None
+    return model.replica_states.get("RUNNING", 0) if model else 0
 
 
 async def _awaited(response):
@@ -117,7 +128,7 @@ def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.A
     wire = settings.model_dump(mode="json")
     runtime_env = with_tracing_env({"env_vars": serve_throughput_env()})
     model = serve.deployment(ModelServer).options(
-        name="model",
+        name=MODEL_DEPLOYMENT,
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         max_queued_requests=settings.max_queued_requests,
@@ -138,3 +149,10 @@ def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.A
         ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env},
     )
     return ingress.bind(model.bind(wire), wire)
+
+
+def app_from_config(settings: ServeSettings) -> serve.Application:
+    """The app as a Serve config names it (`import_path: fathom.serve.app:app_from_config`, `args`:
+    the ServeSettings): Serve calls a builder with exactly one argument, validated into the
+    annotated model. GPUs come from the config's `ray_actor_options` of the model deployment."""
+    return build_app(settings)

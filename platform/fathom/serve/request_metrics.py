@@ -34,5 +34,9 @@ class ServeMetrics:
         tpot = (e2e - ttft) / (completion_tokens - 1) if ttft is not None and completion_tokens > 1 else None
         self.metrics.request_timing(self.model, ttft=ttft, tpot=tpot)
 
+    def held(self, n: int) -> None:
+        """Requests held at this ingress while no model replica runs (fathom.serve.cold_start)."""
+        self.metrics.ingress_waiting(self.model, n)
+
     async def render(self) -> bytes:
         return await render_metrics(self.metrics)
