@@ -155,6 +155,12 @@ class ServiceExposure(Spec):
     annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the Service (e.g. for a cloud load balancer).")
 
 
+class MetricsExport(Spec):
+    """What `/metrics` of the ModelService exports besides Fathom's own names."""
+
+    vllm_aliases: bool = Field(False, description="Also export the metrics under vLLM's names (vllm:num_requests_waiting, vllm:kv_cache_usage_perc, vllm:time_to_first_token_seconds, ...; label model_name), so autoscalers and dashboards built for vLLM work unchanged.")
+
+
 class ModelServiceSpec(Spec):
     """What to serve (`model`, `engine`), on what (`resources`, `image`) and how many (`replicas`, `autoscaling`)."""
 
@@ -169,6 +175,7 @@ class ModelServiceSpec(Spec):
     service: ServiceExposure = Field(default_factory=ServiceExposure, description="How the API is exposed.")
     tenants_secret: str = Field("fathom-tenants", description="Secret (written by the operator from Tenant objects) that the ingress reads; optional.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for every Ray container (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).")
+    metrics: MetricsExport = Field(default_factory=MetricsExport, description="Metric names exported on /metrics.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelServiceSpec":

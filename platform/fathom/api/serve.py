@@ -56,6 +56,12 @@ class ServeSettings(Spec):
             "fathom_requests_waiting{replica=\"ingress\"}, which wakes a ModelService at zero replicas."
         ),
     )
+    vllm_metric_aliases: bool = Field(
+        False, description=(
+            "Also export the metrics under vLLM's names (vllm:num_requests_waiting, vllm:kv_cache_usage_perc, "
+            "vllm:time_to_first_token_seconds, ...; label model_name), for autoscalers and dashboards built for vLLM."
+        ),
+    )
     tenants: str | None = Field(None, description="YAML file of Tenant manifests (API keys, limits, weights); None disables auth.")
     log_requests: bool = Field(False, description="Log one line per request at the ingress.")
 

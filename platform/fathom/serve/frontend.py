@@ -92,7 +92,7 @@ class Frontend:
         self.backend = backend
         self.settings = settings
         self.model_name = settings.model_name
-        self.metrics = metrics or ServeMetrics(self.model_name)
+        self.metrics = metrics or ServeMetrics(self.model_name, vllm_aliases=settings.vllm_metric_aliases)
         self.tenancy = tenancy or TenancyGate.from_settings(settings)
         self.cold_start = ColdStart.for_backend(backend, settings.cold_start_timeout_s, self.metrics.held)
         self.draining = False
