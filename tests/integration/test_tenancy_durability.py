@@ -1,14 +1,13 @@
-"""Metering survives: with GCS fault tolerance on a real Redis, the tenancy actor's ledger, budgets
-and limits outlive a killed actor and a restarted Ray head (ray.cluster_utils.Cluster).
+"""Metering survives, on a real Redis (ray.cluster_utils.Cluster):
 
-This is what the chart's `gcsFaultTolerance` sets up on Kubernetes (KubeRay's
-gcsFaultToleranceOptions = RAY_REDIS_ADDRESS and RAY_external_storage_namespace on the head).
+- with GCS fault tolerance, the tenancy actor's ledger, budgets and limits outlive a killed actor
+  and a restarted Ray head (KubeRay's gcsFaultToleranceOptions = RAY_REDIS_ADDRESS on the head,
+  its GCS tables under RAY_external_storage_namespace, one per RayCluster);
+- with the usage store, usage and budgets also outlive the whole cluster: a KubeRay NewCluster
+  upgrade starts a new RayCluster with a new storage namespace, so an empty GCS.
 """
 
 import os
-import shutil
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ray.cluster_utils import Cluster
 from fathom.tenancy.actor import ACTOR_NAME, NAMESPACE, tenancy_actor
 from fathom.tenancy.state import Settlement
 from fathom.tenancy.tenant_policy import Limits
+from support.redis_server import free_port
 
 pytestmark = pytest.mark.slow  # about 45 s on 2 cores: two head starts and an actor restart
 
@@ -27,49 +27,26 @@ ACME = Limits(requests_per_minute=1, monthly_token_budget=1000)
 BETA = Limits(max_concurrent_requests=1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def redis_address(tmp_path):
-    """A real redis-server (installed by .ci/run), empty, on a free port, without persistence."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server not found: .ci/run installs it (apt-get install redis-server)"
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+def start_cluster(monkeypatch, redis_address: str, storage_namespace: str) -> tuple[Cluster, dict]:
+    """A one-node Ray cluster whose GCS stores its tables in that Redis (GCS fault tolerance)."""
+    monkeypatch.setenv("RAY_REDIS_ADDRESS", redis_address)
+    monkeypatch.setenv("RAY_external_storage_namespace", storage_namespace)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [PLATFORM, os.environ.get("PYTHONPATH")])))
+    head_args = {"num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": False}
+    return Cluster(initialize_head=True, head_node_args=head_args), head_args
 
 
 @pytest.fixture
 def ft_cluster(redis_address, monkeypatch):
-    """A one-node Ray cluster whose GCS stores its tables in that Redis (GCS fault tolerance)."""
-    monkeypatch.setenv("RAY_REDIS_ADDRESS", redis_address)
-    monkeypatch.setenv("RAY_external_storage_namespace", "fathom-durability-test")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [PLATFORM, os.environ.get("PYTHONPATH")])))
-    head_args = {"num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": False}
-    cluster = Cluster(initialize_head=True, head_node_args=head_args)
+    cluster, head_args = start_cluster(monkeypatch, redis_address, "fathom-durability-test")
     yield cluster, head_args
     ray.shutdown()
     cluster.shutdown()
 
 
-def connect(cluster: Cluster) -> ray.actor.ActorHandle:
+def connect(cluster: Cluster, **store) -> ray.actor.ActorHandle:
     ray.init(address=cluster.address, namespace="durability", log_to_driver=False)
-    return tenancy_actor(checkpoint_s=0.0)  # created the first time, found by name afterwards
+    return tenancy_actor(checkpoint_s=0.0, **store)  # created the first time, found by name afterwards
 
 
 def call(method, *args, timeout: float = 120.0):
@@ -119,3 +96,24 @@ def test_ledger_budgets_and_limits_survive_actor_kill_and_head_restart(ft_cluste
     call(actor.settle, [Settlement(held.lease, "beta", "m", 1, 0, 1)])
     assert call(actor.admit, "beta", BETA, 1, 1).allowed  # the restored lease released its slot
     assert ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+
+
+def test_usage_and_budgets_outlive_the_cluster_with_the_usage_store(redis_address, monkeypatch):
+    store = {"usage_store": f"redis://{redis_address}/0", "usage_key": "fathom/serving/deepseek"}
+    old, _ = start_cluster(monkeypatch, redis_address, "raycluster-old")
+    try:
+        actor = connect(old, **store)
+        call(actor.settle, [Settlement(None, "acme", "m", 400, 0, 400, cost=1.0)])
+    finally:
+        ray.shutdown()
+        old.shutdown()  # the old RayCluster is deleted after the upgrade: its GCS tables are gone
+    new, _ = start_cluster(monkeypatch, redis_address, "raycluster-new")
+    try:
+        actor = connect(new, **store)
+        rows = call(actor.usage)
+        assert [(r["tenant"], r["requests"], r["total_tokens"], r["cost"]) for r in rows] == [("acme", 1, 800, 1.0)]
+        over_budget = call(actor.admit, "acme", ACME, 300, 0)
+        assert (over_budget.allowed, over_budget.reason) == (False, "budget")
+    finally:
+        ray.shutdown()
+        new.shutdown()

@@ -62,6 +62,14 @@ class ServeSettings(Spec):
             "vllm:time_to_first_token_seconds, ...; label model_name), for autoscalers and dashboards built for vLLM."
         ),
     )
+    usage_store: str | None = Field(
+        None, pattern=r"^rediss?://[^@/]+(/\d+)?$", description=(
+            "Redis that is the usage ledger's store of record (redis://host:port[/db]; the password, if any, "
+            "in $FATHOM_USAGE_STORE_PASSWORD): usage and budgets then outlive the Ray cluster. None: the "
+            "ledger lives in the tenancy actor, checkpointed to Ray's GCS."
+        ),
+    )
+    usage_key: str = Field("fathom", min_length=1, description="Prefix of the usage ledger's keys in usage_store (one per service).")
     tenants: str | None = Field(None, description="YAML file of Tenant manifests (API keys, limits, weights); None disables auth.")
     log_requests: bool = Field(False, description="Log one line per request at the ingress.")
 

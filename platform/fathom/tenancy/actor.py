@@ -41,20 +41,26 @@ class TenancyActor:
     key-value store, and so the checkpoint, also survives a restart of the Ray head.
     A checkpoint that cannot be restored is kept aside under `<key>.unreadable` and the actor
     starts empty rather than refusing every admission.
+
+    With `usage_store` (`redis://host:port[/db]`) the usage ledger is `RedisLedger` under
+    `usage_key` instead: its store of record is outside Ray, so usage and budgets also outlive
+    the cluster (a KubeRay NewCluster upgrade); only buckets and leases are checkpointed here.
     """
 
     def __init__(self, fine_width_s: int = 60, lease_ttl_s: float = 3600.0, checkpoint_s: float = 5.0,
-                 checkpoint_key: str = ACTOR_NAME):
+                 checkpoint_key: str = ACTOR_NAME, usage_store: str | None = None, usage_key: str = "fathom"):
         self.checkpoint_s, self.checkpoint_key = checkpoint_s, checkpoint_key
-        self.state = self._restore() or TenancyState(UsageLedger(fine_width_s=fine_width_s), lease_ttl_s=lease_ttl_s)
+        ledger = _ledger(usage_store, usage_key, fine_width_s)
+        self.state = self._restore(ledger) or TenancyState(ledger or UsageLedger(fine_width_s=fine_width_s),
+                                                           lease_ttl_s=lease_ttl_s)
         self._saved = time.monotonic()
 
-    def _restore(self) -> TenancyState | None:
+    def _restore(self, ledger) -> TenancyState | None:
         raw = _internal_kv_get(self.checkpoint_key, namespace=NAMESPACE)
         if not raw:
             return None
         try:
-            state = checkpoint.decode(raw)
+            state = checkpoint.decode(raw, ledger)
         except checkpoint.CheckpointError as e:
             _internal_kv_put(f"{self.checkpoint_key}.unreadable", raw, namespace=NAMESPACE)
             log.error("%s; kept it as %s.unreadable and starting empty", e, self.checkpoint_key)
@@ -92,6 +98,15 @@ class TenancyActor:
 
     def in_flight(self, tenant: str) -> int:
         return self.state.in_flight(tenant)
+
+
+def _ledger(usage_store: str | None, usage_key: str, fine_width_s: int):
+    """The Redis ledger when a usage store is configured, else None (an in-memory UsageLedger)."""
+    if usage_store is None:
+        return None
+    from fathom.tenancy.redis_ledger import RedisLedger, connect
+
+    return RedisLedger(connect(usage_store), usage_key, fine_width_s=fine_width_s)
 
 
 def tenancy_actor(

@@ -6,8 +6,9 @@ JSON (never pickle: restoring a checkpoint executes nothing, whoever wrote the b
 the wrong type with `CheckpointError` naming it, and never returns a half-restored state.
 
 Version 1 holds: the usage ledger (minute and hour buckets, all-time totals, per-month token
-totals that monthly budgets count against), every tenant's rate-limit buckets (level and the
-time it was last refilled) and in-flight leases, the lease TTL and the next lease id.
+totals that monthly budgets count against; `null` when the ledger lives in Redis, its own store
+of record), every tenant's rate-limit buckets (level and the time it was last refilled) and
+in-flight leases, the lease TTL and the next lease id.
 """
 
 import json
@@ -93,7 +94,7 @@ class Checkpoint(_Strict):
     version: int
     lease_ttl_s: float
     next_lease_id: int
-    ledger: _Ledger
+    ledger: _Ledger | None
     tenants: list[_Tenant]
 
 
@@ -101,14 +102,15 @@ def encode(state: TenancyState) -> bytes:
     """The state as version-1 JSON (UTF-8)."""
     doc = Checkpoint(
         version=VERSION, lease_ttl_s=state.lease_ttl_s, next_lease_id=state.next_lease_id,
-        ledger=_ledger_out(state.ledger),
+        ledger=_ledger_out(state.ledger) if isinstance(state.ledger, UsageLedger) else None,
         tenants=[_tenant_out(name, st) for name, st in sorted(state.tenants.items())],
     )
     return doc.model_dump_json().encode()
 
 
-def decode(raw: bytes) -> TenancyState:
-    """The state `encode` wrote; `CheckpointError` for anything else."""
+def decode(raw: bytes, ledger=None) -> TenancyState:
+    """The state `encode` wrote; `CheckpointError` for anything else. `ledger`: the external
+    ledger (RedisLedger) the state uses instead of one in the checkpoint."""
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -122,7 +124,9 @@ def decode(raw: bytes) -> TenancyState:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CheckpointError(f"tenancy checkpoint field {where}: {first['msg']}") from None
-    return _state_in(checkpoint)
+    if ledger is None and checkpoint.ledger is None:
+        raise CheckpointError("tenancy checkpoint has no ledger (it was kept in Redis) and no usage store is set")
+    return _state_in(checkpoint, ledger)
 
 
 def _usage_out(u: UsageTotals) -> _Usage:
@@ -176,12 +180,16 @@ def _bucket_in(b: _TokenBucket | None) -> TokenBucket | None:
     return None if b is None else TokenBucket(capacity=b.capacity, level=b.level, stamp=b.stamp)
 
 
-def _state_in(doc: Checkpoint) -> TenancyState:
+def _ledger_in(doc: _Ledger) -> UsageLedger:
     ledger = UsageLedger()
-    ledger.fine, ledger.coarse = _tier_in(doc.ledger.fine), _tier_in(doc.ledger.coarse)
-    ledger.totals = _rows_in(doc.ledger.totals)
-    ledger.month_tokens = defaultdict(int, {(m.tenant, m.month): m.tokens for m in doc.ledger.month_tokens})
-    state = TenancyState(ledger, lease_ttl_s=doc.lease_ttl_s)
+    ledger.fine, ledger.coarse = _tier_in(doc.fine), _tier_in(doc.coarse)
+    ledger.totals = _rows_in(doc.totals)
+    ledger.month_tokens = defaultdict(int, {(m.tenant, m.month): m.tokens for m in doc.month_tokens})
+    return ledger
+
+
+def _state_in(doc: Checkpoint, ledger) -> TenancyState:
+    state = TenancyState(ledger or _ledger_in(doc.ledger), lease_ttl_s=doc.lease_ttl_s)
     state.next_lease_id = doc.next_lease_id
     for t in doc.tenants:
         leases = {lease.id: Lease(t.name, lease.reserved_tokens, lease.started) for lease in t.leases}

@@ -49,7 +49,7 @@ class TenancyGate:
         if ray.is_initialized():
             from fathom.tenancy.actor import TenancyClient, tenancy_actor
 
-            client = TenancyClient(tenancy_actor())
+            client = TenancyClient(tenancy_actor(usage_store=settings.usage_store, usage_key=settings.usage_key))
         else:
             client = LocalTenancyClient()
         return cls(TenantSource(settings.tenants), client, settings.model_name, settings.engine.pricing)

@@ -112,6 +112,11 @@ class UsageLedger:
         self.totals[key].add(usage)
         self.month_tokens[(tenant, month_of(now))] += usage.total_tokens
 
+    @property
+    def hour_s(self) -> int:
+        """Width of the rows `hourly` returns."""
+        return self.coarse.width_s
+
     def hourly(self, tenant: str | None = None, start: float | None = None,
                end: float | None = None) -> list[tuple[int, str, str, UsageTotals]]:
         """(hour start, tenant, model, usage) per hour with usage in [start, end), oldest first:

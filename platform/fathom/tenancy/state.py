@@ -66,6 +66,9 @@ def _sync_bucket(bucket: TokenBucket | None, per_minute: int | None, now: float)
 
 
 class TenancyState:
+    """`ledger` is a `UsageLedger` (in this process, checkpointed with the rest) or anything with
+    its interface (`fathom.tenancy.redis_ledger.RedisLedger`: a store of record outside Ray)."""
+
     def __init__(self, ledger: UsageLedger | None = None, lease_ttl_s: float = 3600.0):
         self.ledger = ledger or UsageLedger()
         self.lease_ttl_s = lease_ttl_s
@@ -170,7 +173,7 @@ class TenancyState:
         """UsageTotals rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model;
         `hourly`: one row per tenant, model and hour, with the hour's `start_time`/`end_time`, oldest first."""
         if hourly:
-            width = self.ledger.coarse.width_s
+            width = self.ledger.hour_s
             return [{"start_time": h, "end_time": h + width, "tenant": t, "model": m, **u.to_dict()}
                     for h, t, m, u in self.ledger.hourly(tenant, start, end)]
         rows = self.ledger.query(now, tenant=tenant, start=start, end=end)
