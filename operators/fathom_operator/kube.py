@@ -52,6 +52,8 @@ TENANTS = ResourceRef("fathom.dev", "v1alpha1", "tenants")
 RAY_SERVICES = ResourceRef("ray.io", "v1", "rayservices")
 SERVICES = ResourceRef("", "v1", "services")
 SECRETS = ResourceRef("", "v1", "secrets")
+CLAIMS = ResourceRef("", "v1", "persistentvolumeclaims")
+JOBS = ResourceRef("batch", "v1", "jobs")
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:

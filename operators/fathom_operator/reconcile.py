@@ -87,7 +87,8 @@ def reconcile(obj: dict, observed: Observed) -> Result:
             "Degraded": (True, "KubeRayNotInstalled", message),
         }), spec)
     replicas = desired_replicas(spec, old)
-    children = [render.ray_service(spec, owner, replicas), render.api_service(spec, owner)]
+    children = [*render.cache_children(spec, owner), render.ray_service(spec, owner, replicas),
+                render.api_service(spec, owner)]
     ready, phase, conditions = _progress(spec, observed.ray_service, replicas)
     status = _status(old, generation, observed.now, phase, conditions)
     status.update({

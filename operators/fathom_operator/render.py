@@ -24,7 +24,7 @@ import yaml
 
 from fathom.api.model_service import API_VERSION, ModelServiceSpec
 from fathom.api.serve import RAY_SERVE_THROUGHPUT_ENV
-from fathom_operator import pods
+from fathom_operator import model_cache, pods
 
 APP_NAME = "fathom"
 IMPORT_PATH = "fathom.serve.app:app_from_config"
@@ -64,9 +64,22 @@ def metadata(owner: Owner, name: str) -> dict:
     return {"name": name, "namespace": owner.namespace, "labels": labels(owner), "ownerReferences": [owner.reference()]}
 
 
-def serve_config(spec: ModelServiceSpec, replicas: int) -> str:
-    """serveConfigV2: the Fathom application, its settings, and the model deployment's replicas."""
+def serve_args(spec: ModelServiceSpec, owner: Owner) -> dict:
+    """The app's `ServeSettings` (wire form): constant while scaling, so scaling rebuilds nothing."""
     engine = spec.engine.model_copy(update={"model": spec.model.checkpoint_dir if spec.model else None})
+    args = {"engine": engine.to_wire(), "numReplicas": max(1, spec.autoscaling.max_replicas),
+            "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT,
+            "coldStartTimeoutS": spec.autoscaling.cold_start_timeout_seconds,
+            "gracefulShutdownTimeoutS": pods.drain_seconds(spec),
+            "vllmMetricAliases": spec.metrics.vllm_aliases}
+    ft = spec.fault_tolerance
+    if ft is not None and ft.usage_ledger:
+        args.update(usageStore=f"redis://{ft.redis_address}/0", usageKey=f"fathom/{owner.namespace}/{owner.name}")
+    return args
+
+
+def serve_config(spec: ModelServiceSpec, owner: Owner, replicas: int) -> str:
+    """serveConfigV2: the Fathom application, its settings, and the model deployment's replicas."""
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
@@ -74,10 +87,7 @@ def serve_config(spec: ModelServiceSpec, replicas: int) -> str:
             "name": APP_NAME,
             "route_prefix": "/",
             "import_path": IMPORT_PATH,
-            "args": {"engine": engine.to_wire(), "numReplicas": max(1, spec.autoscaling.max_replicas),
-                     "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT,
-                     "coldStartTimeoutS": spec.autoscaling.cold_start_timeout_seconds,
-                     "vllmMetricAliases": spec.metrics.vllm_aliases},
+            "args": serve_args(spec, owner),
             "deployments": [{"name": MODEL_DEPLOYMENT, **replica_count(replicas),
                              "ray_actor_options": model_actor_options(spec)}],
         }],
@@ -108,12 +118,14 @@ def _ray_resources(resources: dict[str, int]) -> str:
     return '"' + json.dumps(resources).replace('"', '\\"') + '"'
 
 
-def _container(spec: ModelServiceSpec, name: str, resources: dict, *, shm: bool, ports: list[dict]) -> dict:
+def _container(spec: ModelServiceSpec, role: str, resources: dict, *, shm: bool, ports: list[dict],
+               cache: dict | None = None) -> dict:
     return {
-        "name": name, "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
+        "name": f"ray-{role}", "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
         "resources": resources, "env": pods.env_vars(spec, defaults=RAY_SERVE_THROUGHPUT_ENV), "ports": ports,
-        "volumeMounts": pods.volume_mounts(spec, shm=shm),
+        "volumeMounts": pods.volume_mounts(spec, shm=shm, cache=cache),
         "securityContext": pods.container_security_context(),
+        "lifecycle": pods.lifecycle(spec, role),
     }
 
 
@@ -129,9 +141,10 @@ def head_group(spec: ModelServiceSpec, owner: Owner) -> dict:
             "metadata": {"labels": labels(owner)},
             "spec": {
                 "initContainers": pods.fetch_init_containers(spec, tokenizer_only=True),
-                "containers": [_container(spec, "ray-head", {"requests": res, "limits": res}, shm=False, ports=ports)],
+                "containers": [_container(spec, "head", {"requests": res, "limits": res}, shm=False, ports=ports)],
                 "volumes": pods.volumes(spec, shm=False),
                 "securityContext": pods.pod_security_context(),
+                "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
             },
         },
     }
@@ -143,12 +156,15 @@ def worker_group(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
     limits = {"memory": requests["memory"]}
     if r.gpus:
         requests[r.gpu_resource_name] = limits[r.gpu_resource_name] = str(r.gpus * k)
+    cache = model_cache.volume(spec, owner.name)
     pod_spec = {
-        "initContainers": pods.fetch_init_containers(spec, tokenizer_only=False),
-        "containers": [_container(spec, "ray-worker", {"requests": requests, "limits": limits}, shm=bool(r.gpus),
-                                  ports=[{"name": "serve", "containerPort": SERVE_PORT}])],
-        "volumes": pods.volumes(spec, shm=bool(r.gpus)),
+        "initContainers": (model_cache.worker_init_containers(spec) if cache
+                           else pods.fetch_init_containers(spec, tokenizer_only=False)),
+        "containers": [_container(spec, "worker", {"requests": requests, "limits": limits}, shm=bool(r.gpus),
+                                  ports=[{"name": "serve", "containerPort": SERVE_PORT}], cache=cache)],
+        "volumes": pods.volumes(spec, shm=bool(r.gpus), cache=cache),
         "securityContext": pods.pod_security_context(),
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "nodeSelector": dict(r.node_selector),
         "tolerations": [t.to_wire() for t in r.tolerations],
     }
@@ -172,7 +188,7 @@ def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
         "kind": "RayService",
         "metadata": metadata(owner, owner.name),
         "spec": {
-            "serveConfigV2": serve_config(spec, replicas),
+            "serveConfigV2": serve_config(spec, owner, replicas),
             "upgradeStrategy": {"type": "NewCluster"},
             "rayClusterConfig": {
                 # The Ray autoscaler removes only idle worker pods when minReplicas drops, so a
@@ -185,9 +201,32 @@ def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
                                       "volumeMounts": pods.scratch_mounts()},
                 "headGroupSpec": head_group(spec, owner),
                 "workerGroupSpecs": [worker_group(spec, owner, replicas)],
+                **gcs_fault_tolerance(spec),
             },
         },
     }
+
+
+def gcs_fault_tolerance(spec: ModelServiceSpec) -> dict:
+    """KubeRay's gcsFaultToleranceOptions on the spec's Redis (its storage namespace stays
+    KubeRay's default, the RayCluster's uid: two clusters of an upgrade must not share one)."""
+    ft = spec.fault_tolerance
+    if ft is None:
+        return {}
+    options: dict = {"redisAddress": ft.redis_address}
+    if ft.redis_password_secret is not None:
+        ref = ft.redis_password_secret
+        options["redisPassword"] = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    return {"gcsFaultToleranceOptions": options}
+
+
+def cache_children(spec: ModelServiceSpec, owner: Owner) -> list[dict]:
+    """The claim and the Job of a Shared model cache (none otherwise)."""
+    if spec.model is None or not spec.model.cached:
+        return []
+    claim = model_cache.claim(spec, metadata(owner, model_cache.claim_name(spec, owner.name)))
+    job = model_cache.fill_job(spec, metadata(owner, f"{owner.name}-model-cache-{spec.model.cache_key}"), owner.name)
+    return [c for c in (claim, job) if c is not None]
 
 
 def api_service_name(owner: Owner) -> str:

@@ -13,7 +13,8 @@ from fathom_operator.kube import KubeClient, ResourceRef
 from fathom_operator.reconcile import Observed, Result, reconcile
 from fathom_operator.tenants import render_secret
 
-_REFS = {"RayService": kube.RAY_SERVICES, "Service": kube.SERVICES, "Secret": kube.SECRETS}
+_REFS = {"RayService": kube.RAY_SERVICES, "Service": kube.SERVICES, "Secret": kube.SECRETS,
+         "PersistentVolumeClaim": kube.CLAIMS, "Job": kube.JOBS}
 
 
 async def write_status(client: KubeClient, ref: ResourceRef, obj: dict, status: dict) -> bool:

@@ -13,6 +13,8 @@ OPERATOR_RULES = {
     ("ray.io", "rayservices"): {"get", "create", "patch"},
     ("", "services"): {"get", "create", "patch"},
     ("", "secrets"): {"get", "create", "patch"},
+    ("", "persistentvolumeclaims"): {"get", "create", "patch"},
+    ("batch", "jobs"): {"get", "create", "patch"},
     ("", "events"): {"create"},
 }
 DISCOVERY_RULES = {

@@ -201,6 +201,8 @@ async def emulated_cluster(*, kuberay: bool = True):
             api.register("ray.io", "v1", "rayservices", "RayService", status=True)
         api.register("", "v1", "services", "Service")
         api.register("", "v1", "secrets", "Secret")
+        api.register("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+        api.register("batch", "v1", "jobs", "Job")
         api.register("", "v1", "events", "Event")
         api.register("", "v1", "namespaces", "Namespace", namespaced=False)  # kopf's backbone
         api.register("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",

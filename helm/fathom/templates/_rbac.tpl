@@ -6,6 +6,8 @@
      - Service: the API Service of each ModelService (read, create, patch).
      - Secret: reads the Secrets that Tenants reference for API keys; creates and patches the
        hashed tenants Secret the ingress reads.
+     - PersistentVolumeClaim, Job (batch): a Shared model cache's claim and the Job that fills it
+       (read, create, patch; owner references delete them with the ModelService).
      - Event (core v1): kopf and the autoscaler post Events on the objects they handle. */}}
 {{- define "fathom.operatorRules" -}}
 - apiGroups: ["fathom.dev"]
@@ -25,6 +27,12 @@
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["events"]

@@ -7,6 +7,7 @@ where the checkpoint lives, per-rank resources, replica count or autoscaling, an
 The operator's CRD manifest is generated from these models (`fathom.api.crd`).
 """
 
+import hashlib
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -30,6 +31,26 @@ class PersistentVolumeClaimSource(Spec):
     read_only: bool = Field(True, description="Mount the claim read-only.")
 
 
+class ModelCache(Spec):
+    """Where a `uri` checkpoint is kept so that pod starts do not download it again.
+
+    - `None`: every worker pod downloads the whole checkpoint into its own emptyDir.
+    - `Node`: a directory on each node (`hostPath`, writable by uid 1000); the first pod on a node
+      downloads into it (under a lock), later pods and restarts on that node read it. Pods fall
+      back to their own emptyDir when the directory is not writable. Needs a namespace that
+      allows hostPath volumes (Pod Security `privileged`).
+    - `Shared`: a PersistentVolumeClaim (ReadWriteMany) filled once by a Job; worker pods mount
+      it read-only and wait for it, and each rank reads only its slices.
+    The head only ever fetches the tokenizer files.
+    """
+
+    type: Literal["None", "Node", "Shared"] = Field("None", description="None, Node (a directory on each node) or Shared (a ReadWriteMany PVC filled by a Job).")
+    host_path: str = Field("/var/cache/fathom/models", pattern=r"^/", description="Node: the directory on each node.")
+    claim_name: str | None = Field(None, description="Shared: an existing ReadWriteMany claim to use; unset: the operator creates <name>-model-cache.")
+    storage_class_name: str | None = Field(None, description="Shared: storage class of the claim the operator creates (ReadWriteMany); unset: the cluster default.")
+    size: Quantity = Field("1Ti", description="Shared: size of the claim the operator creates.")
+
+
 class ModelSource(Spec):
     """Where the checkpoint comes from: exactly one of `pvc`, `hostPath` or `uri`.
 
@@ -44,6 +65,7 @@ class ModelSource(Spec):
     uri: str | None = Field(None, pattern=r"^(hf|s3|gs|https?)://.+", description="Checkpoint fetched by an init container: hf://, s3://, gs://, http(s):// (a tarball).")
     path: str = Field("", pattern=r"^[^/].*$|^$", description="Checkpoint directory relative to the volume root (or to the fetched tree); empty = the root.")
     fetch_image: str | None = Field(None, description="Image of the fetch init container (needs huggingface_hub, awscli, gsutil or curl for the scheme); default: spec.image.")
+    cache: ModelCache = Field(default_factory=ModelCache, description="Where a uri checkpoint is kept between pod starts.")
 
     @field_validator("path")
     @classmethod
@@ -57,12 +79,28 @@ class ModelSource(Spec):
         given = [name for name in ("pvc", "host_path", "uri") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"spec.model needs exactly one of pvc, hostPath, uri (got {given or 'none'})")
+        if self.cache.type != "None" and self.uri is None:
+            raise ValueError("spec.model.cache is for a uri source (a pvc or hostPath is read in place)")
         return self
+
+    @property
+    def cached(self) -> bool:
+        return self.uri is not None and self.cache.type != "None"
+
+    @property
+    def cache_key(self) -> str:
+        """Directory name of this checkpoint in a cache: a digest of the uri."""
+        return hashlib.sha256((self.uri or "").encode()).hexdigest()[:16]
+
+    @property
+    def root(self) -> str:
+        """Where the source's tree is inside the Ray pods (a cached uri: its own directory)."""
+        return f"{MODEL_MOUNT_PATH}/{self.cache_key}" if self.cached else MODEL_MOUNT_PATH
 
     @property
     def checkpoint_dir(self) -> str:
         """The checkpoint directory as seen inside the Ray pods."""
-        return f"{MODEL_MOUNT_PATH}/{self.path}".rstrip("/") if self.path else MODEL_MOUNT_PATH
+        return f"{self.root}/{self.path}".rstrip("/") if self.path else self.root
 
 
 class Toleration(Spec):
@@ -155,6 +193,26 @@ class ServiceExposure(Spec):
     annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the Service (e.g. for a cloud load balancer).")
 
 
+class SecretKeySelector(Spec):
+    """A key of a Secret in the ModelService's namespace."""
+
+    name: str = Field(..., min_length=1, description="Name of the Secret.")
+    key: str = Field(..., min_length=1, description="Key in the Secret.")
+
+
+class FaultTolerance(Spec):
+    """State that outlives the Ray head and the Ray cluster, on an external Redis.
+
+    The Ray head runs with GCS fault tolerance on it (KubeRay's `gcsFaultToleranceOptions`: Serve's
+    and the tenancy actor's state survive a head restart, serving workers keep running), and the
+    usage ledger's store of record is it (usage and budgets survive a NewCluster upgrade too).
+    """
+
+    redis_address: str = Field(..., pattern=r"^[^\s/:@]+:\d{1,5}$", description="host:port of the Redis (e.g. the chart's fathom-redis.<namespace>.svc:6379).")
+    redis_password_secret: SecretKeySelector | None = Field(None, description="Secret key holding the Redis password; unset for a Redis without auth.")
+    usage_ledger: bool = Field(True, description="Keep the usage ledger in this Redis (survives NewCluster upgrades); off: only in the GCS.")
+
+
 class MetricsExport(Spec):
     """What `/metrics` of the ModelService exports besides Fathom's own names."""
 
@@ -176,6 +234,8 @@ class ModelServiceSpec(Spec):
     tenants_secret: str = Field("fathom-tenants", description="Secret (written by the operator from Tenant objects) that the ingress reads; optional.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for every Ray container (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).")
     metrics: MetricsExport = Field(default_factory=MetricsExport, description="Metric names exported on /metrics.")
+    fault_tolerance: FaultTolerance | None = Field(None, description="GCS fault tolerance and a durable usage ledger on an external Redis; unset: state lives in the Ray cluster only.")
+    termination_grace_period_seconds: int = Field(90, ge=10, le=3600, description="Grace period of the Ray pods; their preStop hook drains (head: finish in-flight requests; workers: move model replicas off the node) for up to this minus 10 s.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelServiceSpec":

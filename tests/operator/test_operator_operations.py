@@ -1,0 +1,96 @@
+"""Operations on the emulator with the real operator: draining Ray pods, durable state on Redis,
+the model cache. Every RayService is checked against KubeRay's published schema, and the other
+children against the Kubernetes OpenAPI schemas."""
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from operator_support import eventually, operator_running
+from test_operator_model_service import KUBERAY_CRD, NS, modelservice, objects
+
+from fathom_operator import kube
+
+
+@pytest.fixture(scope="module")
+def rayservice_schema() -> dict:
+    """KubeRay's RayService schema, from where test_operator_model_service reads it."""
+    crd = yaml.load(KUBERAY_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def groups(rs: dict) -> tuple[dict, dict]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    return cluster["headGroupSpec"]["template"]["spec"], cluster["workerGroupSpecs"][0]["template"]["spec"]
+
+
+def k8s_valid(obj: dict) -> None:
+    kubernetes_validate.validate(obj, "1.30", strict=True)
+
+
+async def test_ray_pods_drain_on_termination_and_keep_state_on_redis(cluster, kubectl, rayservice_schema):
+    ms = modelservice("durable", terminationGracePeriodSeconds=120, faultTolerance={
+        "redisAddress": "fathom-redis.fathom.svc:6379", "redisPasswordSecret": {"name": "fathom-redis", "key": "password"}})
+    async with operator_running():
+        await kubectl.create(kube.MODEL_SERVICES, NS, ms)
+        rs = await eventually(lambda: objects(cluster, "rayservices").get("durable"))
+    jsonschema.Draft7Validator(rayservice_schema).validate(rs)
+    head, worker = groups(rs)
+    for pod, role in ((head, "head"), (worker, "worker")):
+        assert pod["terminationGracePeriodSeconds"] == 120
+        hook = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+        assert hook == ["python", "-m", "fathom.serve.prestop", role, "--timeout", "110"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["FATHOM_USAGE_STORE_PASSWORD"]["valueFrom"] == {
+            "secretKeyRef": {"name": "fathom-redis", "key": "password"}}
+    ft = rs["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert ft == {"redisAddress": "fathom-redis.fathom.svc:6379",
+                  "redisPassword": {"valueFrom": {"secretKeyRef": {"name": "fathom-redis", "key": "password"}}}}
+    assert "externalStorageNamespace" not in ft  # KubeRay's per-RayCluster default: upgrades must not share it
+    args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["usageStore"] == "redis://fathom-redis.fathom.svc:6379/0"
+    assert args["usageKey"] == f"fathom/{NS}/durable" and args["gracefulShutdownTimeoutS"] == 110
+    assert "password" not in rs["spec"]["serveConfigV2"].lower()
+
+
+async def test_shared_model_cache_is_a_claim_filled_once_by_a_job(cluster, kubectl, rayservice_schema):
+    ms = modelservice("cached", model={"uri": "hf://deepseek-ai/DeepSeek-V3", "path": "",
+                                       "cache": {"type": "Shared", "storageClassName": "filestore", "size": "800Gi"}})
+    async with operator_running():
+        await kubectl.create(kube.MODEL_SERVICES, NS, ms)
+        rs = await eventually(lambda: objects(cluster, "rayservices").get("cached"))
+        job = await eventually(lambda: next(iter(objects(cluster, "jobs").values()), None))
+        claim = await eventually(lambda: objects(cluster, "persistentvolumeclaims").get("cached-model-cache"))
+    jsonschema.Draft7Validator(rayservice_schema).validate(rs)
+    for child in (job, claim):
+        k8s_valid(child)
+        assert child["metadata"]["ownerReferences"][0]["name"] == "cached"
+    assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "filestore",
+                             "resources": {"requests": {"storage": "800Gi"}}}
+    assert "snapshot_download" in job["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    head, worker = groups(rs)
+    [wait] = worker["initContainers"]
+    assert wait["name"] == "wait-model-cache" and ".fathom-complete" in wait["command"][2]
+    cache = next(v for v in worker["volumes"] if v["name"] == "model-cache")
+    assert cache["persistentVolumeClaim"] == {"claimName": "cached-model-cache", "readOnly": True}
+    assert not any(v["name"] == "model-cache" for v in head["volumes"])  # the head fetches the tokenizer only
+    assert "allow_patterns" in head["initContainers"][0]["command"][2]
+    engine = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["engine"]
+    key = job["metadata"]["name"].removeprefix("cached-model-cache-")
+    assert engine["model"] == f"/models/{key}"
+
+
+async def test_node_model_cache_is_a_node_directory(cluster, kubectl, rayservice_schema):
+    ms = modelservice("node", model={"uri": "s3://models/deepseek-v3", "cache": {"type": "Node"}})
+    async with operator_running():
+        await kubectl.create(kube.MODEL_SERVICES, NS, ms)
+        rs = await eventually(lambda: objects(cluster, "rayservices").get("node"))
+    jsonschema.Draft7Validator(rayservice_schema).validate(rs)
+    _, worker = groups(rs)
+    cache = next(v for v in worker["volumes"] if v["name"] == "model-cache")
+    assert cache["hostPath"] == {"path": "/var/cache/fathom/models", "type": "DirectoryOrCreate"}
+    [fetch] = worker["initContainers"]
+    assert "flock" in fetch["command"][2] and "aws s3 sync" in fetch["command"][2]
+    mounts = {m["name"]: m for m in worker["containers"][0]["volumeMounts"]}
+    assert mounts["model-cache"] == {"name": "model-cache", "mountPath": "/model-cache", "readOnly": True}
+    assert not objects(cluster, "jobs") and not objects(cluster, "persistentvolumeclaims")
