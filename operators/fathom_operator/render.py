@@ -181,15 +181,17 @@ def worker_group(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
     }
 
 
-def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
-    """The RayService for `replicas` model instances."""
+def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int,
+                upgrade: dict | None = None) -> dict:
+    """The RayService for `replicas` model instances; `upgrade`: its upgradeStrategy
+    (`fathom_operator.rollout.strategy`, default NewCluster)."""
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": metadata(owner, owner.name),
         "spec": {
             "serveConfigV2": serve_config(spec, owner, replicas),
-            "upgradeStrategy": {"type": "NewCluster"},
+            "upgradeStrategy": upgrade or {"type": "NewCluster"},
             "rayClusterConfig": {
                 # The Ray autoscaler removes only idle worker pods when minReplicas drops, so a
                 # scale-down never kills a rank that still holds a live Serve replica.

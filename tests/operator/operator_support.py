@@ -1,7 +1,8 @@
 """kmock's KubernetesEmulator plus the API-server semantics the operator relies on.
 
 The emulator stores objects and serves list/watch/get/create/patch/delete over HTTP. A real API
-server also: assigns uid, resourceVersion, generation and creationTimestamp; refuses a patch
+server also: assigns uid, resourceVersion, generation and creationTimestamp (and a name from
+`generateName`); refuses a patch
 whose `metadata.resourceVersion` is stale (409); separates the status subresource from the
 main resource; serves /scale as an autoscaling/v1 Scale mapped onto `.spec.replicas`; and
 garbage-collects dependents through ownerReferences. Those are added here, nothing else.
@@ -79,6 +80,8 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             meta.setdefault("namespace", request.namespace)
+            if not meta.get("name") and meta.get("generateName"):  # kopf's Events
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_rv(), generation=1,
                         creationTimestamp=_now())
         elif request.resource is not None and request.action == enums.action.UPDATE and request.name:

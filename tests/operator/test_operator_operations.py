@@ -94,3 +94,52 @@ async def test_node_model_cache_is_a_node_directory(cluster, kubectl, rayservice
     mounts = {m["name"]: m for m in worker["containers"][0]["volumeMounts"]}
     assert mounts["model-cache"] == {"name": "model-cache", "mountPath": "/model-cache", "readOnly": True}
     assert not objects(cluster, "jobs") and not objects(cluster, "persistentvolumeclaims")
+
+
+INCREMENTAL = {"strategy": "Incremental", "gatewayClassName": "istio", "maxSurgePercent": 25, "stepSizePercent": 10}
+
+
+def events(cluster, reason: str) -> list[dict]:
+    return [e for e in objects(cluster, "events").values() if e.get("reason") == reason]
+
+
+async def test_incremental_upgrade_where_the_installed_kuberay_has_it(cluster, kubectl, rayservice_schema):
+    crd = yaml.load(KUBERAY_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    await kubectl.create(kube.CRDS, None, crd)
+    async with operator_running():
+        await kubectl.create(kube.MODEL_SERVICES, NS, modelservice("inc", upgrade=INCREMENTAL))
+        rs = await eventually(lambda: objects(cluster, "rayservices").get("inc"))
+        assert rs["spec"]["upgradeStrategy"] == {"type": "NewClusterWithIncrementalUpgrade", "clusterUpgradeOptions": {
+            "gatewayClassName": "istio", "maxSurgePercent": 25, "stepSizePercent": 10, "intervalSeconds": 60}}
+        jsonschema.Draft7Validator(rayservice_schema).validate(rs)
+        await eventually(lambda: objects(cluster, "modelservices")["inc"].get("status", {}).get("upgradeStrategy")
+                         == "NewClusterWithIncrementalUpgrade")
+        # a Serve-config change rolls out in place; a pod change needs a new cluster
+        await kubectl.patch(kube.MODEL_SERVICES, NS, "inc", {"spec": {"engine": {"maxNumSeqs": 64}}})
+        await eventually(lambda: any("in place" in e["message"] for e in events(cluster, "Rollout")))
+        await kubectl.patch(kube.MODEL_SERVICES, NS, "inc", {"spec": {"image": "fathom:next"}})
+        rollout = await eventually(lambda: [e for e in events(cluster, "Rollout") if "new cluster" in e["message"]])
+        assert "NewClusterWithIncrementalUpgrade" in rollout[0]["message"]
+        # KubeRay reports the rollout: the ModelService says how far it is
+        await kubectl.patch(kube.RAY_SERVICES, NS, "inc", {"status": {
+            "activeServiceStatus": {"applicationStatuses": {"fathom": {"status": "RUNNING"}},
+                                    "rayClusterStatus": {"readyWorkerReplicas": 4}},
+            "pendingServiceStatus": {"rayClusterName": "inc-new", "targetCapacity": 50, "trafficRoutedPercent": 40}}},
+            sub="status")
+        ms = await eventually(lambda: next((c for c in objects(cluster, "modelservices")["inc"]["status"]["conditions"]
+                                            if c["reason"] == "IncrementalUpgrade"), None))
+        assert ms["status"] == "True" and "capacity 50%, traffic 40%" in ms["message"]
+
+
+async def test_without_incremental_support_the_operator_keeps_new_cluster_and_warns(cluster, kubectl):
+    crd = yaml.load(KUBERAY_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    v1 = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    del v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["upgradeStrategy"]["properties"][
+        "clusterUpgradeOptions"]  # as KubeRay < 1.5 publishes it
+    await kubectl.create(kube.CRDS, None, crd)
+    async with operator_running():
+        await kubectl.create(kube.MODEL_SERVICES, NS, modelservice("old", upgrade=INCREMENTAL))
+        rs = await eventually(lambda: objects(cluster, "rayservices").get("old"))
+        warning = await eventually(lambda: events(cluster, "UpgradeStrategy"))
+    assert rs["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+    assert warning[0]["type"] == "Warning" and "KubeRay >= 1.5.1" in warning[0]["message"]

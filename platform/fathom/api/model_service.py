@@ -213,6 +213,37 @@ class FaultTolerance(Spec):
     usage_ledger: bool = Field(True, description="Keep the usage ledger in this Redis (survives NewCluster upgrades); off: only in the GCS.")
 
 
+class Upgrade(Spec):
+    """How a spec change that needs new pods rolls out.
+
+    Changes of the Serve config alone (engine settings, scaling, cold-start bound) never need new
+    pods: KubeRay applies them to the running cluster in place, whatever the strategy. Changes of
+    the pods (image, resources, env, model source, parallelism) need a new Ray cluster:
+    - `NewCluster` (default, zero downtime, any KubeRay >= 1.1): KubeRay starts a complete second
+      cluster and switches traffic once it serves, so the rollout needs twice the GPUs.
+    - `Incremental`: KubeRay's NewClusterWithIncrementalUpgrade (KubeRay >= 1.5.1 with the
+      RayServiceIncrementalUpgrade feature gate, Gateway API and a GatewayClass): the new cluster
+      grows by `maxSurgePercent` of the capacity while traffic moves `stepSizePercent` every
+      `intervalSeconds` and the old one shrinks, so it needs only the surge in extra GPUs. When the
+      installed RayService CRD has no incremental upgrade, the operator keeps NewCluster and says
+      so (status.upgradeStrategy, a Warning Event).
+    """
+
+    strategy: Literal["NewCluster", "Incremental"] = Field("NewCluster", description="NewCluster (blue-green, 2x GPUs during a rollout) or Incremental (KubeRay's incremental upgrade, surge only).")
+    gateway_class_name: str | None = Field(None, description="Incremental: the GatewayClass KubeRay creates the Gateway and HTTPRoute with.")
+    max_surge_percent: int = Field(25, ge=1, le=100, description="Incremental: capacity added to the new cluster per step, in percent.")
+    step_size_percent: int = Field(10, ge=1, le=100, description="Incremental: traffic moved to the new cluster per interval, in percent (at most maxSurgePercent).")
+    interval_seconds: int = Field(60, ge=1, description="Incremental: seconds between traffic steps.")
+
+    @model_validator(mode="after")
+    def _incremental_is_complete(self) -> "Upgrade":
+        if self.strategy == "Incremental" and not self.gateway_class_name:
+            raise ValueError("upgrade.strategy Incremental needs upgrade.gatewayClassName")
+        if self.step_size_percent > self.max_surge_percent:
+            raise ValueError(f"upgrade.stepSizePercent ({self.step_size_percent}) exceeds maxSurgePercent ({self.max_surge_percent})")
+        return self
+
+
 class MetricsExport(Spec):
     """What `/metrics` of the ModelService exports besides Fathom's own names."""
 
@@ -234,6 +265,7 @@ class ModelServiceSpec(Spec):
     tenants_secret: str = Field("fathom-tenants", description="Secret (written by the operator from Tenant objects) that the ingress reads; optional.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for every Ray container (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).")
     metrics: MetricsExport = Field(default_factory=MetricsExport, description="Metric names exported on /metrics.")
+    upgrade: Upgrade = Field(default_factory=Upgrade, description="How changes that need new pods roll out.")
     fault_tolerance: FaultTolerance | None = Field(None, description="GCS fault tolerance and a durable usage ledger on an external Redis; unset: state lives in the Ray cluster only.")
     termination_grace_period_seconds: int = Field(90, ge=10, le=3600, description="Grace period of the Ray pods; their preStop hook drains (head: finish in-flight requests; workers: move model replicas off the node) for up to this minus 10 s.")
 
@@ -290,3 +322,4 @@ class ModelServiceStatus(Spec):
     endpoint: str | None = Field(None, description="In-cluster base URL of the OpenAI-compatible API.")
     selector: str | None = Field(None, description="Label selector of the model worker pods (for the /scale subresource).")
     ray_service: str | None = Field(None, description="Name of the owned RayService.")
+    upgrade_strategy: str | None = Field(None, description="The KubeRay upgrade strategy in effect (NewCluster or NewClusterWithIncrementalUpgrade).")
