@@ -54,6 +54,7 @@ SERVICES = ResourceRef("", "v1", "services")
 SECRETS = ResourceRef("", "v1", "secrets")
 CLAIMS = ResourceRef("", "v1", "persistentvolumeclaims")
 JOBS = ResourceRef("batch", "v1", "jobs")
+INFERENCE_POOLS = ResourceRef("inference.networking.k8s.io", "v1", "inferencepools")
 CRDS = ResourceRef("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 

@@ -24,6 +24,7 @@ class Observed:
     kuberay_installed: bool = True
     now: str = ""
     incremental_upgrades: bool = False  # the RayService CRD has upgradeStrategy.clusterUpgradeOptions
+    inference_pools: bool = False  # the cluster serves inference.networking.k8s.io/v1 InferencePools
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,12 @@ def reconcile(obj: dict, observed: Observed) -> Result:
     upgrade, warning = rollout.strategy(spec, observed.incremental_upgrades)
     children = [*render.cache_children(spec, owner), render.ray_service(spec, owner, replicas, upgrade),
                 render.api_service(spec, owner)]
+    if spec.inference_pool.enabled and observed.inference_pools:
+        children.append(render.inference_pool(spec, owner))
+    elif spec.inference_pool.enabled:
+        warning = "; ".join(filter(None, [warning, (
+            "spec.inferencePool is enabled but the cluster has no inference.networking.k8s.io/v1 InferencePool "
+            "CRD (install the Gateway API Inference Extension); none was created")]))
     ready, phase, conditions = _progress(spec, observed.ray_service, replicas)
     status = _status(old, generation, observed.now, phase, conditions)
     status.update({

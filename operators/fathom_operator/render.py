@@ -231,6 +231,18 @@ def cache_children(spec: ModelServiceSpec, owner: Owner) -> list[dict]:
     return [c for c in (claim, job) if c is not None]
 
 
+def inference_pool(spec: ModelServiceSpec, owner: Owner) -> dict:
+    """The InferencePool over the pods the API Service selects (Serve proxies, port 8000)."""
+    pool_spec: dict = {"selector": {"matchLabels": {LABEL: owner.name, "ray.io/serve": "true"}},
+                       "targetPorts": [{"number": SERVE_PORT}]}
+    pool = spec.inference_pool
+    if pool.endpoint_picker:
+        pool_spec["endpointPickerRef"] = {"name": pool.endpoint_picker, "port": {"number": pool.endpoint_picker_port},
+                                          "failureMode": pool.failure_mode}
+    return {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": metadata(owner, owner.name), "spec": pool_spec}
+
+
 def api_service_name(owner: Owner) -> str:
     return f"{owner.name}-api"
 

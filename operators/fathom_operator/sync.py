@@ -17,7 +17,7 @@ from fathom_operator.reconcile import Observed, Result, reconcile
 from fathom_operator.tenants import render_secret
 
 _REFS = {"RayService": kube.RAY_SERVICES, "Service": kube.SERVICES, "Secret": kube.SECRETS,
-         "PersistentVolumeClaim": kube.CLAIMS, "Job": kube.JOBS}
+         "PersistentVolumeClaim": kube.CLAIMS, "Job": kube.JOBS, "InferencePool": kube.INFERENCE_POOLS}
 
 
 async def write_status(client: KubeClient, ref: ResourceRef, obj: dict, status: dict) -> bool:
@@ -61,7 +61,8 @@ async def _sync_model_service(client: KubeClient, obj: dict, notify) -> Result:
     ray_service = await client.get(kube.RAY_SERVICES, ns, name) if installed else None
     service = await client.get(kube.SERVICES, ns, render.api_service_name(render.Owner(name, ns, "")))
     incremental = installed and await incremental_upgrades(client)
-    result = reconcile(obj, Observed(ray_service, service, installed, now_rfc3339(), incremental))
+    pools = await client.has_resource(kube.INFERENCE_POOLS)
+    result = reconcile(obj, Observed(ray_service, service, installed, now_rfc3339(), incremental, pools))
     new_generation = (obj.get("status") or {}).get("observedGeneration") != meta.get("generation")
     for child in result.children or []:
         if child["kind"] == "RayService" and notify is not None and new_generation:
@@ -73,7 +74,7 @@ async def _sync_model_service(client: KubeClient, obj: dict, notify) -> Result:
         ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
         notify(obj, "Warning", ready["reason"], ready["message"])
     if notify is not None and result.warning and new_generation:
-        notify(obj, "Warning", "UpgradeStrategy", result.warning)
+        notify(obj, "Warning", "Unsupported", result.warning)
     return result
 
 

@@ -15,6 +15,7 @@ OPERATOR_RULES = {
     ("", "secrets"): {"get", "create", "patch"},
     ("", "persistentvolumeclaims"): {"get", "create", "patch"},
     ("batch", "jobs"): {"get", "create", "patch"},
+    ("inference.networking.k8s.io", "inferencepools"): {"get", "create", "patch"},
     ("", "events"): {"create"},
 }
 DISCOVERY_RULES = {

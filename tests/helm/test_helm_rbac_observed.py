@@ -30,6 +30,9 @@ NOT_EXERCISED_HERE = {
     ("batch", "jobs", "get"): "the Job that fills a Shared model cache",
     ("batch", "jobs", "create"): "the Job that fills a Shared model cache",
     ("batch", "jobs", "patch"): "the Job that fills a Shared model cache",
+    ("inference.networking.k8s.io", "inferencepools", "get"): "an enabled InferencePool (test_operator_operations.py)",
+    ("inference.networking.k8s.io", "inferencepools", "create"): "an enabled InferencePool",
+    ("inference.networking.k8s.io", "inferencepools", "patch"): "an enabled InferencePool",
 }
 
 

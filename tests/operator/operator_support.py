@@ -196,12 +196,15 @@ class ApiServer(kmock.KubernetesEmulator):
 
 
 @contextlib.asynccontextmanager
-async def emulated_cluster(*, kuberay: bool = True):
-    """An ApiServer on a local port with the resources the operator uses registered."""
+async def emulated_cluster(*, kuberay: bool = True, inference_extension: bool = False):
+    """An ApiServer on a local port with the resources the operator uses registered (KubeRay's
+    RayService unless `kuberay=False`, the Inference Extension's InferencePool if asked for)."""
     async with ApiServer() as api, kmock.Server(api):
         api.register_fathom()
         if kuberay:
             api.register("ray.io", "v1", "rayservices", "RayService", status=True)
+        if inference_extension:
+            api.register("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool", status=True)
         api.register("", "v1", "services", "Service")
         api.register("", "v1", "secrets", "Secret")
         api.register("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")

@@ -2,11 +2,15 @@
 the model cache. Every RayService is checked against KubeRay's published schema, and the other
 children against the Kubernetes OpenAPI schemas."""
 
+import contextlib
+from pathlib import Path
+
 import jsonschema
+import kopf
 import kubernetes_validate
 import pytest
 import yaml
-from operator_support import eventually, operator_running
+from operator_support import emulated_cluster, eventually, operator_running, write_kubeconfig
 from test_operator_model_service import KUBERAY_CRD, NS, modelservice, objects
 
 from fathom_operator import kube
@@ -140,6 +144,44 @@ async def test_without_incremental_support_the_operator_keeps_new_cluster_and_wa
     async with operator_running():
         await kubectl.create(kube.MODEL_SERVICES, NS, modelservice("old", upgrade=INCREMENTAL))
         rs = await eventually(lambda: objects(cluster, "rayservices").get("old"))
-        warning = await eventually(lambda: events(cluster, "UpgradeStrategy"))
+        warning = await eventually(lambda: events(cluster, "Unsupported"))
     assert rs["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
     assert warning[0]["type"] == "Warning" and "KubeRay >= 1.5.1" in warning[0]["message"]
+
+
+INFERENCE_POOL_CRD = Path(__file__).resolve().parents[1] / "fixtures/crds/inference.networking.k8s.io_inferencepools.yaml"
+
+
+async def test_inference_pool_where_the_cluster_has_the_crd(tmp_path, monkeypatch):
+    crd = yaml.safe_load(INFERENCE_POOL_CRD.read_text())
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+    ms = modelservice("pooled", inferencePool={"enabled": True, "endpointPicker": "fathom-epp"})
+    async with emulated_cluster(inference_extension=True) as api, _operator(api, tmp_path, monkeypatch) as kubectl:
+        await kubectl.create(kube.MODEL_SERVICES, NS, ms)
+        pool = await eventually(lambda: objects(api, "inferencepools").get("pooled"))
+    jsonschema.Draft7Validator(schema).validate(pool)
+    assert pool["spec"] == {"selector": {"matchLabels": {"fathom.dev/model-service": "pooled", "ray.io/serve": "true"}},
+                            "targetPorts": [{"number": 8000}],
+                            "endpointPickerRef": {"name": "fathom-epp", "port": {"number": 9002}, "failureMode": "FailClose"}}
+    assert pool["metadata"]["ownerReferences"][0]["name"] == "pooled"
+
+
+async def test_without_the_crd_no_inference_pool_and_a_warning(cluster, kubectl):
+    async with operator_running():
+        await kubectl.create(kube.MODEL_SERVICES, NS, modelservice("pooled", inferencePool={"enabled": True}))
+        warning = await eventually(lambda: events(cluster, "Unsupported"))
+        assert objects(cluster, "rayservices").get("pooled") and not objects(cluster, "inferencepools")
+    assert "InferencePool CRD" in warning[0]["message"]
+
+
+@contextlib.asynccontextmanager
+async def _operator(api, tmp_path, monkeypatch):
+    """The real operator on `api`, and a client for the test."""
+    write_kubeconfig(tmp_path / "kubeconfig", str(api.url).rstrip("/"))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    kubectl = kube.KubeClient(kopf.ConnectionInfo(server=str(api.url).rstrip("/")))
+    try:
+        async with operator_running():
+            yield kubectl
+    finally:
+        await kubectl.close()

@@ -8,6 +8,8 @@
        hashed tenants Secret the ingress reads.
      - PersistentVolumeClaim, Job (batch): a Shared model cache's claim and the Job that fills it
        (read, create, patch; owner references delete them with the ModelService).
+     - InferencePool (inference.networking.k8s.io): a ModelService's pool for Inference Extension
+       gateways (read, create, patch), when enabled and the CRD is installed.
      - Event (core v1): kopf and the autoscaler post Events on the objects they handle. */}}
 {{- define "fathom.operatorRules" -}}
 - apiGroups: ["fathom.dev"]
@@ -33,6 +35,9 @@
   verbs: ["get", "create", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["inference.networking.k8s.io"]
+  resources: ["inferencepools"]
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["events"]

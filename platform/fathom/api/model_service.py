@@ -244,6 +244,17 @@ class Upgrade(Spec):
         return self
 
 
+class InferencePool(Spec):
+    """An InferencePool (Gateway API Inference Extension, inference.networking.k8s.io/v1) over the
+    ModelService's Serve pods, so gateways that speak it route to Fathom. Created only when the
+    cluster serves that CRD; otherwise a Warning Event says why not."""
+
+    enabled: bool = Field(False, description="Create the InferencePool <name> selecting the Serve pods, target port 8000.")
+    endpoint_picker: str | None = Field(None, description="Service of the endpoint picker (EPP) the gateway consults; unset: none.")
+    endpoint_picker_port: int = Field(9002, ge=1, le=65535, description="Port of the endpoint picker Service.")
+    failure_mode: Literal["FailOpen", "FailClose"] = Field("FailClose", description="What the gateway does when the endpoint picker does not answer.")
+
+
 class MetricsExport(Spec):
     """What `/metrics` of the ModelService exports besides Fathom's own names."""
 
@@ -266,6 +277,7 @@ class ModelServiceSpec(Spec):
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for every Ray container (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).")
     metrics: MetricsExport = Field(default_factory=MetricsExport, description="Metric names exported on /metrics.")
     upgrade: Upgrade = Field(default_factory=Upgrade, description="How changes that need new pods roll out.")
+    inference_pool: InferencePool = Field(default_factory=InferencePool, description="An InferencePool for gateways of the Gateway API Inference Extension.")
     fault_tolerance: FaultTolerance | None = Field(None, description="GCS fault tolerance and a durable usage ledger on an external Redis; unset: state lives in the Ray cluster only.")
     termination_grace_period_seconds: int = Field(90, ge=10, le=3600, description="Grace period of the Ray pods; their preStop hook drains (head: finish in-flight requests; workers: move model replicas off the node) for up to this minus 10 s.")
 
