@@ -106,6 +106,8 @@ async def test_a_request_at_zero_replicas_wakes_the_model_and_completes(cluster,
             events = [o.raw for (res, _, _), o in cluster.objects.items() if res.plural == "events"]
             assert any("request queued while at zero" in e.get("message", "") for e in events)
             await eventually(lambda: _held(http, 0.0), timeout=30)
+            replicas = await eventually(lambda: _replicas(http), timeout=60)  # what the dashboard plots
+            assert replicas == {"fathom_model_replicas": 1.0, "fathom_model_replicas_desired": 1.0}
     finally:
         stand_in.cancel()
 
@@ -125,3 +127,11 @@ async def _held(http: httpx.AsyncClient, count: float = 1.0) -> str | None:
             if s.name == scrape.WAITING and s.labels.get("replica") == "ingress" and s.value == count:
                 return page
     return None
+
+
+async def _replicas(http: httpx.AsyncClient) -> dict | None:
+    """Running and desired model replicas on /metrics, once both say 1."""
+    page = (await http.get("/metrics")).text
+    found = {s.name: s.value for f in scrape.text_string_to_metric_families(page) for s in f.samples
+             if s.name in ("fathom_model_replicas", "fathom_model_replicas_desired")}
+    return found if found and all(v == 1 for v in found.values()) else None

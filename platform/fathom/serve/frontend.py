@@ -95,6 +95,7 @@ class Frontend:
         self.metrics = metrics or ServeMetrics(self.model_name, vllm_aliases=settings.vllm_metric_aliases)
         self.tenancy = tenancy or TenancyGate.from_settings(settings)
         self.cold_start = ColdStart.for_backend(backend, settings.cold_start_timeout_s, self.metrics.held)
+        self.metrics.held(0)  # the series exists from the start: an autoscaler reads 0, not "absent"
         self.draining = False
         self.inflight = 0  # requests accepted and not yet answered in full (graceful shutdown waits)
 
