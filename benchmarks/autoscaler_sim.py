@@ -18,12 +18,18 @@ and sets the replica count. Four fleets run on the same trace, side by side:
 - fathom kv 0.8: the same with a KV target of 0.8 (the former default), for comparison;
 - fathom defaults min 0: the defaults with scale to zero after 15 idle minutes.
 
-Two traces: the bursty day, and the same day as office hours (no traffic 20:00-08:00).
+Three traces: the bursty day; the same day as office hours (no traffic 20:00-08:00); and the
+scale-to-zero day: office hours whose nights are not quite empty (a trickle of requests, one
+every ~30 minutes on average, as stray batch jobs and on-call checks send), so a fleet at zero
+wakes for them and goes back to zero after the idle period.
 
 SLO attainment is the share of seconds whose queue wait (queued requests / service rate of the
 ready replicas) stays under `slo_wait_s`; replica-hours count every provisioned replica,
-starting or ready. Printed: both, and the ratios to the fixed fleet. Target: fathom (defaults) keeps
->= 99 % of the fixed fleet's SLO attainment at <= 60 % of its replica-hours.
+starting or ready. Printed: both, and the ratios to the fixed fleet. Requests that arrive while
+no replica is ready are held by the ingress (first come, first served) and, past
+`cold_start_timeout_s`, refused with 503; for them the table gives how many there were, their
+wait until a replica took them (median, p95, max) and how many were refused. Target: fathom
+(defaults) keeps >= 99 % of the fixed fleet's SLO attainment at <= 60 % of its replica-hours.
 """
 
 import argparse
@@ -52,6 +58,7 @@ class Capacity:
     cold_start_s: float = 90.0  # new replica: pod start + weight load
     tokens_per_request: int = 400
     slo_wait_s: float = 2.0
+    cold_start_timeout_s: float = 600.0  # autoscaling.coldStartTimeoutSeconds: then 503
 
     @property
     def rate(self) -> float:
@@ -59,14 +66,16 @@ class Capacity:
         return self.concurrency / self.service_s
 
 
-def trace(seed: int, low: float = 3.0, high: float = 30.0, spikes: int = 10, office_hours: bool = False) -> np.ndarray:
+def trace(seed: int, low: float = 3.0, high: float = 30.0, spikes: int = 10, office_hours: bool = False,
+          night_rate: float = 0.0) -> np.ndarray:
     """Arrivals per second over a day: diurnal (trough 04:00, peak 16:00) times random spikes;
-    `office_hours` keeps only 08:00-20:00 (an internal fleet idle at night)."""
+    `office_hours` keeps only 08:00-20:00 (an internal fleet idle at night), plus `night_rate`
+    requests per second outside them."""
     rng = np.random.default_rng(seed)
     t = np.arange(DAY)
     rate = low + (high - low) * (1 - np.cos(2 * np.pi * (t - 4 * 3600) / DAY)) / 2
     if office_hours:
-        rate = np.where((t >= 8 * 3600) & (t < 20 * 3600), rate, 0.0)
+        rate = np.where((t >= 8 * 3600) & (t < 20 * 3600), rate, night_rate)
     boost = np.ones(DAY)
     for _ in range(spikes):
         start, length = rng.integers(0, DAY - 3600), rng.integers(180, 720)
@@ -135,22 +144,74 @@ class FathomPolicy:
         return decide(list(self.history), self.auto, current).replicas
 
 
+class Ingress:
+    """Requests not yet taken by a replica, first come first served, as cohorts of one second.
+    Those that arrived while no replica was ready are the cold-start waits; the ingress answers
+    503 to any held past `timeout_s`."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.cohorts: collections.deque[list] = collections.deque()  # [arrival, count, at zero]
+        self.waits: list[tuple[float, float]] = []  # (wait, count) of requests that arrived at zero
+        self.at_zero = self.refused = 0.0
+
+    @property
+    def queued(self) -> float:
+        return sum(c[1] for c in self.cohorts)
+
+    def arrive(self, now: int, n: float, at_zero: bool) -> None:
+        if n:
+            self.cohorts.append([now, n, at_zero])
+            self.at_zero += n if at_zero else 0.0
+
+    def admit(self, now: int, room: float) -> float:
+        """Hand up to `room` requests to the replicas; returns how many."""
+        taken = 0.0
+        while self.cohorts and now - self.cohorts[0][0] > self.timeout_s:
+            self.refused += self.cohorts.popleft()[1]
+        while self.cohorts and room - taken > 1e-9:
+            cohort = self.cohorts[0]
+            n = min(cohort[1], room - taken)
+            if cohort[2]:
+                self.waits.append((now - cohort[0], n))
+            cohort[1] -= n
+            taken += n
+            if cohort[1] <= 1e-9:
+                self.cohorts.popleft()
+        return taken
+
+    def wait_quantiles(self) -> tuple[float, float, float]:
+        """Median, p95 and max wait of the requests that arrived at zero (0s when none did)."""
+        if not self.waits:
+            return 0.0, 0.0, 0.0
+        waits = sorted(self.waits)
+        total = sum(n for _, n in waits)
+        def q(p: float) -> float:
+            acc = 0.0
+            for w, n in waits:
+                acc += n
+                if acc >= p * total:
+                    return w
+            return waits[-1][0]
+        return q(0.5), q(0.95), waits[-1][0]
+
+
 def simulate(arrivals: np.ndarray, controller, cap: Capacity, interval: float, start: int) -> dict:
     """Fluid queue model, 1 s steps; the controller acts every `interval` seconds."""
     fleet = Fleet()
     fleet.set(start, -cap.cold_start_s, cap.cold_start_s)  # the day starts warm
-    queue = running = 0.0
+    ingress = Ingress(cap.cold_start_timeout_s)
+    running = 0.0
     good = replica_seconds = completed_window = 0.0
     peak = 0
     for now in range(len(arrivals)):
         ready = fleet.ready(now)
-        done = running / cap.service_s
+        done = running / cap.service_s if running >= 0.01 else running  # the last request's tail ends
         running -= done
         completed_window += done
-        queue += arrivals[now]
-        admitted = min(queue, max(0.0, ready * cap.concurrency - running))
-        queue -= admitted
-        running += admitted
+        ingress.arrive(now, arrivals[now], at_zero=ready == 0)
+        running += ingress.admit(now, max(0.0, ready * cap.concurrency - running))
+        queue = ingress.queued
         wait = queue / (ready * cap.rate) if ready else (math.inf if queue > 0.5 else 0.0)
         good += wait <= cap.slo_wait_s
         replica_seconds += len(fleet.ready_at)
@@ -160,7 +221,10 @@ def simulate(arrivals: np.ndarray, controller, cap: Capacity, interval: float, s
                             replicas=ready, tokens_per_second=completed_window * cap.tokens_per_request / interval)
             completed_window = 0.0
             fleet.set(controller(float(now), sample, len(fleet.ready_at)), now, cap.cold_start_s)
-    return {"slo": good / len(arrivals), "replica_hours": replica_seconds / 3600, "peak": peak}
+    p50, p95, worst = ingress.wait_quantiles()
+    return {"slo": good / len(arrivals), "replica_hours": replica_seconds / 3600, "peak": peak,
+            "at_zero": ingress.at_zero, "wait_p50": p50, "wait_p95": p95, "wait_max": worst,
+            "refused": ingress.refused}
 
 
 def scenario(title: str, arrivals: np.ndarray, cap: Capacity, interval: int) -> dict:
@@ -182,11 +246,13 @@ def scenario(title: str, arrivals: np.ndarray, cap: Capacity, interval: int) -> 
     rows = {c.name: simulate(arrivals, c, cap, interval, start=n_fixed if isinstance(c, FixedFleet) else 1)
             for c in controllers}
     base = rows[controllers[0].name]
-    print(f"{'fleet':<22}{'SLO attained':>14}{'replica-h':>11}{'peak':>6}{'SLO/fixed':>11}{'hours/fixed':>13}")
+    print(f"{'fleet':<22}{'SLO attained':>14}{'replica-h':>11}{'peak':>6}{'SLO/fixed':>11}{'hours/fixed':>13}"
+          f"{'at zero':>9}{'wait p50/p95/max (s)':>22}{'503':>5}")
     for name, r in rows.items():
         r["slo_ratio"], r["hours_ratio"] = r["slo"] / base["slo"], r["replica_hours"] / base["replica_hours"]
+        waits = f"{r['wait_p50']:.0f}/{r['wait_p95']:.0f}/{r['wait_max']:.0f}" if r["at_zero"] else "-"
         print(f"{name:<22}{r['slo']:>13.2%}{r['replica_hours']:>11.1f}{r['peak']:>6}"
-              f"{r['slo_ratio']:>11.4f}{r['hours_ratio']:>13.3f}")
+              f"{r['slo_ratio']:>11.4f}{r['hours_ratio']:>13.3f}{r['at_zero']:>9.0f}{waits:>22}{r['refused']:>5.0f}")
     return rows
 
 
@@ -195,16 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--cold-start", type=float, default=90.0, help="seconds before a new replica serves")
     p.add_argument("--interval", type=int, default=15, help="controller period, seconds")
+    p.add_argument("--cold-start-timeout", type=float, default=600.0,
+                   help="seconds the ingress holds a request at zero replicas before 503")
     p.add_argument("--start-hour", type=float, default=0.0, help="replay from this hour of the day (smoke runs)")
     p.add_argument("--hours", type=float, default=24.0, help="replay this many hours (smoke runs)")
     args = p.parse_args(argv)
     cut = slice(int(args.start_hour * 3600), int((args.start_hour + args.hours) * 3600))
-    cap = Capacity(cold_start_s=args.cold_start)
+    cap = Capacity(cold_start_s=args.cold_start, cold_start_timeout_s=args.cold_start_timeout)
     print(f"replica: {cap.concurrency} slots x {cap.service_s:.0f} s = {cap.rate:.1f} req/s, cold start "
           f"{cap.cold_start_s:.0f} s, controller every {args.interval} s; SLO: queue wait <= {cap.slo_wait_s:.0f} s; "
           f"seed {args.seed}")
     rows = scenario("bursty day (diurnal + 10 spikes)", trace(args.seed)[cut], cap, args.interval)
     scenario("office hours (idle 20:00-08:00)", trace(args.seed, office_hours=True)[cut], cap, args.interval)
+    scenario("scale-to-zero day (office hours; nights at zero but for a request every ~30 min)",
+             trace(args.seed, office_hours=True, night_rate=1 / 1800)[cut], cap, args.interval)
     ours = rows["fathom defaults"]
     ok = ours["slo_ratio"] >= 0.99 and ours["hours_ratio"] <= 0.6
     print(f"\ntarget on the bursty day, fathom defaults (>= 0.99 x fixed SLO at <= 0.60 x its replica-hours): "

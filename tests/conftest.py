@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from fathom.telemetry import configure_tracing
+from support.redis_server import redis_server
 
 pytest_plugins = ("support.ray_fixtures",)  # ray_local, ray_multinode: one of each per session
 
@@ -40,6 +41,13 @@ def pytest_sessionfinish(session, exitstatus):
     alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if alive:
         print(f"\nthreads alive at session end: {sorted(alive)}", file=sys.stderr)
+
+
+@pytest.fixture
+def redis_address(tmp_path):
+    """`host:port` of a real, empty redis-server that lives as long as the test."""
+    with redis_server(tmp_path) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")

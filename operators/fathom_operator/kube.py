@@ -52,6 +52,10 @@ TENANTS = ResourceRef("fathom.dev", "v1alpha1", "tenants")
 RAY_SERVICES = ResourceRef("ray.io", "v1", "rayservices")
 SERVICES = ResourceRef("", "v1", "services")
 SECRETS = ResourceRef("", "v1", "secrets")
+CLAIMS = ResourceRef("", "v1", "persistentvolumeclaims")
+JOBS = ResourceRef("batch", "v1", "jobs")
+INFERENCE_POOLS = ResourceRef("inference.networking.k8s.io", "v1", "inferencepools")
+CRDS = ResourceRef("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
@@ -150,6 +154,11 @@ class KubeClient:
 
     async def delete(self, ref: ResourceRef, namespace: str, name: str) -> dict | None:
         return await self._call("DELETE", ref.path(namespace, name))
+
+    async def get_crd(self, name: str) -> dict | None:
+        """A CustomResourceDefinition by name, through `list` (all the chart's RBAC grants on CRDs)."""
+        result = await self._call("GET", CRDS.path(), params={"fieldSelector": f"metadata.name={name}"})
+        return next((c for c in (result or {}).get("items") or [] if c["metadata"]["name"] == name), None)
 
     async def has_resource(self, ref: ResourceRef) -> bool:
         """Whether the API server serves `ref` (e.g. KubeRay's CRDs are installed)."""

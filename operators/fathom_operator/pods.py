@@ -10,6 +10,8 @@ from decimal import Decimal
 from fathom.api.model_service import MODEL_MOUNT_PATH, ModelServiceSpec
 
 TENANTS_MOUNT_PATH = "/etc/fathom/tenants"
+CACHE_MOUNT_PATH = "/model-cache"  # a worker's model cache (fathom_operator.model_cache)
+USAGE_STORE_PASSWORD_ENV = "FATHOM_USAGE_STORE_PASSWORD"  # read by fathom.tenancy.redis_ledger
 # rayproject/ray images (and the platform image built on them) run as `ray`: uid 1000, group
 # `users` (gid 100), home /home/ray.
 RAY_UID, RAY_GID, RAY_HOME = 1000, 100, "/home/ray"
@@ -73,7 +75,7 @@ def fetch_init_containers(spec: ModelServiceSpec, *, tokenizer_only: bool) -> li
     """The init container that fetches a `uri` model source; none for volumes."""
     if spec.model is None or spec.model.uri is None:
         return []
-    command = fetch_command(spec.model.uri, MODEL_MOUNT_PATH, tokenizer_only=tokenizer_only)
+    command = fetch_command(spec.model.uri, spec.model.root, tokenizer_only=tokenizer_only)
     return [{
         "name": "fetch-model",
         "image": spec.model.fetch_image or spec.image,
@@ -107,20 +109,23 @@ def container_security_context() -> dict:
             "readOnlyRootFilesystem": True, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def volumes(spec: ModelServiceSpec, *, shm: bool) -> list[dict]:
-    vols = [model_volume(spec), {"name": "tenants", "secret": {"secretName": spec.tenants_secret, "optional": True}}]
+def volumes(spec: ModelServiceSpec, *, shm: bool, cache: dict | None = None) -> list[dict]:
+    """The pod's volumes; `cache`: the model cache volume of a worker pod (fathom_operator.model_cache)."""
+    vols = [model_volume(spec), cache, {"name": "tenants", "secret": {"secretName": spec.tenants_secret, "optional": True}}]
     vols = [v for v in vols if v is not None] + [{"name": n, "emptyDir": {}} for n in SCRATCH_DIRS]
     if shm:  # NCCL and Ray's object store want a large /dev/shm on GPU nodes
         vols.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     return vols
 
 
-def volume_mounts(spec: ModelServiceSpec, *, shm: bool) -> list[dict]:
+def volume_mounts(spec: ModelServiceSpec, *, shm: bool, cache: dict | None = None) -> list[dict]:
     mounts = [{"name": "tenants", "mountPath": TENANTS_MOUNT_PATH, "readOnly": True}]
     src = spec.model
     if src is not None:
         read_only = src.uri is None and (src.pvc is None or src.pvc.read_only)
         mounts.insert(0, {"name": "model", "mountPath": MODEL_MOUNT_PATH, "readOnly": read_only})
+    if cache is not None:
+        mounts.insert(1, {"name": cache["name"], "mountPath": CACHE_MOUNT_PATH, "readOnly": True})
     mounts += scratch_mounts()
     if shm:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -133,6 +138,24 @@ def scratch_mounts() -> list[dict]:
 
 
 def env_vars(spec: ModelServiceSpec, defaults: dict[str, str] | None = None) -> list[dict]:
-    """User env (e.g. OTEL_*) plus defaults the user did not set, sorted for stable diffs."""
+    """User env (e.g. OTEL_*) plus defaults the user did not set, sorted for stable diffs; the
+    usage store's password from its Secret (never a value in the RayService)."""
     env = {"OTEL_SERVICE_NAME": "fathom", **(defaults or {}), **spec.env}
-    return [{"name": k, "value": v} for k, v in sorted(env.items())]
+    out = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    ft = spec.fault_tolerance
+    if ft is not None and ft.usage_ledger and ft.redis_password_secret is not None:
+        ref = ft.redis_password_secret
+        out.append({"name": USAGE_STORE_PASSWORD_ENV,
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return out
+
+
+def drain_seconds(spec: ModelServiceSpec) -> int:
+    """How long the preStop hook drains: the grace period less 10 s for Ray to stop."""
+    return spec.termination_grace_period_seconds - 10
+
+
+def lifecycle(spec: ModelServiceSpec, role: str) -> dict:
+    """The preStop hook of a Ray container (`fathom.serve.prestop`): `head` or `worker`."""
+    command = ["python", "-m", "fathom.serve.prestop", role, "--timeout", str(drain_seconds(spec))]
+    return {"preStop": {"exec": {"command": command}}}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from fathom.api.model_service import ModelServiceSpec
-from fathom_operator import render
+from fathom_operator import render, rollout
 from fathom_operator.conditions import set_all
 from fathom_operator.memory_fit import model_fits
 
@@ -24,6 +24,8 @@ class Observed:
     service: dict | None = None
     kuberay_installed: bool = True
     now: str = ""
+    incremental_upgrades: bool = False  # the RayService CRD has upgradeStrategy.clusterUpgradeOptions
+    inference_pools: bool = False  # the cluster serves inference.networking.k8s.io/v1 InferencePools
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Result:
     children: list[dict] | None
     status: dict
     spec: ModelServiceSpec | None = field(default=None, compare=False)
+    warning: str | None = None  # for a Warning Event (e.g. an upgrade strategy KubeRay lacks)
 
 
 def parse_spec(raw: dict) -> ModelServiceSpec | str:
@@ -97,7 +100,15 @@ def reconcile(obj: dict, observed: Observed) -> Result:
             "ModelFits": fits,
         }), spec)
     replicas = desired_replicas(spec, old)
-    children = [render.ray_service(spec, owner, replicas), render.api_service(spec, owner)]
+    upgrade, warning = rollout.strategy(spec, observed.incremental_upgrades)
+    children = [*render.cache_children(spec, owner), render.ray_service(spec, owner, replicas, upgrade),
+                render.api_service(spec, owner)]
+    if spec.inference_pool.enabled and observed.inference_pools:
+        children.append(render.inference_pool(spec, owner))
+    elif spec.inference_pool.enabled:
+        warning = "; ".join(filter(None, [warning, (
+            "spec.inferencePool is enabled but the cluster has no inference.networking.k8s.io/v1 InferencePool "
+            "CRD (install the Gateway API Inference Extension); none was created")]))
     ready, phase, conditions = _progress(spec, observed.ray_service, replicas)
     if fits is not None:
         conditions["ModelFits"] = fits
@@ -105,13 +116,13 @@ def reconcile(obj: dict, observed: Observed) -> Result:
     status.update({
         "replicas": replicas, "readyReplicas": ready, "desiredReplicas": replicas,
         "endpoint": _endpoint(spec, owner, observed.service), "selector": render.worker_selector(owner),
-        "rayService": owner.name,
+        "rayService": owner.name, "upgradeStrategy": upgrade["type"],
     })
     if old.get("desiredReplicas") != replicas or not old.get("lastScaleTime"):
         status["lastScaleTime"] = observed.now
     else:
         status["lastScaleTime"] = old["lastScaleTime"]
-    return Result(children, status, spec)
+    return Result(children, status, spec, warning)
 
 
 def _endpoint(spec: ModelServiceSpec, owner: render.Owner, service: dict | None) -> str:
@@ -126,7 +137,7 @@ def _endpoint(spec: ModelServiceSpec, owner: render.Owner, service: dict | None)
 
 def _status(old: dict, generation: int | None, now: str, phase: str, values: dict) -> dict:
     status = {k: v for k, v in old.items() if k in ("replicas", "readyReplicas", "desiredReplicas", "lastScaleTime",
-                                                     "endpoint", "selector", "rayService")}
+                                                     "endpoint", "selector", "rayService", "upgradeStrategy")}
     status["phase"] = phase
     status["observedGeneration"] = generation
     status["conditions"] = set_all(old.get("conditions") or [], values, generation=generation, now=now)
@@ -153,6 +164,10 @@ def _progress(spec: ModelServiceSpec, ray_service: dict | None, replicas: int) -
                                    "Degraded": (False, "AsExpected", "")}
     if app_status == "RUNNING" and ready >= replicas:
         msg = f"{ready}/{replicas} replicas ready"
+        upgrading = rollout.progress(ray_service)
+        if upgrading is not None:
+            return ready, "Ready", {"Ready": (True, "AllReplicasReady", msg), "Progressing": (True, *upgrading),
+                                    "Degraded": (False, "AsExpected", "")}
         if _kuberay_behind(ray_service):
             return ready, "Ready", {"Ready": (True, "AllReplicasReady", msg),
                                     "Progressing": (True, "RayServiceUpdating", "KubeRay is applying the new spec"),

@@ -7,9 +7,9 @@ Layout of the RayService (ray.io/v1):
   KubeRay reads Serve status through it.
 - one worker group `ranks`: pods of `ranksPerPod` ranks each; replicas = instances × pods per
   instance. KubeRay applies replica changes of a worker group to the running cluster in place.
-- `serveConfigV2`: the Fathom app (`fathom.serve.app:build_app`, whose argument is the
-  `ServeSettings` model: engine settings, tenants file, HTTP bind) and a `deployments` override
-  with `num_replicas` of the model deployment. Scaling changes only that override, which Ray
+- `serveConfigV2`: the Fathom app (`fathom.serve.app:app_from_config`, whose argument is the
+  `ServeSettings` model: engine settings, tenants file, HTTP bind, cold-start bound) and a
+  `deployments` override with the model deployment's count (`replica_count`). Scaling changes only that override, which Ray
   Serve applies in place (a change of `args` would rebuild the app and restart every replica);
   `args.numReplicas` is maxReplicas, which only sizes the ingress queue. The model deployment
   asks for the custom resource `fathom_worker`, which only worker pods advertise, so a model
@@ -24,10 +24,10 @@ import yaml
 
 from fathom.api.model_service import API_VERSION, ModelServiceSpec
 from fathom.api.serve import RAY_SERVE_THROUGHPUT_ENV
-from fathom_operator import pods
+from fathom_operator import model_cache, pods
 
 APP_NAME = "fathom"
-IMPORT_PATH = "fathom.serve.app:build_app"
+IMPORT_PATH = "fathom.serve.app:app_from_config"
 MODEL_DEPLOYMENT = "model"  # fathom.serve.app names its deployments "ingress" and "model"
 SERVE_PORT = 8000
 WORKER_GROUP = "ranks"
@@ -64,9 +64,22 @@ def metadata(owner: Owner, name: str) -> dict:
     return {"name": name, "namespace": owner.namespace, "labels": labels(owner), "ownerReferences": [owner.reference()]}
 
 
-def serve_config(spec: ModelServiceSpec, replicas: int) -> str:
-    """serveConfigV2: the Fathom application, its settings, and the model deployment's replicas."""
+def serve_args(spec: ModelServiceSpec, owner: Owner) -> dict:
+    """The app's `ServeSettings` (wire form): constant while scaling, so scaling rebuilds nothing."""
     engine = spec.engine.model_copy(update={"model": spec.model.checkpoint_dir if spec.model else None})
+    args = {"engine": engine.to_wire(), "numReplicas": max(1, spec.autoscaling.max_replicas),
+            "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT,
+            "coldStartTimeoutS": spec.autoscaling.cold_start_timeout_seconds,
+            "gracefulShutdownTimeoutS": pods.drain_seconds(spec),
+            "vllmMetricAliases": spec.metrics.vllm_aliases}
+    ft = spec.fault_tolerance
+    if ft is not None and ft.usage_ledger:
+        args.update(usageStore=f"redis://{ft.redis_address}/0", usageKey=f"fathom/{owner.namespace}/{owner.name}")
+    return args
+
+
+def serve_config(spec: ModelServiceSpec, owner: Owner, replicas: int) -> str:
+    """serveConfigV2: the Fathom application, its settings, and the model deployment's replicas."""
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
@@ -74,13 +87,22 @@ def serve_config(spec: ModelServiceSpec, replicas: int) -> str:
             "name": APP_NAME,
             "route_prefix": "/",
             "import_path": IMPORT_PATH,
-            "args": {"engine": engine.to_wire(), "numReplicas": max(1, spec.autoscaling.max_replicas),
-                     "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT},
-            "deployments": [{"name": MODEL_DEPLOYMENT, "num_replicas": replicas,
+            "args": serve_args(spec, owner),
+            "deployments": [{"name": MODEL_DEPLOYMENT, **replica_count(replicas),
                              "ray_actor_options": model_actor_options(spec)}],
         }],
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def replica_count(replicas: int) -> dict:
+    """The model deployment's count in Serve's config schema, whose `num_replicas` must be >= 1:
+    zero is Serve autoscaling pinned to [0, 1] starting at 0. The ingress holds requests while
+    no replica runs (so Serve's autoscaler sees none queued) and the operator wakes the model;
+    should a request reach Serve's queue anyway (a scale-down racing it), Serve wakes one itself."""
+    if replicas > 0:
+        return {"num_replicas": replicas}
+    return {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}}
 
 
 def model_actor_options(spec: ModelServiceSpec) -> dict:
@@ -96,12 +118,14 @@ def _ray_resources(resources: dict[str, int]) -> str:
     return '"' + json.dumps(resources).replace('"', '\\"') + '"'
 
 
-def _container(spec: ModelServiceSpec, name: str, resources: dict, *, shm: bool, ports: list[dict]) -> dict:
+def _container(spec: ModelServiceSpec, role: str, resources: dict, *, shm: bool, ports: list[dict],
+               cache: dict | None = None) -> dict:
     return {
-        "name": name, "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
+        "name": f"ray-{role}", "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
         "resources": resources, "env": pods.env_vars(spec, defaults=RAY_SERVE_THROUGHPUT_ENV), "ports": ports,
-        "volumeMounts": pods.volume_mounts(spec, shm=shm),
+        "volumeMounts": pods.volume_mounts(spec, shm=shm, cache=cache),
         "securityContext": pods.container_security_context(),
+        "lifecycle": pods.lifecycle(spec, role),
     }
 
 
@@ -117,9 +141,10 @@ def head_group(spec: ModelServiceSpec, owner: Owner) -> dict:
             "metadata": {"labels": labels(owner)},
             "spec": {
                 "initContainers": pods.fetch_init_containers(spec, tokenizer_only=True),
-                "containers": [_container(spec, "ray-head", {"requests": res, "limits": res}, shm=False, ports=ports)],
+                "containers": [_container(spec, "head", {"requests": res, "limits": res}, shm=False, ports=ports)],
                 "volumes": pods.volumes(spec, shm=False),
                 "securityContext": pods.pod_security_context(),
+                "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
             },
         },
     }
@@ -131,12 +156,15 @@ def worker_group(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
     limits = {"memory": requests["memory"]}
     if r.gpus:
         requests[r.gpu_resource_name] = limits[r.gpu_resource_name] = str(r.gpus * k)
+    cache = model_cache.volume(spec, owner.name)
     pod_spec = {
-        "initContainers": pods.fetch_init_containers(spec, tokenizer_only=False),
-        "containers": [_container(spec, "ray-worker", {"requests": requests, "limits": limits}, shm=bool(r.gpus),
-                                  ports=[{"name": "serve", "containerPort": SERVE_PORT}])],
-        "volumes": pods.volumes(spec, shm=bool(r.gpus)),
+        "initContainers": (model_cache.worker_init_containers(spec) if cache
+                           else pods.fetch_init_containers(spec, tokenizer_only=False)),
+        "containers": [_container(spec, "worker", {"requests": requests, "limits": limits}, shm=bool(r.gpus),
+                                  ports=[{"name": "serve", "containerPort": SERVE_PORT}], cache=cache)],
+        "volumes": pods.volumes(spec, shm=bool(r.gpus), cache=cache),
         "securityContext": pods.pod_security_context(),
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "nodeSelector": dict(r.node_selector),
         "tolerations": [t.to_wire() for t in r.tolerations],
     }
@@ -153,15 +181,17 @@ def worker_group(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
     }
 
 
-def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
-    """The RayService for `replicas` model instances."""
+def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int,
+                upgrade: dict | None = None) -> dict:
+    """The RayService for `replicas` model instances; `upgrade`: its upgradeStrategy
+    (`fathom_operator.rollout.strategy`, default NewCluster)."""
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": metadata(owner, owner.name),
         "spec": {
-            "serveConfigV2": serve_config(spec, replicas),
-            "upgradeStrategy": {"type": "NewCluster"},
+            "serveConfigV2": serve_config(spec, owner, replicas),
+            "upgradeStrategy": upgrade or {"type": "NewCluster"},
             "rayClusterConfig": {
                 # The Ray autoscaler removes only idle worker pods when minReplicas drops, so a
                 # scale-down never kills a rank that still holds a live Serve replica.
@@ -173,9 +203,44 @@ def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
                                       "volumeMounts": pods.scratch_mounts()},
                 "headGroupSpec": head_group(spec, owner),
                 "workerGroupSpecs": [worker_group(spec, owner, replicas)],
+                **gcs_fault_tolerance(spec),
             },
         },
     }
+
+
+def gcs_fault_tolerance(spec: ModelServiceSpec) -> dict:
+    """KubeRay's gcsFaultToleranceOptions on the spec's Redis (its storage namespace stays
+    KubeRay's default, the RayCluster's uid: two clusters of an upgrade must not share one)."""
+    ft = spec.fault_tolerance
+    if ft is None:
+        return {}
+    options: dict = {"redisAddress": ft.redis_address}
+    if ft.redis_password_secret is not None:
+        ref = ft.redis_password_secret
+        options["redisPassword"] = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    return {"gcsFaultToleranceOptions": options}
+
+
+def cache_children(spec: ModelServiceSpec, owner: Owner) -> list[dict]:
+    """The claim and the Job of a Shared model cache (none otherwise)."""
+    if spec.model is None or not spec.model.cached:
+        return []
+    claim = model_cache.claim(spec, metadata(owner, model_cache.claim_name(spec, owner.name)))
+    job = model_cache.fill_job(spec, metadata(owner, f"{owner.name}-model-cache-{spec.model.cache_key}"), owner.name)
+    return [c for c in (claim, job) if c is not None]
+
+
+def inference_pool(spec: ModelServiceSpec, owner: Owner) -> dict:
+    """The InferencePool over the pods the API Service selects (Serve proxies, port 8000)."""
+    pool_spec: dict = {"selector": {"matchLabels": {LABEL: owner.name, "ray.io/serve": "true"}},
+                       "targetPorts": [{"number": SERVE_PORT}]}
+    pool = spec.inference_pool
+    if pool.endpoint_picker:
+        pool_spec["endpointPickerRef"] = {"name": pool.endpoint_picker, "port": {"number": pool.endpoint_picker_port},
+                                          "failureMode": pool.failure_mode}
+    return {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool",
+            "metadata": metadata(owner, owner.name), "spec": pool_spec}
 
 
 def api_service_name(owner: Owner) -> str:

@@ -5,15 +5,19 @@ nothing changed sends no write) and never raise for an invalid spec (that is a s
 """
 
 import asyncio
+import json
+import math
+import time
 
-from fathom_operator import kube, render
-from fathom_operator.apply import apply, merge_patch
+from fathom_operator import kube, render, rollout
+from fathom_operator.apply import LAST_APPLIED, apply, merge_patch
 from fathom_operator.conditions import now_rfc3339
 from fathom_operator.kube import KubeClient, ResourceRef
 from fathom_operator.reconcile import Observed, Result, reconcile
 from fathom_operator.tenants import render_secret
 
-_REFS = {"RayService": kube.RAY_SERVICES, "Service": kube.SERVICES, "Secret": kube.SECRETS}
+_REFS = {"RayService": kube.RAY_SERVICES, "Service": kube.SERVICES, "Secret": kube.SECRETS,
+         "PersistentVolumeClaim": kube.CLAIMS, "Job": kube.JOBS, "InferencePool": kube.INFERENCE_POOLS}
 
 
 async def write_status(client: KubeClient, ref: ResourceRef, obj: dict, status: dict) -> bool:
@@ -56,15 +60,51 @@ async def _sync_model_service(client: KubeClient, obj: dict, notify) -> Result:
     installed = await client.has_resource(kube.RAY_SERVICES)
     ray_service = await client.get(kube.RAY_SERVICES, ns, name) if installed else None
     service = await client.get(kube.SERVICES, ns, render.api_service_name(render.Owner(name, ns, "")))
-    result = reconcile(obj, Observed(ray_service, service, installed, now_rfc3339()))
+    incremental = installed and await incremental_upgrades(client)
+    pools = await client.has_resource(kube.INFERENCE_POOLS)
+    result = reconcile(obj, Observed(ray_service, service, installed, now_rfc3339(), incremental, pools))
+    new_generation = (obj.get("status") or {}).get("observedGeneration") != meta.get("generation")
     for child in result.children or []:
+        if child["kind"] == "RayService" and notify is not None and new_generation:
+            _announce(obj, rollout.kind(_last_applied(ray_service), child), result.status, notify)
         await apply(client, _REFS[child["kind"]], child)
     await write_status(client, kube.MODEL_SERVICES, obj, result.status)
     old_phase = (obj.get("status") or {}).get("phase")
     if notify is not None and result.status["phase"] in ("Invalid", "Pending") and old_phase != result.status["phase"]:
         ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
         notify(obj, "Warning", ready["reason"], ready["message"])
+    if notify is not None and result.warning and new_generation:
+        notify(obj, "Warning", "Unsupported", result.warning)
     return result
+
+
+def _last_applied(ray_service: dict | None) -> dict | None:
+    """The RayService as the operator last wrote it (apply's record), without KubeRay's defaults."""
+    record = (((ray_service or {}).get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    return json.loads(record) if record else None
+
+
+def _announce(obj: dict, change: str | None, status: dict, notify) -> None:
+    """A `Rollout` Event saying how a spec change reaches the running service."""
+    if change == "InPlace":
+        notify(obj, "Normal", "Rollout", "Serve config change: applied in place on the running pods")
+    elif change == "NewCluster":
+        notify(obj, "Normal", "Rollout", f"the pods change: KubeRay rolls out a new cluster ({status['upgradeStrategy']})")
+
+
+async def incremental_upgrades(client: KubeClient) -> bool:
+    """Whether the installed RayService CRD has KubeRay's incremental upgrade (cached 5 minutes)."""
+    key = id(asyncio.get_running_loop())
+    found, at = _crd_support.get(key, (False, -math.inf))
+    if time.monotonic() - at > CRD_RECHECK_S:
+        found = rollout.supports_incremental(await client.get_crd(RAY_SERVICE_CRD))
+        _crd_support[key] = (found, time.monotonic())
+    return found
+
+
+RAY_SERVICE_CRD = "rayservices.ray.io"
+CRD_RECHECK_S = 300.0
+_crd_support: dict[int, tuple[bool, float]] = {}
 
 
 async def sync_tenants(client: KubeClient, namespace: str, *, deleting: str | None = None) -> dict[str, dict]:

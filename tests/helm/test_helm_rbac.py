@@ -13,6 +13,9 @@ OPERATOR_RULES = {
     ("ray.io", "rayservices"): {"get", "create", "patch"},
     ("", "services"): {"get", "create", "patch"},
     ("", "secrets"): {"get", "create", "patch"},
+    ("", "persistentvolumeclaims"): {"get", "create", "patch"},
+    ("batch", "jobs"): {"get", "create", "patch"},
+    ("inference.networking.k8s.io", "inferencepools"): {"get", "create", "patch"},
     ("", "events"): {"create"},
 }
 DISCOVERY_RULES = {

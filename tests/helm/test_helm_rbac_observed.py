@@ -20,6 +20,15 @@ PREFIXES = {"api", "apis"}
 NOT_EXERCISED_HERE = {
     ("", "events", "create"): "the autoscaler's scale events and kopf's handler events",
     ("", "services", "patch"): "repairing a drifted API Service (apply.py)",
+    ("", "persistentvolumeclaims", "get"): "a Shared model cache (tests/operator/test_operator_operations.py)",
+    ("", "persistentvolumeclaims", "create"): "a Shared model cache",
+    ("", "persistentvolumeclaims", "patch"): "a Shared model cache",
+    ("batch", "jobs", "get"): "the Job that fills a Shared model cache",
+    ("batch", "jobs", "create"): "the Job that fills a Shared model cache",
+    ("batch", "jobs", "patch"): "the Job that fills a Shared model cache",
+    ("inference.networking.k8s.io", "inferencepools", "get"): "an enabled InferencePool (test_operator_operations.py)",
+    ("inference.networking.k8s.io", "inferencepools", "create"): "an enabled InferencePool",
+    ("inference.networking.k8s.io", "inferencepools", "patch"): "an enabled InferencePool",
 }
 
 

@@ -108,7 +108,7 @@ def test_otlp_endpoint_reaches_the_operator_and_every_model_service(helm):
         assert f"service.namespace={ms['metadata']['namespace']}" in attrs and "deployment.environment=prod" in attrs
     r1 = next(ms for ms in by_kind(objs, "ModelService") if ms["metadata"]["name"] == "deepseek-r1")
     assert r1["spec"]["env"]["OTEL_SERVICE_NAME"] == "r1-serving", "a user's own env wins over the chart's"
-    (svc,) = by_kind(objs, "Service")
+    (svc,) = [s for s in by_kind(objs, "Service") if s["metadata"]["name"] == "fathom-otel-collector"]
     assert {p["port"] for p in svc["spec"]["ports"]} == {4317, 4318}
 
 

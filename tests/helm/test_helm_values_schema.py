@@ -48,7 +48,7 @@ def leaf_keys(values: dict, prefix: str = "") -> list[str]:
         path = f"{prefix}{key}"
         if isinstance(value, dict) and value and not path.endswith(
                 ("resources", "Probe", "securityContext", "SecurityContext", "exporters", "selector",
-                 "operatorPodLabels")):
+                 "operatorPodLabels", "labels")):
             keys += leaf_keys(value, path + ".")
         else:
             keys.append(path)

@@ -3,6 +3,10 @@ on the demo model: 401/403/429 with OpenAI's error format and rate-limit headers
 tenants file reload, per-request cap, usage and cost, cache isolation, Prometheus counters."""
 
 import asyncio
+import collections
+import csv
+import io
+import json
 import os
 import time
 
@@ -10,6 +14,7 @@ import httpx
 import openai
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from fathom.serve.model_server import ModelServer
 from support.tenancy_server import MODEL, HttpServer, app_for, settings, wait_for, write_tenants
@@ -26,6 +31,7 @@ TENANTS = {
     "tpm": {"keys": ["sk-tpm"], "limits": {"tokensPerMinute": 100}},
     "capped": {"keys": ["sk-capped"], "limits": {"maxTokensPerRequest": 40}},
     "quitter": {"keys": ["sk-quitter"], "limits": {"tokensPerMinute": 100000}},
+    "billed": {"keys": ["sk-billed"]},
 }
 USER = [{"role": "user", "content": "Hello there"}]
 
@@ -187,6 +193,36 @@ async def test_usage_equals_sum_of_responses_and_users_see_only_their_own(server
         only_bob = (await h.get("/v1/usage", params={"tenant": "bob"})).json()
     assert {"bob", "alice"} <= {r["tenant"] for r in everyone["data"]}
     assert only_bob["data"] == report["data"]
+
+
+async def test_hourly_export_adds_up_to_the_prometheus_counters(server):
+    c = client(server, "sk-billed")
+    for i in range(3):
+        await c.completions.create(model=MODEL, prompt=f"bill me {i} " * (i + 2), max_tokens=2 + i)
+    stream = await c.chat.completions.create(model=MODEL, messages=USER, max_tokens=3, stream=True)
+    [_ async for _ in stream]
+    async with http(server, "sk-root") as h:
+        csv_text = (await h.get("/v1/usage", params={"format": "csv", "tenant": "billed"})).text
+        jsonl = await h.get("/v1/usage", params={"format": "jsonl", "tenant": "billed"})
+        assert_openai_error(await h.get("/v1/usage", params={"format": "xml"}), 400, None)
+        metrics = (await h.get("/metrics")).text
+    async with http(server, "sk-billed") as h:  # a user sees its own rows, nobody else's
+        assert_openai_error(await h.get("/v1/usage", params={"format": "csv", "tenant": "bob"}), 403,
+                            "permission_denied")
+    assert jsonl.headers["content-type"] == "application/x-ndjson"
+    rows = [json.loads(line) for line in jsonl.text.splitlines()]
+    assert [r["requests"] for r in csv.DictReader(io.StringIO(csv_text))] == [str(r["requests"]) for r in rows]
+    assert {(r["tenant"], r["model"]) for r in rows} == {("billed", MODEL)}
+    counters = collections.Counter()  # summed over the other labels (status)
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.labels.get("tenant") == "billed" and sample.name.endswith("_total"):
+                counters[sample.name] += sample.value
+    assert counters["fathom_prompt_tokens_total"] == sum(r["prompt_tokens"] for r in rows)
+    assert counters["fathom_cached_prompt_tokens_total"] == sum(r["cached_prompt_tokens"] for r in rows)
+    assert counters["fathom_generation_tokens_total"] == sum(r["completion_tokens"] for r in rows)
+    assert counters["fathom_cost_total"] == pytest.approx(sum(r["cost"] for r in rows))
+    assert counters["fathom_requests_total"] == sum(r["requests"] for r in rows) == 4
 
 
 async def test_a_stream_abandoned_by_its_client_is_still_metered(server):

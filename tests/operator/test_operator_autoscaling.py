@@ -32,7 +32,7 @@ class FakeLoad:
         for (res, _, name), o in self.cluster.objects.items():
             if res.plural == "rayservices" and name == "auto" and not o.deleted:
                 serve = yaml.safe_load(o.raw["spec"]["serveConfigV2"])
-                return serve["applications"][0]["deployments"][0]["num_replicas"]
+                return serve["applications"][0]["deployments"][0].get("num_replicas", 0)  # 0: Serve autoscaling [0, 1]
         return None
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -57,7 +57,7 @@ async def test_create_update_scale_delete(cluster, kubectl, rayservice_schema):
         head = cluster_spec["headGroupSpec"]
         assert head["serviceType"] == "ClusterIP" and head["rayStartParams"]["num-gpus"] == "0"
         serve = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
-        assert serve["import_path"] == "fathom.serve.app:build_app"
+        assert serve["import_path"] == "fathom.serve.app:app_from_config"
         assert serve["args"]["engine"]["tensorParallelSize"] == 16
         assert serve["args"]["engine"]["model"] == "/models/deepseek-v3"
         assert serve["deployments"][0]["num_replicas"] == 2

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import yaml
+from ray.serve.schema import ServeDeploySchema
 
 from fathom_operator import pods, render
 from fathom_operator.apply import merge, merge_patch
@@ -110,6 +111,17 @@ def test_merge_keeps_foreign_fields_and_drops_only_ours():
     patch = merge_patch(observed, target)
     assert patch["metadata"]["labels"] == {"ours": "2", "old": None}
     assert merge_patch(target, merge(target, desired, desired)) == {}
+
+
+def test_zero_replicas_is_a_count_serve_accepts():
+    """Serve's config schema wants num_replicas >= 1: zero is autoscaling pinned to [0, 1] from 0."""
+    spec = parse_spec({"autoscaling": {"minReplicas": 0, "coldStartTimeoutSeconds": 42}})
+    app = yaml.safe_load(render.ray_service(spec, render.Owner("m", "ns", "u"), 0)["spec"]["serveConfigV2"])
+    [deployment] = app["applications"][0]["deployments"]
+    assert "num_replicas" not in deployment
+    assert deployment["autoscaling_config"] == {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}
+    assert app["applications"][0]["args"]["coldStartTimeoutS"] == 42
+    ServeDeploySchema.parse_obj(app)  # Ray Serve's own validation, as the dashboard applies it
 
 
 def test_scaling_changes_only_what_kuberay_and_serve_apply_in_place():

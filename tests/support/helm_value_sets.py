@@ -50,6 +50,21 @@ TEAM_B = {
 
 TWO_MODELS_WITH_TENANTS = {"modelServices": [DEEPSEEK_V3, R1_DISTILL], "tenants": [TEAM_A, TEAM_B]}
 
+# Every ModelService feature of issue 17 at once: a Shared model cache, incremental upgrades,
+# an InferencePool, vLLM metric names, a longer drain.
+OPERATIONS_MODEL = {
+    "name": "deepseek-ops",
+    "spec": {
+        "model": {"uri": "s3://models/deepseek-v3", "cache": {"type": "Shared", "size": "800Gi"}},
+        "engine": {"tensorParallelSize": 8, "expertParallelSize": 8},
+        "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "coldStartTimeoutSeconds": 900},
+        "upgrade": {"strategy": "Incremental", "gatewayClassName": "istio", "maxSurgePercent": 25},
+        "inferencePool": {"enabled": True, "endpointPicker": "fathom-epp"},
+        "metrics": {"vllmAliases": True},
+        "terminationGracePeriodSeconds": 300,
+    },
+}
+
 EVERYTHING_ON = {
     "commonLabels": {"cost-center": "ml-platform"},
     "imagePullSecrets": ["registry-creds"],
@@ -69,7 +84,11 @@ EVERYTHING_ON = {
     "networkPolicy": {"apiFrom": [{"namespaceSelector": {"matchLabels": {"fathom.dev/api-access": "true"}}}],
                       "metricsFrom": [{"namespaceSelector": {"matchLabels":
                                                              {"kubernetes.io/metadata.name": "monitoring"}}}]},
-    **TWO_MODELS_WITH_TENANTS,
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Fathom"}},
+    "redis": {"enabled": True, "auth": {"existingSecret": "fathom-redis"}, "storageClassName": "fast"},
+    "modelCache": {"type": "Shared", "storageClassName": "filestore", "size": "2Ti"},
+    "modelServices": [DEEPSEEK_V3, R1_DISTILL, OPERATIONS_MODEL],
+    "tenants": [TEAM_A, TEAM_B],
 }
 
 EVERYTHING_OFF = {
@@ -80,6 +99,9 @@ EVERYTHING_OFF = {
     "otelCollector": {"enabled": False},
     "serviceMonitor": {"enabled": False},
     "prometheusRule": {"enabled": False},
+    "grafanaDashboard": {"enabled": False},
+    "redis": {"enabled": False, "address": ""},
+    "modelCache": {"type": "None"},
 }
 
 NAMESPACED = {
@@ -129,4 +151,7 @@ BAD_VALUES = [
     ({"otelCollector": {"replicas": 0}}, ["otelCollector", "replicas"]),
     ({"prometheusRule": {"kvCacheUsageRatio": 1.5}}, ["kvCacheUsageRatio"]),
     ({"serviceMonitor": {"interval": "often"}}, ["interval"]),
+    ({"redis": {"port": 6379}}, ["redis", "port"]),
+    ({"redis": {"address": "redis://host"}}, ["redis", "address"]),
+    ({"modelCache": {"type": "Everywhere"}}, ["modelCache", "type"]),
 ]

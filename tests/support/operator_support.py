@@ -1,7 +1,8 @@
 """kmock's KubernetesEmulator plus the API-server semantics the operator relies on.
 
 The emulator stores objects and serves list/watch/get/create/patch/delete over HTTP. A real API
-server also: assigns uid, resourceVersion, generation and creationTimestamp; refuses a patch
+server also: assigns uid, resourceVersion, generation and creationTimestamp (and a name from
+`generateName`); refuses a patch
 whose `metadata.resourceVersion` is stale (409); separates the status subresource from the
 main resource; serves /scale as an autoscaling/v1 Scale mapped onto `.spec.replicas`; and
 garbage-collects dependents through ownerReferences. Those are added here, nothing else.
@@ -79,6 +80,8 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.resource is not None and request.action == enums.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             meta.setdefault("namespace", request.namespace)
+            if not meta.get("name") and meta.get("generateName"):  # kopf's Events
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_rv(), generation=1,
                         creationTimestamp=_now())
         elif request.resource is not None and request.action == enums.action.UPDATE and request.name:
@@ -193,14 +196,19 @@ class ApiServer(kmock.KubernetesEmulator):
 
 
 @contextlib.asynccontextmanager
-async def emulated_cluster(*, kuberay: bool = True):
-    """An ApiServer on a local port with the resources the operator uses registered."""
+async def emulated_cluster(*, kuberay: bool = True, inference_extension: bool = False):
+    """An ApiServer on a local port with the resources the operator uses registered (KubeRay's
+    RayService unless `kuberay=False`, the Inference Extension's InferencePool if asked for)."""
     async with ApiServer() as api, kmock.Server(api):
         api.register_fathom()
         if kuberay:
             api.register("ray.io", "v1", "rayservices", "RayService", status=True)
+        if inference_extension:
+            api.register("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool", status=True)
         api.register("", "v1", "services", "Service")
         api.register("", "v1", "secrets", "Secret")
+        api.register("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+        api.register("batch", "v1", "jobs", "Job")
         api.register("", "v1", "events", "Event")
         api.register("", "v1", "namespaces", "Namespace", namespaced=False)  # kopf's backbone
         api.register("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",

@@ -7,6 +7,7 @@ where the checkpoint lives, per-rank resources, replica count or autoscaling, an
 The operator's CRD manifest is generated from these models (`fathom.api.crd`).
 """
 
+import hashlib
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -31,6 +32,26 @@ class PersistentVolumeClaimSource(Spec):
     read_only: bool = Field(True, description="Mount the claim read-only.")
 
 
+class ModelCache(Spec):
+    """Where a `uri` checkpoint is kept so that pod starts do not download it again.
+
+    - `None`: every worker pod downloads the whole checkpoint into its own emptyDir.
+    - `Node`: a directory on each node (`hostPath`, writable by uid 1000); the first pod on a node
+      downloads into it (under a lock), later pods and restarts on that node read it. Pods fall
+      back to their own emptyDir when the directory is not writable. Needs a namespace that
+      allows hostPath volumes (Pod Security `privileged`).
+    - `Shared`: a PersistentVolumeClaim (ReadWriteMany) filled once by a Job; worker pods mount
+      it read-only and wait for it, and each rank reads only its slices.
+    The head only ever fetches the tokenizer files.
+    """
+
+    type: Literal["None", "Node", "Shared"] = Field("None", description="None, Node (a directory on each node) or Shared (a ReadWriteMany PVC filled by a Job).")
+    host_path: str = Field("/var/cache/fathom/models", pattern=r"^/", description="Node: the directory on each node.")
+    claim_name: str | None = Field(None, description="Shared: an existing ReadWriteMany claim to use; unset: the operator creates <name>-model-cache.")
+    storage_class_name: str | None = Field(None, description="Shared: storage class of the claim the operator creates (ReadWriteMany); unset: the cluster default.")
+    size: Quantity = Field("1Ti", description="Shared: size of the claim the operator creates.")
+
+
 class ModelSource(Spec):
     """Where the checkpoint comes from: exactly one of `pvc`, `hostPath` or `uri`.
 
@@ -46,6 +67,7 @@ class ModelSource(Spec):
     path: str = Field("", pattern=r"^[^/].*$|^$", description="Checkpoint directory relative to the volume root (or to the fetched tree); empty = the root.")
     fetch_image: str | None = Field(None, description="Image of the fetch init container (needs huggingface_hub, awscli, gsutil or curl for the scheme); default: spec.image.")
     architecture: ModelShape | None = Field(None, description="The checkpoint's config.json numbers (same names, camelCase). With resources.gpuType or gpuMemory the operator checks that the model fits the ranks' GPUs (condition ModelFits) before creating any pod; `fathom plan` prints the same numbers.")
+    cache: ModelCache = Field(default_factory=ModelCache, description="Where a uri checkpoint is kept between pod starts.")
 
     @field_validator("path")
     @classmethod
@@ -59,12 +81,28 @@ class ModelSource(Spec):
         given = [name for name in ("pvc", "host_path", "uri") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"spec.model needs exactly one of pvc, hostPath, uri (got {given or 'none'})")
+        if self.cache.type != "None" and self.uri is None:
+            raise ValueError("spec.model.cache is for a uri source (a pvc or hostPath is read in place)")
         return self
+
+    @property
+    def cached(self) -> bool:
+        return self.uri is not None and self.cache.type != "None"
+
+    @property
+    def cache_key(self) -> str:
+        """Directory name of this checkpoint in a cache: a digest of the uri."""
+        return hashlib.sha256((self.uri or "").encode()).hexdigest()[:16]
+
+    @property
+    def root(self) -> str:
+        """Where the source's tree is inside the Ray pods (a cached uri: its own directory)."""
+        return f"{MODEL_MOUNT_PATH}/{self.cache_key}" if self.cached else MODEL_MOUNT_PATH
 
     @property
     def checkpoint_dir(self) -> str:
         """The checkpoint directory as seen inside the Ray pods."""
-        return f"{MODEL_MOUNT_PATH}/{self.path}".rstrip("/") if self.path else MODEL_MOUNT_PATH
+        return f"{self.root}/{self.path}".rstrip("/") if self.path else self.root
 
 
 class Toleration(Spec):
@@ -130,7 +168,8 @@ class Autoscaling(Spec):
     Scale-up takes the smallest count asked for over `scaleUpStabilizationSeconds` (0 = at once);
     scale-down the largest over `scaleDownStabilizationSeconds`. With `minReplicas: 0` the
     service goes to zero after `scaleToZeroAfterSeconds` without requests, and back to one as
-    soon as the ingress (which stays up on the Ray head) reports a queued request.
+    soon as the ingress (which stays up on the Ray head) reports a request it holds; that request
+    waits up to `coldStartTimeoutSeconds` for the replica.
     """
 
     enabled: bool = Field(True, description="Off: the replica count is spec.replicas (kubectl scale, HPA or KEDA via /scale).")
@@ -141,6 +180,7 @@ class Autoscaling(Spec):
     scale_up_stabilization_seconds: float = Field(0.0, ge=0, description="Window over which scale-up takes the smallest recommendation.")
     scale_down_stabilization_seconds: float = Field(300.0, ge=0, description="Window over which scale-down takes the largest recommendation.")
     scale_to_zero_after_seconds: float = Field(900.0, ge=0, description="Idle time (no running or waiting requests) before scaling to zero when minReplicas is 0.")
+    cold_start_timeout_seconds: float = Field(600.0, ge=0, description="How long a request that arrives while no model replica runs (scaled to zero, starting) waits at the ingress before 503 + Retry-After.")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "Autoscaling":
@@ -157,6 +197,74 @@ class ServiceExposure(Spec):
     annotations: dict[str, str] = Field(default_factory=dict, description="Annotations of the Service (e.g. for a cloud load balancer).")
 
 
+class SecretKeySelector(Spec):
+    """A key of a Secret in the ModelService's namespace."""
+
+    name: str = Field(..., min_length=1, description="Name of the Secret.")
+    key: str = Field(..., min_length=1, description="Key in the Secret.")
+
+
+class FaultTolerance(Spec):
+    """State that outlives the Ray head and the Ray cluster, on an external Redis.
+
+    The Ray head runs with GCS fault tolerance on it (KubeRay's `gcsFaultToleranceOptions`: Serve's
+    and the tenancy actor's state survive a head restart, serving workers keep running), and the
+    usage ledger's store of record is it (usage and budgets survive a NewCluster upgrade too).
+    """
+
+    redis_address: str = Field(..., pattern=r"^[^\s/:@]+:\d{1,5}$", description="host:port of the Redis (e.g. the chart's fathom-redis.<namespace>.svc:6379).")
+    redis_password_secret: SecretKeySelector | None = Field(None, description="Secret key holding the Redis password; unset for a Redis without auth.")
+    usage_ledger: bool = Field(True, description="Keep the usage ledger in this Redis (survives NewCluster upgrades); off: only in the GCS.")
+
+
+class Upgrade(Spec):
+    """How a spec change that needs new pods rolls out.
+
+    Changes of the Serve config alone (engine settings, scaling, cold-start bound) never need new
+    pods: KubeRay applies them to the running cluster in place, whatever the strategy. Changes of
+    the pods (image, resources, env, model source, parallelism) need a new Ray cluster:
+    - `NewCluster` (default, zero downtime, any KubeRay >= 1.1): KubeRay starts a complete second
+      cluster and switches traffic once it serves, so the rollout needs twice the GPUs.
+    - `Incremental`: KubeRay's NewClusterWithIncrementalUpgrade (KubeRay >= 1.5.1 with the
+      RayServiceIncrementalUpgrade feature gate, Gateway API and a GatewayClass): the new cluster
+      grows by `maxSurgePercent` of the capacity while traffic moves `stepSizePercent` every
+      `intervalSeconds` and the old one shrinks, so it needs only the surge in extra GPUs. When the
+      installed RayService CRD has no incremental upgrade, the operator keeps NewCluster and says
+      so (status.upgradeStrategy, a Warning Event).
+    """
+
+    strategy: Literal["NewCluster", "Incremental"] = Field("NewCluster", description="NewCluster (blue-green, 2x GPUs during a rollout) or Incremental (KubeRay's incremental upgrade, surge only).")
+    gateway_class_name: str | None = Field(None, description="Incremental: the GatewayClass KubeRay creates the Gateway and HTTPRoute with.")
+    max_surge_percent: int = Field(25, ge=1, le=100, description="Incremental: capacity added to the new cluster per step, in percent.")
+    step_size_percent: int = Field(10, ge=1, le=100, description="Incremental: traffic moved to the new cluster per interval, in percent (at most maxSurgePercent).")
+    interval_seconds: int = Field(60, ge=1, description="Incremental: seconds between traffic steps.")
+
+    @model_validator(mode="after")
+    def _incremental_is_complete(self) -> "Upgrade":
+        if self.strategy == "Incremental" and not self.gateway_class_name:
+            raise ValueError("upgrade.strategy Incremental needs upgrade.gatewayClassName")
+        if self.step_size_percent > self.max_surge_percent:
+            raise ValueError(f"upgrade.stepSizePercent ({self.step_size_percent}) exceeds maxSurgePercent ({self.max_surge_percent})")
+        return self
+
+
+class InferencePool(Spec):
+    """An InferencePool (Gateway API Inference Extension, inference.networking.k8s.io/v1) over the
+    ModelService's Serve pods, so gateways that speak it route to Fathom. Created only when the
+    cluster serves that CRD; otherwise a Warning Event says why not."""
+
+    enabled: bool = Field(False, description="Create the InferencePool <name> selecting the Serve pods, target port 8000.")
+    endpoint_picker: str | None = Field(None, description="Service of the endpoint picker (EPP) the gateway consults; unset: none.")
+    endpoint_picker_port: int = Field(9002, ge=1, le=65535, description="Port of the endpoint picker Service.")
+    failure_mode: Literal["FailOpen", "FailClose"] = Field("FailClose", description="What the gateway does when the endpoint picker does not answer.")
+
+
+class MetricsExport(Spec):
+    """What `/metrics` of the ModelService exports besides Fathom's own names."""
+
+    vllm_aliases: bool = Field(False, description="Also export the metrics under vLLM's names (vllm:num_requests_waiting, vllm:kv_cache_usage_perc, vllm:time_to_first_token_seconds, ...; label model_name), so autoscalers and dashboards built for vLLM work unchanged.")
+
+
 class ModelServiceSpec(Spec):
     """What to serve (`model`, `engine`), on what (`resources`, `image`) and how many (`replicas`, `autoscaling`)."""
 
@@ -171,6 +279,11 @@ class ModelServiceSpec(Spec):
     service: ServiceExposure = Field(default_factory=ServiceExposure, description="How the API is exposed.")
     tenants_secret: str = Field("fathom-tenants", description="Secret (written by the operator from Tenant objects) that the ingress reads; optional.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for every Ray container (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).")
+    metrics: MetricsExport = Field(default_factory=MetricsExport, description="Metric names exported on /metrics.")
+    upgrade: Upgrade = Field(default_factory=Upgrade, description="How changes that need new pods roll out.")
+    inference_pool: InferencePool = Field(default_factory=InferencePool, description="An InferencePool for gateways of the Gateway API Inference Extension.")
+    fault_tolerance: FaultTolerance | None = Field(None, description="GCS fault tolerance and a durable usage ledger on an external Redis; unset: state lives in the Ray cluster only.")
+    termination_grace_period_seconds: int = Field(90, ge=10, le=3600, description="Grace period of the Ray pods; their preStop hook drains (head: finish in-flight requests; workers: move model replicas off the node) for up to this minus 10 s.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelServiceSpec":
@@ -225,3 +338,4 @@ class ModelServiceStatus(Spec):
     endpoint: str | None = Field(None, description="In-cluster base URL of the OpenAI-compatible API.")
     selector: str | None = Field(None, description="Label selector of the model worker pods (for the /scale subresource).")
     ray_service: str | None = Field(None, description="Name of the owned RayService.")
+    upgrade_strategy: str | None = Field(None, description="The KubeRay upgrade strategy in effect (NewCluster or NewClusterWithIncrementalUpgrade).")

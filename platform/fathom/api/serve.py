@@ -33,26 +33,36 @@ class ServeSettings(Spec):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port of the API (0 picks a free one).")
     num_replicas: int = Field(1, ge=1, le=4096, description="Independent model instances (Ray Serve replicas of the model deployment).")
     address: str | None = Field(None, description="Ray cluster to join (e.g. `auto`, `ray://head:10001`); unset: start a local Ray instance.")
-    max_ongoing_requests: int = Field(256, ge=1, description="Requests one model replica serves at once (running + waiting in its engine).")
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests one model replica serves at once (running + waiting).")
     max_queued_requests: int = Field(
-        256, ge=0, description="Requests queued in front of the model replicas (per ingress) before the API answers 429."
+        256, ge=0, description="Requests queued per ingress before the API answers 429."
     )
     max_request_body_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, description="Largest accepted HTTP request body; larger bodies get 413 before parsing."
+        8 * 1024 * 1024, ge=1024, description="Largest HTTP request body; larger ones get 413 unread."
     )
     graceful_shutdown_timeout_s: float = Field(
-        30.0, ge=0, description="On SIGTERM or Ctrl-C, how long in-flight requests may run before the server stops."
+        30.0, ge=0, description="On SIGTERM or Ctrl-C, seconds in-flight requests may still run."
     )
     stream_chunks_per_s: float = Field(
         100.0, gt=0, description=(
-            "Streamed chunks per second one model replica aims at over all its streams; beyond it, each chunk "
-            "carries several tokens."
+            "Chunks per second a model replica aims at over all its streams (beyond: several tokens a chunk)."
         ),
     )
+    cold_start_timeout_s: float = Field(
+        300.0, ge=0, description="Seconds a request waits while no model replica runs, then 503.",
+    )
+    vllm_metric_aliases: bool = Field(
+        False, description="Also export metrics under vLLM's names.",
+    )
+    usage_store: str | None = Field(
+        None, pattern=r"^rediss?://[^@/]+(/\d+)?$",
+        description="Redis (redis://host:port[/db]) holding the usage ledger; unset: Ray's GCS.",
+    )
+    usage_key: str = Field("fathom", min_length=1, description="Key prefix of the ledger in usage_store.")
     tenants: str | None = Field(None, description="YAML file of Tenant manifests (API keys, limits, fair-share weights), reloaded on change.")
     api_key_sha256: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{64}$",
-        description="The SHA-256 hex digest of one API key that every request must present (what --api-key sets).",
+        description="SHA-256 hex digest of the one API key (what --api-key sets).",
     )
     log_requests: bool = Field(False, description="Log one line per request at the ingress.")
 

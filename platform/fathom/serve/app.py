@@ -13,6 +13,9 @@ next one is refused with 429 + Retry-After.
 
 import asyncio
 import contextlib
+import logging
+import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import CancelledError
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.config import RequestRouterConfig
+from ray.serve.context import _get_global_client
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
@@ -30,12 +34,15 @@ from fathom.serve.model_server import ModelServer
 from fathom.serve.ray_tuning import grpc_between_deployments, serve_throughput_env
 from fathom.serve.routes import build_api
 from fathom.telemetry.generation import OPERATIONS
-from fathom.telemetry.runtime import start_telemetry
+from fathom.telemetry.runtime import replica_name, start_telemetry
 from fathom.telemetry.spans import open_route_span
 from fathom.telemetry.tracing import with_tracing_env
 
+logger = logging.getLogger("fathom.serve")
 APP_NAME = "fathom"
+MODEL_DEPLOYMENT = "model"
 READY_PROBE_TIMEOUT_S = 2.0
+REPLICA_COUNT_S = 10.0
 
 
 def _overloaded(e: BackPressureError) -> APIError:
@@ -81,6 +88,10 @@ class HandleBackend:
                     with contextlib.suppress(RayError, RayServeException, asyncio.CancelledError, CancelledError):
                         gen.cancel()
 
+    async def running_replicas(self) -> int:
+        """Model replicas RUNNING now, as the Serve controller reports them (fathom.serve.cold_start)."""
+        return await asyncio.to_thread(_running_model_replicas)
+
     async def ready(self) -> dict | None:
         """Model info once a replica has loaded its model; None while none has (or on timeout)."""
         response = self._unary.ready.remote()
@@ -93,6 +104,20 @@ class HandleBackend:
             return None
 
 
+def _model_replica_counts() -> tuple[int, int]:
+    """(RUNNING, target) replicas of this app's model deployment, from the Serve controller."""
+    apps = _get_global_client().get_serve_details().get("applications") or {}
+    model = ((apps.get(serve.get_replica_context().app_name) or {}).get("deployments") or {}).get(MODEL_DEPLOYMENT) or {}
+    running = sum(1 for r in model.get("replicas") or [] if r.get("state") == "RUNNING")
+    return running, model.get("target_num_replicas", 0)
+
+
+def _running_model_replicas() -> int:
+    app = serve.status().applications.get(serve.get_replica_context().app_name)
+    model = app.deployments.get(MODEL_DEPLOYMENT) if app else None
+    return model.replica_states.get("RUNNING", 0) if model else 0
+
+
 async def _awaited(response):
     return await response
 
@@ -100,8 +125,21 @@ async def _awaited(response):
 @serve.ingress()
 class Ingress:
     def __init__(self, model: DeploymentHandle, settings: dict):
-        start_telemetry("ingress")
         self.frontend = Frontend(HandleBackend(model), ServeSettings.model_validate(settings))
+        start_telemetry("ingress")
+        threading.Thread(target=self._count_replicas, name="fathom-replica-count", daemon=True).start()
+
+    def _count_replicas(self) -> None:
+        """Every REPLICA_COUNT_S, on its own thread (never the event loop's): the model
+        deployment's running and target replicas (fathom_model_replicas[_desired])."""
+        while True:
+            try:
+                running, desired = _model_replica_counts()
+                self.frontend.metrics.metrics.model_replicas(self.frontend.model_name, replica_name(), running,
+                                                             desired)
+            except Exception as e:  # noqa: BLE001 - the controller restarting: count next time
+                logger.warning("could not count the model replicas: %s: %s", type(e).__name__, e)
+            time.sleep(REPLICA_COUNT_S)
 
     def __serve_build_asgi_app__(self):
         return build_api(self.frontend)
@@ -117,7 +155,7 @@ def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.A
     wire = settings.model_dump(mode="json")
     runtime_env = with_tracing_env({"env_vars": serve_throughput_env()})
     model = serve.deployment(ModelServer).options(
-        name="model",
+        name=MODEL_DEPLOYMENT,
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         max_queued_requests=settings.max_queued_requests,
@@ -138,3 +176,10 @@ def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.A
         ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env},
     )
     return ingress.bind(model.bind(wire), wire)
+
+
+def app_from_config(settings: ServeSettings) -> serve.Application:
+    """The app as a Serve config names it (`import_path: fathom.serve.app:app_from_config`, `args`:
+    the ServeSettings): Serve calls a builder with exactly one argument, validated into the
+    annotated model. GPUs come from the config's `ray_actor_options` of the model deployment."""
+    return build_app(settings)

@@ -25,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 
 from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
+from fathom.serve.cold_start import ColdStart
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
 from fathom.serve.request_metrics import ServeMetrics
 from fathom.serve.router import chat_prefix_text, prefix_key
@@ -101,8 +102,10 @@ class Frontend:
         self.backend = backend
         self.settings = settings
         self.model_name = settings.model_name
-        self.metrics = metrics or ServeMetrics(self.model_name)
+        self.metrics = metrics or ServeMetrics(self.model_name, vllm_aliases=settings.vllm_metric_aliases)
         self.tenancy = tenancy or TenancyGate.from_settings(settings)
+        self.cold_start = ColdStart.for_backend(backend, settings.cold_start_timeout_s, self.metrics.held)
+        self.metrics.held(0)  # the series exists from the start: an autoscaler reads 0, not "absent"
         self.draining = False
         self.inflight = 0  # requests accepted and not yet answered in full (graceful shutdown waits)
 
@@ -145,6 +148,7 @@ class Frontend:
                 self.tenancy.release(grant)
 
     async def _generate(self, kind: str, req: Any, started: float, grant: Grant) -> Response:
+        await self.cold_start.wait()  # no model replica yet: hold the request (bounded)
         key = routing_key(kind, req)
         tenancy = {"tenancy": grant.context} if grant.context else {}
         if not req.stream:

@@ -17,8 +17,8 @@ from fathom.telemetry.runtime import in_ray_actor, render_metrics
 class ServeMetrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, model: str, metrics: FathomMetrics | None = None):
-        self.model = model
+    def __init__(self, model: str, metrics: FathomMetrics | None = None, vllm_aliases: bool = False):
+        self.model, self.vllm_aliases = model, vllm_aliases
         self.metrics = metrics or (process_metrics() if in_ray_actor() else FathomMetrics())
         self.registry = self.metrics.registry
 
@@ -34,5 +34,9 @@ class ServeMetrics:
         tpot = (e2e - ttft) / (completion_tokens - 1) if ttft is not None and completion_tokens > 1 else None
         self.metrics.request_timing(self.model, ttft=ttft, tpot=tpot)
 
+    def held(self, n: int) -> None:
+        """Requests held at this ingress while no model replica runs (fathom.serve.cold_start)."""
+        self.metrics.ingress_waiting(self.model, n)
+
     async def render(self) -> bytes:
-        return await render_metrics(self.metrics)
+        return await render_metrics(self.metrics, self.vllm_aliases)

@@ -6,7 +6,8 @@ Routes:
 - `GET /health/ready`: readiness, 503 until a model replica has loaded its model, then 200
   with the model's id and max_model_len (Kubernetes readinessProbe, load balancers).
 - `GET /metrics`: Prometheus text.
-- `GET /v1/usage`: metered usage and cost (fathom.tenancy.gate.TenancyGate.usage).
+- `GET /v1/usage`: metered usage and cost (fathom.tenancy.gate.TenancyGate.usage); with
+  `format=csv` or `format=jsonl`, one row per tenant, model and hour (fathom.tenancy.export).
 Every error, including unknown routes and internal failures, is OpenAI's error JSON; no
 stack trace reaches a client.
 """
@@ -23,6 +24,7 @@ from fathom.api.openai_error import APIError
 from fathom.serve.frontend import NOT_READY_RETRY_AFTER_S, Frontend
 from fathom.serve.protocol import ModelCard, ModelList
 from fathom.telemetry.http import TracingMiddleware, fastapi_kwargs
+from fathom.tenancy.export import MEDIA_TYPES as USAGE_MEDIA_TYPES
 
 logger = logging.getLogger("fathom.serve")
 
@@ -72,7 +74,13 @@ def build_api(frontend: Frontend) -> FastAPI:
     @app.get("/v1/usage")
     async def usage(request: Request) -> Response:
         tenant = frontend.tenancy.authenticate(request.headers.get("authorization"))
-        return JSONResponse(await frontend.tenancy.usage(tenant, request.query_params))
+        fmt = request.query_params.get("format", "json")
+        if fmt == "json":
+            return JSONResponse(await frontend.tenancy.usage(tenant, request.query_params))
+        if fmt not in USAGE_MEDIA_TYPES:
+            raise APIError(400, f"format must be json, csv or jsonl, got {fmt!r}", param="format")
+        body = await frontend.tenancy.usage_export(tenant, request.query_params, fmt)
+        return Response(body, media_type=USAGE_MEDIA_TYPES[fmt])
 
     @app.get("/metrics")
     async def metrics() -> Response:

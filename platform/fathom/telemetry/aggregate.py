@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Metric, generate_latest
 
+from fathom.telemetry.vllm_aliases import aliased
+
 # (sample name, sorted label items) -> value
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -77,9 +79,12 @@ class MetricsAggregator:
                     samples[(name, labels)] = samples.get((name, labels), 0.0) + value
         return out
 
-    def render(self, now: float | None = None) -> bytes:
-        """Prometheus text exposition (``CONTENT_TYPE_LATEST``) of the merged samples."""
+    def render(self, now: float | None = None, vllm_aliases: bool = False) -> bytes:
+        """Prometheus text exposition (``CONTENT_TYPE_LATEST``) of the merged samples; with
+        ``vllm_aliases`` also under vLLM's names (``fathom.telemetry.vllm_aliases``)."""
         merged = self.merged(now)
+        if vllm_aliases:
+            merged.update(aliased(merged))
 
         class _Collector:
             def collect(self):

@@ -44,8 +44,8 @@ class MetricsHub:
     def forget(self, source: str) -> None:
         self.aggregator.forget(source)
 
-    def render(self) -> bytes:
-        return self.aggregator.render()
+    def render(self, vllm_aliases: bool = False) -> bytes:
+        return self.aggregator.render(vllm_aliases=vllm_aliases)
 
     def sources(self) -> list[str]:
         return sorted(self.aggregator.sources)

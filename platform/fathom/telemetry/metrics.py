@@ -69,6 +69,7 @@ E2E_BUCKETS = (
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 REPLICA = ("model", "replica")
+INGRESS_REPLICA = "ingress"  # the `replica` label of requests the ingress holds for lack of a model replica
 TENANT = ("model", "tenant")
 # name -> (kind, documentation, labels, buckets); the single definition of every metric.
 METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = {
@@ -80,6 +81,13 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] =
     ),
     "fathom_requests_running": ("gauge", "Sequences in the running batch.", REPLICA, None),
     "fathom_requests_waiting": ("gauge", "Sequences waiting to be scheduled.", REPLICA, None),
+    "fathom_model_replicas": ("gauge", "Model replicas running (Serve), as an ingress sees them.", REPLICA, None),
+    "fathom_model_replicas_desired": (
+        "gauge",
+        "Model replicas asked for (the model deployment's target: the operator's or --num-replicas).",
+        REPLICA,
+        None,
+    ),
     "fathom_kv_cache_usage_ratio": ("gauge", "Fraction of KV-cache blocks in use (0..1).", REPLICA, None),
     "fathom_kv_cache_blocks_used": ("gauge", "KV-cache blocks in use.", REPLICA, None),
     "fathom_kv_cache_blocks_total": ("gauge", "KV-cache blocks in the pool.", REPLICA, None),
@@ -212,6 +220,18 @@ class FathomMetrics:
         self._inc("fathom_cached_prompt_tokens_total", cached_tokens, model=model, tenant=tenant)
         self._inc("fathom_generation_tokens_total", completion_tokens, model=model, tenant=tenant)
         self._inc("fathom_cost_total", cost, model=model, tenant=tenant)
+
+    def ingress_waiting(self, model: str, held: int) -> None:
+        """Requests this ingress holds because no model replica runs: `fathom_requests_waiting`
+        with `replica="ingress"` (summed over ingress processes by the hub). The autoscaler wakes
+        a ModelService at zero replicas on it: there is no engine yet to report a queue."""
+        self._set("fathom_requests_waiting", held, model=model, replica=INGRESS_REPLICA)
+
+    def model_replicas(self, model: str, ingress: str, running: int, desired: int) -> None:
+        """The model deployment's running and desired replicas, from one ingress (`replica` label:
+        that ingress; dashboards take the max over ingresses)."""
+        self._set("fathom_model_replicas", running, model=model, replica=ingress)
+        self._set("fathom_model_replicas_desired", desired, model=model, replica=ingress)
 
     def engine_stats(self, model: str, replica: str, stats: EngineStats) -> None:
         """A replica's gauges, and its cumulative prefix-cache counters turned into increments."""

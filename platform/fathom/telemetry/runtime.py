@@ -52,15 +52,16 @@ def replica_name() -> str:
         return f"pid-{os.getpid()}"
 
 
-async def render_metrics(metrics: FathomMetrics) -> bytes:
+async def render_metrics(metrics: FathomMetrics, vllm_aliases: bool = False) -> bytes:
     """``GET /metrics``: the whole app's numbers when this process pushes to the hub (a Serve
-    replica), else ``metrics`` alone. Pushes this process's latest numbers first."""
+    replica), else ``metrics`` alone. Pushes this process's latest numbers first. With
+    ``vllm_aliases`` the series also appear under vLLM's names."""
     from fathom.telemetry import hub
 
     if hub.pusher() is None:
         agg = MetricsAggregator()
         agg.update("local", snapshot(metrics.registry))
-        return agg.render()
+        return agg.render(vllm_aliases=vllm_aliases)
     pusher = hub.pusher()
     await pusher.push_now()
-    return await pusher.hub.render.remote()
+    return await pusher.hub.render.remote(vllm_aliases)

@@ -10,12 +10,12 @@ Actor methods are synchronous, so the actor runs one at a time and needs no lock
 
 import asyncio
 import logging
-import pickle
 import time
 
 import ray
 from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
 
+from fathom.tenancy import checkpoint
 from fathom.tenancy.limits import LimitDecision
 from fathom.tenancy.metering import UsageLedger
 from fathom.tenancy.state import Settlement, TenancyState
@@ -34,26 +34,48 @@ class TenancyUnavailable(RuntimeError):
 class TenancyActor:
     """Ray actor around `TenancyState` with the wall clock.
 
-    The state is checkpointed to the cluster's key-value store (GCS) at most every
-    `checkpoint_s` seconds, on the calls that change it, and restored when Ray restarts the
-    actor: a crash loses at most that many seconds of usage, not the month's bill.
+    The state is checkpointed (`fathom.tenancy.checkpoint`: versioned JSON, never pickle) to
+    the cluster's key-value store (GCS) at most every `checkpoint_s` seconds, on the calls that
+    change it, and restored when Ray restarts the actor: a crash loses at most that many
+    seconds of usage, not the month's bill. With GCS fault tolerance (an external Redis) the
+    key-value store, and so the checkpoint, also survives a restart of the Ray head.
+    A checkpoint that cannot be restored is kept aside under `<key>.unreadable` and the actor
+    starts empty rather than refusing every admission.
+
+    With `usage_store` (`redis://host:port[/db]`) the usage ledger is `RedisLedger` under
+    `usage_key` instead: its store of record is outside Ray, so usage and budgets also outlive
+    the cluster (a KubeRay NewCluster upgrade); only buckets and leases are checkpointed here.
     """
 
     def __init__(self, fine_width_s: int = 60, lease_ttl_s: float = 3600.0, checkpoint_s: float = 5.0,
-                 checkpoint_key: str = ACTOR_NAME):
+                 checkpoint_key: str = ACTOR_NAME, usage_store: str | None = None, usage_key: str = "fathom"):
         self.checkpoint_s, self.checkpoint_key = checkpoint_s, checkpoint_key
-        restored = _internal_kv_get(checkpoint_key, namespace=NAMESPACE)
-        if restored:
-            self.state = pickle.loads(restored)
-            log.warning("Tenancy state restored from its checkpoint (%d bytes)", len(restored))
-        else:
-            self.state = TenancyState(UsageLedger(fine_width_s=fine_width_s), lease_ttl_s=lease_ttl_s)
+        ledger = _ledger(usage_store, usage_key, fine_width_s)
+        self.state = self._restore(ledger) or TenancyState(ledger or UsageLedger(fine_width_s=fine_width_s),
+                                                           lease_ttl_s=lease_ttl_s)
         self._saved = time.monotonic()
+
+    def _restore(self, ledger) -> TenancyState | None:
+        raw = _internal_kv_get(self.checkpoint_key, namespace=NAMESPACE)
+        if not raw:
+            return None
+        try:
+            state = checkpoint.decode(raw, ledger)
+        except checkpoint.CheckpointError as e:
+            _internal_kv_put(f"{self.checkpoint_key}.unreadable", raw, namespace=NAMESPACE)
+            log.error("%s; kept it as %s.unreadable and starting empty", e, self.checkpoint_key)
+            return None
+        log.warning("Tenancy state restored from its checkpoint (%d bytes)", len(raw))
+        return state
 
     def _changed(self) -> None:
         if time.monotonic() - self._saved >= self.checkpoint_s:
-            _internal_kv_put(self.checkpoint_key, pickle.dumps(self.state), namespace=NAMESPACE)
-            self._saved = time.monotonic()
+            self.save()
+
+    def save(self) -> None:
+        """Write the checkpoint now (also what `_changed` does every `checkpoint_s`)."""
+        _internal_kv_put(self.checkpoint_key, checkpoint.encode(self.state), namespace=NAMESPACE)
+        self._saved = time.monotonic()
 
     def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int) -> LimitDecision:
         return self.exchange([], [(tenant, limits, prompt_tokens, max_tokens)])[0]
@@ -69,12 +91,22 @@ class TenancyActor:
         self._changed()
         return decisions
 
-    def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None) -> list[dict]:
-        """UsageTotals rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
-        return self.state.usage_rows(time.time(), tenant, start, end)
+    def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None,
+              hourly: bool = False) -> list[dict]:
+        """`TenancyState.usage_rows` now."""
+        return self.state.usage_rows(time.time(), tenant, start, end, hourly)
 
     def in_flight(self, tenant: str) -> int:
         return self.state.in_flight(tenant)
+
+
+def _ledger(usage_store: str | None, usage_key: str, fine_width_s: int):
+    """The Redis ledger when a usage store is configured, else None (an in-memory UsageLedger)."""
+    if usage_store is None:
+        return None
+    from fathom.tenancy.redis_ledger import RedisLedger, connect
+
+    return RedisLedger(connect(usage_store), usage_key, fine_width_s=fine_width_s)
 
 
 def tenancy_actor(
@@ -152,9 +184,10 @@ class TenancyClient:
             elif decision.allowed:  # the caller went away while waiting: release its slot
                 self.settle(Settlement(decision.lease, args[0], "", 0, metered=False))
 
-    async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None):
+    async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None,
+                    hourly: bool = False):
         self.flush()  # this replica's own settlements come first
-        return await self.handle.usage.remote(tenant, start, end)
+        return await self.handle.usage.remote(tenant, start, end, hourly)
 
 
 def _log_failure(fut) -> None:

@@ -105,5 +105,6 @@ class LocalTenancyClient:
     def settle(self, settlement: Settlement) -> None:
         self.state.settle(settlement, time.time())
 
-    async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None):
-        return self.state.usage_rows(time.time(), tenant, start, end)
+    async def usage(self, tenant: str | None = None, start: float | None = None, end: float | None = None,
+                    hourly: bool = False):
+        return self.state.usage_rows(time.time(), tenant, start, end, hourly)

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from fathom.api.engine import Pricing
 from fathom.api.openai_error import APIError
+from fathom.tenancy import export
 from fathom.tenancy.admission import (
     REFUSALS,
     Grant,
@@ -48,7 +49,7 @@ class TenancyGate:
         if ray.is_initialized():
             from fathom.tenancy.actor import TenancyClient, tenancy_actor
 
-            client = TenancyClient(tenancy_actor())
+            client = TenancyClient(tenancy_actor(usage_store=settings.usage_store, usage_key=settings.usage_key))
         else:
             client = LocalTenancyClient()
         source = (TenantSource.single_key(settings.api_key_sha256) if settings.api_key_sha256
@@ -110,18 +111,30 @@ class TenancyGate:
     async def usage(self, tenant: TenantPolicy, query: Mapping[str, str]) -> dict:
         """GET /v1/usage: `start_time`, `end_time` (Unix seconds), `tenant` (admins only for
         other tenants). A user-role tenant sees only its own usage."""
-        start, end = _time_param(query, "start_time"), _time_param(query, "end_time")
-        if start is not None and end is not None and start >= end:
-            raise APIError(400, "start_time must be before end_time", param="start_time")
-        who = query.get("tenant")
-        if not tenant.is_admin:
-            if who is not None and who != tenant.name:
-                raise APIError(403, "A user-role tenant may only read its own usage.", param="tenant",
-                               code="permission_denied")
-            who = tenant.name
+        who, start, end = _scope(tenant, query)
         rows = await self.client.usage(who, start, end)
         return {"object": "list", "tenant": who, "start_time": start, "end_time": end,
                 "data": [{"object": "usage", **r} for r in rows], "total": _total(rows)}
+
+    async def usage_export(self, tenant: TenantPolicy, query: Mapping[str, str], fmt: str) -> str:
+        """GET /v1/usage?format=csv|jsonl: the same scope, one row per tenant, model and hour
+        (fathom.tenancy.export)."""
+        who, start, end = _scope(tenant, query)
+        return export.render(await self.client.usage(who, start, end, hourly=True), fmt)
+
+
+def _scope(tenant: TenantPolicy, query: Mapping[str, str]) -> tuple[str | None, float | None, float | None]:
+    """(tenant to report, start, end) of a usage query; 400/403 for a bad or forbidden one."""
+    start, end = _time_param(query, "start_time"), _time_param(query, "end_time")
+    if start is not None and end is not None and start >= end:
+        raise APIError(400, "start_time must be before end_time", param="start_time")
+    who = query.get("tenant")
+    if not tenant.is_admin:
+        if who is not None and who != tenant.name:
+            raise APIError(403, "A user-role tenant may only read its own usage.", param="tenant",
+                           code="permission_denied")
+        who = tenant.name
+    return who, start, end
 
 
 def _time_param(query: Mapping[str, str], name: str) -> float | None:

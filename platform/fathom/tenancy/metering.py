@@ -6,6 +6,7 @@ and per-month token totals (for monthly budgets) are kept alongside. Pure Python
 passed in.
 """
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -50,7 +51,7 @@ def month_of(t: float) -> str:
     return time.strftime("%Y-%m", time.gmtime(t))
 
 
-class _Tier:
+class TimeTier:
     """UsageTotals summed into fixed-width time buckets, oldest dropped after `retention_s`."""
 
     def __init__(self, width_s: int, retention_s: int):
@@ -66,6 +67,12 @@ class _Tier:
 
     def covers(self, start: float, now: float) -> bool:
         return start >= now - self.retention_s
+
+    def rows(self, start: float, end: float, tenant: str | None) -> list[tuple[int, str, str, UsageTotals]]:
+        """(bucket start, tenant, model, usage) of every bucket overlapping [start, end), oldest first."""
+        return [(b, t, m, usage) for b, per_key in sorted(self.buckets.items())
+                if start < b + self.width_s and b < end
+                for (t, m), usage in sorted(per_key.items()) if tenant is None or t == tenant]
 
     def query(self, start: float, end: float, tenant: str | None) -> dict[tuple[str, str], UsageTotals]:
         """Sum of buckets overlapping [start, end) (resolution: the bucket width)."""
@@ -93,8 +100,8 @@ class UsageLedger:
         coarse_width_s: int = 3600,
         coarse_retention_s: int = 400 * 86400,
     ):
-        self.fine = _Tier(fine_width_s, fine_retention_s)
-        self.coarse = _Tier(coarse_width_s, coarse_retention_s)
+        self.fine = TimeTier(fine_width_s, fine_retention_s)
+        self.coarse = TimeTier(coarse_width_s, coarse_retention_s)
         self.totals: dict[tuple[str, str], UsageTotals] = defaultdict(UsageTotals)
         self.month_tokens: dict[tuple[str, str], int] = defaultdict(int)
 
@@ -104,6 +111,17 @@ class UsageLedger:
         self.coarse.record(key, usage, now)
         self.totals[key].add(usage)
         self.month_tokens[(tenant, month_of(now))] += usage.total_tokens
+
+    @property
+    def hour_s(self) -> int:
+        """Width of the rows `hourly` returns."""
+        return self.coarse.width_s
+
+    def hourly(self, tenant: str | None = None, start: float | None = None,
+               end: float | None = None) -> list[tuple[int, str, str, UsageTotals]]:
+        """(hour start, tenant, model, usage) per hour with usage in [start, end), oldest first:
+        the flat form billing systems import. Hours are the coarse tier's buckets (kept 400 days)."""
+        return self.coarse.rows(0.0 if start is None else start, math.inf if end is None else end, tenant)
 
     def tokens_this_month(self, tenant: str, now: float) -> int:
         return self.month_tokens.get((tenant, month_of(now)), 0)

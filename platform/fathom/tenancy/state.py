@@ -10,7 +10,6 @@ replica died) is expired after `lease_ttl_s`, freeing the slot.
 """
 
 import calendar
-import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -27,11 +26,12 @@ class Lease:
 
 
 @dataclass
-class _TenantState:
+class TenantBuckets:
+    """One tenant's rate-limit buckets and the leases of its requests in flight."""
+
     requests: TokenBucket | None = None
     tokens: TokenBucket | None = None
     in_flight: dict[str, Lease] = field(default_factory=dict)
-
 
 
 @dataclass(frozen=True)
@@ -66,16 +66,23 @@ def _sync_bucket(bucket: TokenBucket | None, per_minute: int | None, now: float)
 
 
 class TenancyState:
+    """`ledger` is a `UsageLedger` (in this process, checkpointed with the rest) or anything with
+    its interface (`fathom.tenancy.redis_ledger.RedisLedger`: a store of record outside Ray)."""
+
     def __init__(self, ledger: UsageLedger | None = None, lease_ttl_s: float = 3600.0):
         self.ledger = ledger or UsageLedger()
         self.lease_ttl_s = lease_ttl_s
-        self._tenants: dict[str, _TenantState] = {}
+        self.tenants: dict[str, TenantBuckets] = {}
         self._leases: dict[str, str] = {}  # lease id -> tenant
-        self._ids = itertools.count()
+        self.next_lease_id = 0  # lease ids are never reused, across restores too
         self._last_expiry = float("-inf")
 
-    def _tenant(self, name: str, limits: Limits, now: float) -> _TenantState:
-        st = self._tenants.setdefault(name, _TenantState())
+    def index_leases(self) -> None:
+        """Rebuild the lease-id index from the tenants' leases (after a restore)."""
+        self._leases = {lease_id: name for name, st in self.tenants.items() for lease_id in st.in_flight}
+
+    def _tenant(self, name: str, limits: Limits, now: float) -> TenantBuckets:
+        st = self.tenants.setdefault(name, TenantBuckets())
         st.requests = _sync_bucket(st.requests, limits.requests_per_minute, now)
         st.tokens = _sync_bucket(st.tokens, limits.tokens_per_minute, now)
         return st
@@ -103,13 +110,14 @@ class TenancyState:
             st.requests.take(1)
         if st.tokens is not None:
             st.tokens.take(reserve)
-        lease = f"{tenant}/{next(self._ids)}"
+        lease = f"{tenant}/{self.next_lease_id}"
+        self.next_lease_id += 1
         st.in_flight[lease] = Lease(tenant, reserve, now)
         self._leases[lease] = tenant
         return LimitDecision(True, lease=lease, headers=ratelimit_headers(st.requests, st.tokens, now))
 
     def _check(
-        self, tenant: str, st: _TenantState, limits: Limits, prompt: int, reserve: int, now: float
+        self, tenant: str, st: TenantBuckets, limits: Limits, prompt: int, reserve: int, now: float
     ) -> LimitDecision | None:
         def refuse(reason: str, message: str, retry_after: float | None) -> LimitDecision:
             headers = ratelimit_headers(st.requests, st.tokens, now)
@@ -138,7 +146,7 @@ class TenancyState:
         tenant = self._leases.pop(s.lease, None) if s.lease else None
         if tenant is None:
             return  # open mode, or the lease expired: usage is still metered
-        st = self._tenants[tenant]
+        st = self.tenants[tenant]
         lease = st.in_flight.pop(s.lease)
         if st.tokens is not None:
             st.tokens.refill(now)
@@ -152,7 +160,7 @@ class TenancyState:
         """Drop leases older than lease_ttl_s (their replica is gone); returns how many."""
         self._last_expiry = now
         dropped = 0
-        for st in self._tenants.values():
+        for st in self.tenants.values():
             for lease_id, lease in list(st.in_flight.items()):
                 if now - lease.started > self.lease_ttl_s:
                     del st.in_flight[lease_id]
@@ -161,11 +169,16 @@ class TenancyState:
         return dropped
 
     def usage_rows(self, now: float, tenant: str | None = None, start: float | None = None,
-                   end: float | None = None) -> list[dict]:
-        """UsageTotals rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model."""
+                   end: float | None = None, hourly: bool = False) -> list[dict]:
+        """UsageTotals rows `{tenant, model, requests, prompt_tokens, ..., cost}` sorted by tenant, model;
+        `hourly`: one row per tenant, model and hour, with the hour's `start_time`/`end_time`, oldest first."""
+        if hourly:
+            width = self.ledger.hour_s
+            return [{"start_time": h, "end_time": h + width, "tenant": t, "model": m, **u.to_dict()}
+                    for h, t, m, u in self.ledger.hourly(tenant, start, end)]
         rows = self.ledger.query(now, tenant=tenant, start=start, end=end)
         return [{"tenant": t, "model": m, **u.to_dict()} for (t, m), u in sorted(rows.items())]
 
     def in_flight(self, tenant: str) -> int:
-        st = self._tenants.get(tenant)
+        st = self.tenants.get(tenant)
         return len(st.in_flight) if st else 0

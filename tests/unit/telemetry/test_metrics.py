@@ -28,7 +28,7 @@ def documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def test_every_documented_metric_is_defined_once_with_its_labels():
     documented = documented_metrics()
-    assert len(documented) == 16
+    assert len(documented) == 18
     defined = {name: (kind, labels) for name, (kind, _, labels, _) in METRICS.items()}
     assert defined == documented
 
