@@ -20,7 +20,7 @@ from typing import Any
 
 from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
-from fathom.engine.errors import EngineDeadError, InvalidRequestError
+from fathom.engine.errors import EngineDeadError, InvalidRequestError, RequestFailedError
 from fathom.engine.fair_share import FairSharePolicy
 from fathom.serve.frontend import StreamEnd
 from fathom.serve.preprocess import EngineCall, engine_error, prepare
@@ -217,6 +217,9 @@ class ModelServer:
             r.error = r.error or engine_error(e)
         except EngineDeadError as e:
             r.error = r.error or APIError(503, f"model replica failed: {e}", code="engine_dead", retry_after=5)
+        except RequestFailedError as e:  # this request alone failed; the replica serves on
+            logger.warning("request %s failed: %s", r.id, e)
+            r.error = r.error or APIError(500, f"generation failed for this request: {e}", code="request_failed")
         except asyncio.CancelledError:
             raise
         except Exception as e:
