@@ -46,6 +46,12 @@ class ServeSettings(Spec):
         8 * 1024 * 1024, ge=1024, le=MAX_REQUEST_BODY_BYTES,
         description="Largest accepted HTTP request body; larger bodies get 413 before parsing."
     )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description=(
+            "A request body must arrive in full within this many seconds (else 408): a client that "
+            "trickles its body cannot hold an ingress slot."
+        ),
+    )
     graceful_shutdown_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may run before the server exits."
     )

@@ -274,7 +274,7 @@ class ModelServer:
                 await r.pause(wait)  # let more tokens gather into this chunk
             r.wake.clear()
             if r.error is not None:
-                yield r.error if not sent_any else _sse(r.error.body()) + "data: [DONE]\n\n"
+                yield r.error  # before any text: the HTTP status; after: an SSE error event (and counted)
                 return
             parts = [c.take() for c in r.choices if c.has_news]
             text = _sse(make(r.id, r.created, self.model_name, parts)) if parts else ""
