@@ -8,7 +8,9 @@ Routes:
 - `GET /metrics`: Prometheus text.
 - `GET /v1/usage`: metered usage and cost (fathom.tenancy.gate.TenancyGate.usage).
 Every error, including unknown routes and internal failures, is OpenAI's error JSON; no
-stack trace reaches a client.
+stack trace reaches a client. With tenants on, every route but `/health` and `/health/ready`
+needs a key (401 comes before 404), and `/metrics` (every tenant's names, tokens and cost) an
+admin key (403). No answer shows the model's path on disk (`root` is the served name).
 """
 
 import logging
@@ -25,6 +27,9 @@ from fathom.serve.protocol import ModelCard, ModelList
 from fathom.telemetry.http import TracingMiddleware, fastapi_kwargs
 
 logger = logging.getLogger("fathom.serve")
+
+
+PUBLIC_PATHS = frozenset({"/health", "/health/ready"})
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -49,7 +54,7 @@ def build_api(frontend: Frontend) -> FastAPI:
     async def models(request: Request) -> Response:
         tenant = frontend.tenancy.authenticate(request.headers.get("authorization"))
         info = app.state.model_info or {}
-        card = ModelCard(id=frontend.model_name, created=created, root=info.get("root"),
+        card = ModelCard(id=frontend.model_name, created=created, root=frontend.model_name,
                          max_model_len=info.get("max_model_len"))
         cards = [card] if tenant.allows_model(frontend.model_name) else []
         return JSONResponse(ModelList(data=cards).model_dump())
@@ -67,7 +72,8 @@ def build_api(frontend: Frontend) -> FastAPI:
         if app.state.model_info is None or frontend.draining:
             msg = "shutting down" if frontend.draining else "model is loading"
             return error_response(APIError(503, msg, code="not_ready", retry_after=NOT_READY_RETRY_AFTER_S))
-        return JSONResponse({"status": "ready", "model": frontend.model_name, **app.state.model_info})
+        return JSONResponse({"status": "ready", "model": frontend.model_name,
+                             "max_model_len": app.state.model_info.get("max_model_len")})
 
     @app.get("/v1/usage")
     async def usage(request: Request) -> Response:
@@ -75,7 +81,11 @@ def build_api(frontend: Frontend) -> FastAPI:
         return JSONResponse(await frontend.tenancy.usage(tenant, request.query_params))
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not frontend.tenancy.open:
+            tenant = frontend.tenancy.authenticate(request.headers.get("authorization"))
+            if not tenant.is_admin:
+                raise APIError(403, "/metrics needs an admin-role tenant's key.", code="permission_denied")
         return Response(await frontend.metrics.render(), media_type=frontend.metrics.content_type)
 
     _add_error_handlers(app, frontend)
@@ -91,7 +101,12 @@ def _add_error_handlers(app: FastAPI, frontend: Frontend) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        msg = f"{request.method} {request.url.path}: {exc.detail}"
+        if not frontend.tenancy.open and request.url.path not in PUBLIC_PATHS:
+            try:  # an unauthenticated caller learns nothing, not even which routes exist
+                frontend.tenancy.authenticate(request.headers.get("authorization"))
+            except APIError as err:
+                return error_response(err)
+        msg = f"{request.method} {request.url.path[:200]}: {exc.detail}"
         return error_response(APIError(exc.status_code, msg, code=str(exc.status_code)))
 
     @app.exception_handler(RequestValidationError)
