@@ -1,7 +1,9 @@
 """The autoscaling loop of one ModelService (run as a kopf daemon, one per object).
 
-Every `autoscaling.intervalSeconds` it reads the app's /metrics from the API Service (or the
-URL in the `fathom.dev/metrics-url` annotation), derives a sample, asks the pure policy for a
+Every `autoscaling.intervalSeconds` it reads the app's /metrics from the API Service it owns
+(the operator's `--metrics-url-template`, set by whoever installs the operator; never a URL
+from the object itself: an annotation would let anyone who may edit a ModelService point the
+operator's requests anywhere in the cluster), derives a sample, asks the pure policy for a
 count, and on a change writes `status.desiredReplicas` / `lastScaleTime`, re-renders the
 RayService (model deployment `num_replicas` and worker group size) and emits an Event.
 """
@@ -21,16 +23,12 @@ from fathom_operator.reconcile import desired_replicas, owner_of, parse_spec
 from fathom_operator.scaling_policy import ScalingDecision, decide, history_span
 from fathom_operator.sync import sync_model_service
 
-METRICS_URL_ANNOTATION = "fathom.dev/metrics-url"
 DEFAULT_METRICS_URL = "http://{service}.{namespace}.svc:{port}/metrics"
 IDLE_POLL_SECONDS = 15.0
 
 
 def metrics_url(obj: dict, port: int, template: str = DEFAULT_METRICS_URL) -> str:
-    """Where the app's metrics are read: the annotation if set, else the API Service."""
-    annotations = obj["metadata"].get("annotations") or {}
-    if annotations.get(METRICS_URL_ANNOTATION):
-        return annotations[METRICS_URL_ANNOTATION]
+    """Where the app's metrics are read: the API Service this operator rendered for `obj`."""
     owner = owner_of(obj)
     return template.format(service=render.api_service_name(owner), namespace=owner.namespace, port=port,
                            name=owner.name)
