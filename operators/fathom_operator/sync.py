@@ -7,8 +7,8 @@ nothing changed sends no write) and never raise for an invalid spec (that is a s
 import asyncio
 
 from fathom_operator import kube, render
-from fathom_operator.apply import apply, merge_patch
-from fathom_operator.conditions import now_rfc3339
+from fathom_operator.apply import NotOwned, apply, merge_patch
+from fathom_operator.conditions import now_rfc3339, set_condition
 from fathom_operator.kube import KubeClient, ResourceRef
 from fathom_operator.reconcile import Observed, Result, reconcile
 from fathom_operator.tenants import render_secret
@@ -56,10 +56,22 @@ async def _sync_model_service(client: KubeClient, obj: dict, notify) -> Result:
     installed = await client.has_resource(kube.RAY_SERVICES)
     ray_service = await client.get(kube.RAY_SERVICES, ns, name) if installed else None
     service = await client.get(kube.SERVICES, ns, render.api_service_name(render.Owner(name, ns, "")))
-    result = reconcile(obj, Observed(ray_service, service, installed, now_rfc3339()))
+    now = now_rfc3339()
+    result = reconcile(obj, Observed(ray_service, service, installed, now))
+    foreign = []
     for child in result.children or []:
-        await apply(client, _REFS[child["kind"]], child)
+        try:
+            await apply(client, _REFS[child["kind"]], child)
+        except NotOwned as e:
+            foreign.append(str(e))
+    if result.children:
+        result.status["conditions"] = set_condition(
+            result.status.get("conditions") or [], "ChildrenOwned", not foreign,
+            "NotOwned" if foreign else "Owned", "; ".join(foreign) or "every child object is owned by this ModelService",
+            generation=meta.get("generation"), now=now)
     await write_status(client, kube.MODEL_SERVICES, obj, result.status)
+    if foreign and notify is not None:
+        notify(obj, "Warning", "NotOwned", "; ".join(foreign))
     old_phase = (obj.get("status") or {}).get("phase")
     if notify is not None and result.status["phase"] in ("Invalid", "Pending") and old_phase != result.status["phase"]:
         ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
@@ -84,7 +96,12 @@ async def sync_tenants(client: KubeClient, namespace: str, *, deleting: str | No
             if found is not None:
                 secrets[secret_name] = found
         rendered = render_secret(namespace, tenants, secrets, now=now_rfc3339())
-        await apply(client, kube.SECRETS, rendered.secret)
+        try:
+            await apply(client, kube.SECRETS, rendered.secret)
+        except NotOwned as e:  # someone's Secret has our name: every Tenant says so, nothing is written
+            for statuses in rendered.statuses.values():
+                statuses["conditions"] = set_condition(statuses.get("conditions") or [], "Ready", False, "NotOwned",
+                                                       str(e), generation=None, now=now_rfc3339())
         for tenant in tenants:
             await write_status(client, kube.TENANTS, tenant, rendered.statuses[tenant["metadata"]["name"]])
         return rendered.statuses
