@@ -37,12 +37,13 @@ def metrics_url(obj: dict, port: int, template: str = DEFAULT_METRICS_URL) -> st
 Notify = Callable[[dict, str, str], Awaitable[None] | None]
 
 
-async def scale(client: KubeClient, obj: dict, current: int, decision: ScalingDecision, notify: Notify | None) -> None:
+async def scale(client: KubeClient, obj: dict, current: int, decision: ScalingDecision, notify: Notify | None,
+                allow_host_path: bool = False) -> None:
     """Record the decision in the ModelService status, re-render the RayService, emit an Event."""
     meta = obj["metadata"]
     await client.patch(kube.MODEL_SERVICES, meta["namespace"], meta["name"],
                        {"status": {"desiredReplicas": decision.replicas, "lastScaleTime": now_rfc3339()}}, sub="status")
-    await sync_model_service(client, obj)
+    await sync_model_service(client, obj, allow_host_path=allow_host_path)
     if notify is not None:
         result = notify(obj, "Scaled", f"replicas {current} -> {decision.replicas}: {decision.reason}")
         if asyncio.iscoroutine(result):
@@ -50,7 +51,8 @@ async def scale(client: KubeClient, obj: dict, current: int, decision: ScalingDe
 
 
 async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify: Notify | None = None,
-              url_template: str = DEFAULT_METRICS_URL, logger: logging.Logger | None = None) -> None:
+              url_template: str = DEFAULT_METRICS_URL, logger: logging.Logger | None = None,
+              allow_host_path: bool = False) -> None:
     """Loop until `stopped` (kopf.DaemonStopped or anything with `wait(timeout)` and truthiness)."""
     log = logger or logging.getLogger(__name__)
     history: collections.deque[scrape.Sample] = collections.deque()
@@ -87,5 +89,5 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
             decision = decide(list(history), auto, current)
             if decision.replicas != current:
                 log.info("scaling %s/%s %d -> %d: %s", namespace, name, current, decision.replicas, decision.reason)
-                await scale(client, obj, current, decision, notify)
+                await scale(client, obj, current, decision, notify, allow_host_path)
             await stopped.wait(auto.interval_seconds)

@@ -36,7 +36,8 @@ def _lock(*key: str) -> asyncio.Lock:
 _locks: dict[tuple, asyncio.Lock] = {}
 
 
-async def sync_model_service(client: KubeClient, obj: dict, notify=None) -> Result | None:
+async def sync_model_service(client: KubeClient, obj: dict, notify=None, *,
+                             allow_host_path: bool = False) -> Result | None:
     """Reconcile one ModelService: apply its RayService and Service, then write its status.
 
     `obj` names the object; it is re-read under the object's lock. `notify(obj, type, reason,
@@ -47,17 +48,17 @@ async def sync_model_service(client: KubeClient, obj: dict, notify=None) -> Resu
         fresh = await client.get(kube.MODEL_SERVICES, ns, name)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return None
-        return await _sync_model_service(client, fresh, notify)
+        return await _sync_model_service(client, fresh, notify, allow_host_path)
 
 
-async def _sync_model_service(client: KubeClient, obj: dict, notify) -> Result:
+async def _sync_model_service(client: KubeClient, obj: dict, notify, allow_host_path: bool) -> Result:
     meta = obj["metadata"]
     ns, name = meta["namespace"], meta["name"]
     installed = await client.has_resource(kube.RAY_SERVICES)
     ray_service = await client.get(kube.RAY_SERVICES, ns, name) if installed else None
     service = await client.get(kube.SERVICES, ns, render.api_service_name(render.Owner(name, ns, "")))
     now = now_rfc3339()
-    result = reconcile(obj, Observed(ray_service, service, installed, now))
+    result = reconcile(obj, Observed(ray_service, service, installed, now, allow_host_path))
     foreign = []
     for child in result.children or []:
         try:
