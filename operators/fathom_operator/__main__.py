@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="re-read the Secrets Tenants reference (key rotation); default 60")
     p.add_argument("--metrics-url-template", default=DEFAULT_METRICS_URL,
                    help="where the autoscaler reads /metrics; fields {service} {namespace} {port} {name}")
+    p.add_argument("--allow-host-path", action="store_true",
+                   help="let ModelServices mount node directories (spec.model.hostPath); refused by default")
     p.add_argument("--liveness", default=None, metavar="URL",
                    help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--peering", default=None, metavar="NAME",
@@ -42,7 +44,7 @@ async def run_operator(args: argparse.Namespace, *, stop_flag=None, ready_flag=N
                        settings: kopf.OperatorSettings | None = None) -> None:
     """Run until `stop_flag` is set (or forever); embeddable in an existing event loop."""
     config = Config(resync_seconds=args.resync_seconds, tenant_resync_seconds=args.tenant_resync_seconds,
-                    metrics_url_template=args.metrics_url_template)
+                    metrics_url_template=args.metrics_url_template, allow_host_path=args.allow_host_path)
     settings = settings or kopf.OperatorSettings()
     if args.namespace and not any(set(ns) & set("*?[!,") for ns in args.namespace):
         # Exact namespaces need no namespace listing (nor its cluster-wide RBAC): skip the scan.

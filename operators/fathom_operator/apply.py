@@ -7,6 +7,12 @@ label, an autoscaler) are left alone. Lists of named items (containers, worker g
 are matched by name so that other writers' items survive the whole-list replacement a merge
 patch implies. The patch carries `metadata.resourceVersion`: a concurrent write makes the API
 server answer 409 and the apply re-reads and retries. Nothing changed → no request at all.
+
+An existing object that is not ours is never patched (`NotOwned`): ours carries an
+ownerReference to the same owner uid as `desired`, or (objects without an owner, like the
+tenants Secret) our `app.kubernetes.io/managed-by` label, or (neither asked for) our
+last-applied record. Otherwise a ModelService named like
+someone's Service or Secret would let the operator rewrite it.
 """
 
 import copy
@@ -16,6 +22,23 @@ from typing import Any
 from fathom_operator.kube import Conflict, KubeClient, ResourceRef
 
 LAST_APPLIED = "fathom.dev/last-applied"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+
+class NotOwned(Exception):
+    """`desired` names an existing object that this operator does not own; nothing was written."""
+
+
+def owned(observed: dict, desired: dict) -> bool:
+    """Whether `observed` is the object `desired` describes: same owner uid, or our managed-by label."""
+    want = {r.get("uid") for r in desired["metadata"].get("ownerReferences") or []}
+    if want:
+        return bool(want & {r.get("uid") for r in (observed.get("metadata") or {}).get("ownerReferences") or []})
+    meta = observed.get("metadata") or {}
+    ours = (desired["metadata"].get("labels") or {}).get(MANAGED_BY_LABEL)
+    if ours is not None:
+        return (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == ours
+    return LAST_APPLIED in (meta.get("annotations") or {})  # no marker asked for: one we created
 _NAME_KEYS = ("name", "groupName")
 _DELETE = object()
 
@@ -88,6 +111,8 @@ async def apply(client: KubeClient, ref: ResourceRef, desired: dict, *, retries:
                 return await client.create(ref, ns, wanted), True
             except Conflict:
                 continue  # created concurrently: patch it instead
+        if not owned(observed, desired):
+            raise NotOwned(f"{ref.plural}/{ns}/{name} exists and is not owned by this operator: left untouched")
         annotations = (observed.get("metadata") or {}).get("annotations") or {}
         last = json.loads(annotations.get(LAST_APPLIED) or "{}")
         target = merge(observed, last, wanted)

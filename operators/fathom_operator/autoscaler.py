@@ -1,7 +1,9 @@
 """The autoscaling loop of one ModelService (run as a kopf daemon, one per object).
 
-Every `autoscaling.intervalSeconds` it reads the app's /metrics from the API Service (or the
-URL in the `fathom.dev/metrics-url` annotation), derives a sample, asks the pure policy for a
+Every `autoscaling.intervalSeconds` it reads the app's /metrics from the API Service it owns
+(the operator's `--metrics-url-template`, set by whoever installs the operator; never a URL
+from the object itself: an annotation would let anyone who may edit a ModelService point the
+operator's requests anywhere in the cluster), derives a sample, asks the pure policy for a
 count, and on a change writes `status.desiredReplicas` / `lastScaleTime`, re-renders the
 RayService (model deployment `num_replicas` and worker group size) and emits an Event.
 """
@@ -21,16 +23,12 @@ from fathom_operator.reconcile import desired_replicas, owner_of, parse_spec
 from fathom_operator.scaling_policy import ScalingDecision, decide, history_span
 from fathom_operator.sync import sync_model_service
 
-METRICS_URL_ANNOTATION = "fathom.dev/metrics-url"
 DEFAULT_METRICS_URL = "http://{service}.{namespace}.svc:{port}/metrics"
 IDLE_POLL_SECONDS = 15.0
 
 
 def metrics_url(obj: dict, port: int, template: str = DEFAULT_METRICS_URL) -> str:
-    """Where the app's metrics are read: the annotation if set, else the API Service."""
-    annotations = obj["metadata"].get("annotations") or {}
-    if annotations.get(METRICS_URL_ANNOTATION):
-        return annotations[METRICS_URL_ANNOTATION]
+    """Where the app's metrics are read: the API Service this operator rendered for `obj`."""
     owner = owner_of(obj)
     return template.format(service=render.api_service_name(owner), namespace=owner.namespace, port=port,
                            name=owner.name)
@@ -39,12 +37,13 @@ def metrics_url(obj: dict, port: int, template: str = DEFAULT_METRICS_URL) -> st
 Notify = Callable[[dict, str, str], Awaitable[None] | None]
 
 
-async def scale(client: KubeClient, obj: dict, current: int, decision: ScalingDecision, notify: Notify | None) -> None:
+async def scale(client: KubeClient, obj: dict, current: int, decision: ScalingDecision, notify: Notify | None,
+                allow_host_path: bool = False) -> None:
     """Record the decision in the ModelService status, re-render the RayService, emit an Event."""
     meta = obj["metadata"]
     await client.patch(kube.MODEL_SERVICES, meta["namespace"], meta["name"],
                        {"status": {"desiredReplicas": decision.replicas, "lastScaleTime": now_rfc3339()}}, sub="status")
-    await sync_model_service(client, obj)
+    await sync_model_service(client, obj, allow_host_path=allow_host_path)
     if notify is not None:
         result = notify(obj, "Scaled", f"replicas {current} -> {decision.replicas}: {decision.reason}")
         if asyncio.iscoroutine(result):
@@ -52,7 +51,8 @@ async def scale(client: KubeClient, obj: dict, current: int, decision: ScalingDe
 
 
 async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify: Notify | None = None,
-              url_template: str = DEFAULT_METRICS_URL, logger: logging.Logger | None = None) -> None:
+              url_template: str = DEFAULT_METRICS_URL, logger: logging.Logger | None = None,
+              allow_host_path: bool = False) -> None:
     """Loop until `stopped` (kopf.DaemonStopped or anything with `wait(timeout)` and truthiness)."""
     log = logger or logging.getLogger(__name__)
     history: collections.deque[scrape.Sample] = collections.deque()
@@ -89,5 +89,5 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
             decision = decide(list(history), auto, current)
             if decision.replicas != current:
                 log.info("scaling %s/%s %d -> %d: %s", namespace, name, current, decision.replicas, decision.reason)
-                await scale(client, obj, current, decision, notify)
+                await scale(client, obj, current, decision, notify, allow_host_path)
             await stopped.wait(auto.interval_seconds)

@@ -28,6 +28,7 @@ class Config:
     resync_seconds: float = 30.0
     tenant_resync_seconds: float = 60.0
     metrics_url_template: str = autoscaler.DEFAULT_METRICS_URL
+    allow_host_path: bool = False  # ModelServices may mount node directories (hostPath)
 
 
 _state: dict = {}  # "info": the ConnectionInfo kopf logged in with; "client": our KubeClient on it
@@ -88,13 +89,11 @@ def _event(obj: dict, type_: str, reason: str, message: str) -> None:
     kopf.event(obj, type=type_, reason=reason, message=message[:1000])
 
 
-async def model_service_changed(body: kopf.Body, **_) -> None:
-    await sync.sync_model_service(client(), _plain(body), notify=_event)
-
-
-async def model_service_resync(body: kopf.Body, **_) -> None:
-    """Level-based resync: picks up RayService status (readiness) and repairs drifted children."""
-    await sync.sync_model_service(client(), _plain(body), notify=_event)
+def model_service_handler(config: Config):
+    async def model_service_changed(body: kopf.Body, **_) -> None:
+        """On change, and as the level-based resync (RayService readiness, drifted children)."""
+        await sync.sync_model_service(client(), _plain(body), notify=_event, allow_host_path=config.allow_host_path)
+    return model_service_changed
 
 
 def autoscaler_daemon(config: Config):
@@ -104,7 +103,8 @@ def autoscaler_daemon(config: Config):
             _event(obj, "Normal", reason, message)
 
         await autoscaler.run(client(), namespace, name, stopped, notify=notify,
-                             url_template=config.metrics_url_template, logger=logger)
+                             url_template=config.metrics_url_template, logger=logger,
+                             allow_host_path=config.allow_host_path)
     return model_service_autoscaler
 
 
@@ -124,10 +124,10 @@ def build_registry(config: Config | None = None) -> kopf.OperatorRegistry:
     kopf.on.startup(registry=reg)(configure)
     kopf.on.cleanup(registry=reg)(close)
     for on in (kopf.on.resume, kopf.on.create, kopf.on.update):
-        on(*MS, registry=reg, id="reconcile")(model_service_changed)
+        on(*MS, registry=reg, id="reconcile")(model_service_handler(config))
         on(*TENANT, registry=reg, id="render-tenants")(tenant_changed)
-    kopf.timer(*MS, registry=reg, interval=config.resync_seconds, initial_delay=config.resync_seconds)(
-        model_service_resync)
+    kopf.timer(*MS, registry=reg, interval=config.resync_seconds, initial_delay=config.resync_seconds,
+               id="model_service_resync")(model_service_handler(config))
     kopf.daemon(*MS, registry=reg, id="autoscaler", cancellation_timeout=5.0, cancellation_polling=0.5)(
         autoscaler_daemon(config))
     kopf.timer(*TENANT, registry=reg, interval=config.tenant_resync_seconds, id="resync",

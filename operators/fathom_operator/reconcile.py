@@ -26,6 +26,7 @@ class Observed:
     now: str = ""
     incremental_upgrades: bool = False  # the RayService CRD has upgradeStrategy.clusterUpgradeOptions
     inference_pools: bool = False  # the cluster serves inference.networking.k8s.io/v1 InferencePools
+    allow_host_path: bool = False  # the operator's --allow-host-path (an admin's choice, via the chart)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,14 @@ def reconcile(obj: dict, observed: Observed) -> Result:
             "Ready": (False, "KubeRayNotInstalled", message),
             "Progressing": (False, "KubeRayNotInstalled", "waiting for the RayService CRD"),
             "Degraded": (True, "KubeRayNotInstalled", message),
+        }), spec)
+    if spec.model is not None and spec.model.host_path is not None and not observed.allow_host_path:
+        message = ("spec.model.hostPath mounts a node directory into the Ray pods; this operator refuses it "
+                   "unless an admin enables it (chart value operator.allowHostPath)")
+        return Result(None, _status(old, generation, observed.now, "Invalid", {
+            "Ready": (False, "HostPathNotAllowed", message),
+            "Progressing": (False, "HostPathNotAllowed", "use a PVC or a URI"),
+            "Degraded": (True, "HostPathNotAllowed", message),
         }), spec)
     fits = model_fits(spec)
     if fits is not None and not fits[0]:  # no pods that would only die of OOM

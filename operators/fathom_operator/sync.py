@@ -10,8 +10,8 @@ import math
 import time
 
 from fathom_operator import kube, render, rollout
-from fathom_operator.apply import LAST_APPLIED, apply, merge_patch
-from fathom_operator.conditions import now_rfc3339
+from fathom_operator.apply import LAST_APPLIED, NotOwned, apply, merge_patch
+from fathom_operator.conditions import now_rfc3339, set_condition
 from fathom_operator.kube import KubeClient, ResourceRef
 from fathom_operator.reconcile import Observed, Result, reconcile
 from fathom_operator.tenants import render_secret
@@ -40,7 +40,8 @@ def _lock(*key: str) -> asyncio.Lock:
 _locks: dict[tuple, asyncio.Lock] = {}
 
 
-async def sync_model_service(client: KubeClient, obj: dict, notify=None) -> Result | None:
+async def sync_model_service(client: KubeClient, obj: dict, notify=None, *,
+                             allow_host_path: bool = False) -> Result | None:
     """Reconcile one ModelService: apply its RayService and Service, then write its status.
 
     `obj` names the object; it is re-read under the object's lock. `notify(obj, type, reason,
@@ -51,10 +52,10 @@ async def sync_model_service(client: KubeClient, obj: dict, notify=None) -> Resu
         fresh = await client.get(kube.MODEL_SERVICES, ns, name)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return None
-        return await _sync_model_service(client, fresh, notify)
+        return await _sync_model_service(client, fresh, notify, allow_host_path)
 
 
-async def _sync_model_service(client: KubeClient, obj: dict, notify) -> Result:
+async def _sync_model_service(client: KubeClient, obj: dict, notify, allow_host_path: bool) -> Result:
     meta = obj["metadata"]
     ns, name = meta["namespace"], meta["name"]
     installed = await client.has_resource(kube.RAY_SERVICES)
@@ -62,13 +63,26 @@ async def _sync_model_service(client: KubeClient, obj: dict, notify) -> Result:
     service = await client.get(kube.SERVICES, ns, render.api_service_name(render.Owner(name, ns, "")))
     incremental = installed and await incremental_upgrades(client)
     pools = await client.has_resource(kube.INFERENCE_POOLS)
-    result = reconcile(obj, Observed(ray_service, service, installed, now_rfc3339(), incremental, pools))
+    now = now_rfc3339()
+    result = reconcile(obj, Observed(ray_service, service, installed, now, incremental_upgrades=incremental,
+                                     inference_pools=pools, allow_host_path=allow_host_path))
     new_generation = (obj.get("status") or {}).get("observedGeneration") != meta.get("generation")
+    foreign = []
     for child in result.children or []:
         if child["kind"] == "RayService" and notify is not None and new_generation:
             _announce(obj, rollout.kind(_last_applied(ray_service), child), result.status, notify)
-        await apply(client, _REFS[child["kind"]], child)
+        try:
+            await apply(client, _REFS[child["kind"]], child)
+        except NotOwned as e:
+            foreign.append(str(e))
+    if result.children:
+        result.status["conditions"] = set_condition(
+            result.status.get("conditions") or [], "ChildrenOwned", not foreign,
+            "NotOwned" if foreign else "Owned", "; ".join(foreign) or "every child object is owned by this ModelService",
+            generation=meta.get("generation"), now=now)
     await write_status(client, kube.MODEL_SERVICES, obj, result.status)
+    if foreign and notify is not None:
+        notify(obj, "Warning", "NotOwned", "; ".join(foreign))
     old_phase = (obj.get("status") or {}).get("phase")
     if notify is not None and result.status["phase"] in ("Invalid", "Pending") and old_phase != result.status["phase"]:
         ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
@@ -124,7 +138,12 @@ async def sync_tenants(client: KubeClient, namespace: str, *, deleting: str | No
             if found is not None:
                 secrets[secret_name] = found
         rendered = render_secret(namespace, tenants, secrets, now=now_rfc3339())
-        await apply(client, kube.SECRETS, rendered.secret)
+        try:
+            await apply(client, kube.SECRETS, rendered.secret)
+        except NotOwned as e:  # someone's Secret has our name: every Tenant says so, nothing is written
+            for statuses in rendered.statuses.values():
+                statuses["conditions"] = set_condition(statuses.get("conditions") or [], "Ready", False, "NotOwned",
+                                                       str(e), generation=None, now=now_rfc3339())
         for tenant in tenants:
             await write_status(client, kube.TENANTS, tenant, rendered.statuses[tenant["metadata"]["name"]])
         return rendered.statuses

@@ -92,8 +92,11 @@ def test_chart_policies_and_monitors_select_what_the_operator_creates(helm, name
             selects(peer["podSelector"], pod_templates(ray_service)[0]["metadata"]["labels"]) for peer in r["to"])
             for r in op_policy["spec"]["egress"] if "to" in r), "the operator's egress misses the Ray pods"
         intra = [r for r in policy["spec"]["ingress"] if "ports" not in r]
-        assert all(selects(r["from"][0]["podSelector"], pod_templates(ray_service)[1]["metadata"]["labels"])
-                   for r in intra), "Ray pods of one cluster must reach each other"
+        # KubeRay labels every pod it creates ray.io/cluster=<RayCluster name> on top of the template's
+        created = {**pod_templates(ray_service)[1]["metadata"]["labels"], "ray.io/cluster": f"{name}-abcde"}
+        assert all(selects(r["from"][0]["podSelector"], created) for r in intra), "Ray pods of one cluster must reach each other"
+        assert not any(selects(r["from"][0]["podSelector"], pod_templates(ray_service)[1]["metadata"]["labels"])
+                       for r in intra), "a pod outside a KubeRay cluster must not count as a Ray peer"
         if monitor:
             assert selects(monitor["spec"]["selector"], service["metadata"]["labels"])
             assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}

@@ -100,8 +100,11 @@ def test_ray_dashboard_is_reachable_only_from_kuberay(helm):
                 assert sources == [{"namespaceSelector": {},
                                     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
             elif not ports:  # all ports: only from Ray pods of the same namespace
-                assert sources == [{"podSelector": {"matchExpressions": [
-                    {"key": "fathom.dev/model-service", "operator": "Exists"}]}}]
+                ns = pol["metadata"]["namespace"]
+                assert sources == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                                    "podSelector": {"matchExpressions": [
+                                        {"key": "fathom.dev/model-service", "operator": "Exists"},
+                                        {"key": "ray.io/cluster", "operator": "Exists"}]}}]
             else:
                 assert not ports & RAY_INTERNAL_PORTS, rule
 
@@ -121,3 +124,63 @@ def test_operator_network_policy_limits_ingress_to_health_port(helm):
     assert op["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
     egress_ports = {p["port"] for rule in op["spec"]["egress"] for p in rule["ports"]}
     assert egress_ports == {53, 443, 6443, 8000, 8080}
+
+
+def _selects(selector: dict | None, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions) against a label set."""
+    if selector is None:
+        return True
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"Exists": key in labels, "DoesNotExist": key not in labels,
+              "In": labels.get(key) in values, "NotIn": labels.get(key) not in values}[op]
+        if not ok:
+            return False
+    return True
+
+
+def admitted(policies: list[dict], target_ns: str, target: dict, src_ns: str, src: dict, port: int) -> bool:
+    """NetworkPolicy semantics for ingress: a selected pod accepts what any policy's rule allows."""
+    ns_labels = {"kubernetes.io/metadata.name": src_ns}
+    selecting = [p for p in policies if p["metadata"]["namespace"] == target_ns and _selects(p["spec"]["podSelector"], target)
+                 and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not selecting:
+        return True  # not isolated
+    for pol in selecting:
+        for rule in pol["spec"].get("ingress") or []:
+            if rule.get("ports") and port not in {p["port"] for p in rule["ports"]}:
+                continue
+            peers = rule.get("from")
+            if not peers:
+                return True
+            for peer in peers:
+                if "ipBlock" in peer:
+                    continue
+                ns_ok = (src_ns == target_ns) if "namespaceSelector" not in peer else \
+                    _selects(peer["namespaceSelector"], ns_labels)
+                if ns_ok and _selects(peer.get("podSelector"), src):
+                    return True
+    return False
+
+
+def test_only_ray_pods_of_the_same_namespace_reach_gcs_dashboard_and_client(helm):
+    """Issue 12: a pod without the right labels or namespace is admitted by no NetworkPolicy to
+    GCS (6379), the dashboard and job API (8265), the Ray client (10001) or the dashboard agent."""
+    objs = helm.template(EVERYTHING_ON)
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    (ns, *_) = sorted({p["metadata"]["namespace"] for p in policies if p["metadata"]["name"] == "fathom-ray"})
+    head = {"fathom.dev/model-service": "m", "ray.io/cluster": "m-abc12", "ray.io/node-type": "head"}
+    peer = {"fathom.dev/model-service": "m", "ray.io/cluster": "m-abc12", "ray.io/node-type": "worker"}
+    kuberay = {"app.kubernetes.io/name": "kuberay-operator"}
+    for port in (6379, 10001):
+        assert admitted(policies, ns, head, ns, peer, port)
+        assert not admitted(policies, ns, head, ns, {"app": "curl"}, port)
+        assert not admitted(policies, ns, head, ns, {"fathom.dev/model-service": "fake"}, port)  # no KubeRay cluster
+        assert not admitted(policies, ns, head, "attacker", peer, port)  # right labels, wrong namespace
+        assert not admitted(policies, ns, head, "kuberay-system", kuberay, port)
+    for port in (8265, 52365):
+        assert admitted(policies, ns, head, "kuberay-system", kuberay, port)
+        assert not admitted(policies, ns, head, ns, {"app": "curl"}, port)
+        assert not admitted(policies, ns, head, "attacker", peer, port)

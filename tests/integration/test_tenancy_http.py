@@ -254,7 +254,10 @@ async def test_prefix_cache_is_isolated_between_tenants(server):
 async def test_prometheus_counters_by_tenant(server):
     await client(server, "sk-alice-2").completions.create(model=MODEL, prompt="metrics", max_tokens=2)
     async with http(server) as h:
-        text = (await h.get("/metrics")).text
+        assert (await h.get("/nowhere")).status_code == 401  # no key: not even which routes exist
+        ready = (await h.get("/health/ready")).json()
+        assert set(ready) == {"status", "model", "max_model_len"}
+        text = (await h.get("/metrics", headers={"Authorization": "Bearer sk-root"})).text
     assert 'fathom_requests_total{model="fathom-demo",status="200",tenant="alice"}' in text
     assert 'fathom_requests_total{model="fathom-demo",status="401",tenant="default"}' in text
     assert 'fathom_requests_total{model="fathom-demo",status="403",tenant="narrow"}' in text

@@ -65,8 +65,7 @@ async def test_load_drives_replicas(cluster, kubectl):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     ms = {"apiVersion": "fathom.dev/v1alpha1", "kind": "ModelService",
-          "metadata": {"name": "auto", "namespace": NS,
-                       "annotations": {"fathom.dev/metrics-url": f"http://127.0.0.1:{port}/metrics"}},
+          "metadata": {"name": "auto", "namespace": NS},
           "spec": {"model": {"pvc": {"claimName": "models"}}, "engine": {"tensorParallelSize": 2},
                    "resources": {"gpus": 1, "gpusPerNode": 1},  # 2 worker pods per instance
                    "autoscaling": {"minReplicas": 0, "maxReplicas": 4, "intervalSeconds": INTERVAL,
@@ -74,7 +73,7 @@ async def test_load_drives_replicas(cluster, kubectl):
                                    "targets": {"waitingRequestsPerReplica": 2, "kvCacheUtilization": 0.8}}}}
     load.running, load.kv, load.tokens = {"r0": 2}, {"r0": 0.5}, 100
     try:
-        async with operator_running():
+        async with operator_running("--metrics-url-template", f"http://127.0.0.1:{port}/metrics"):
             await kubectl.create(kube.MODEL_SERVICES, NS, ms)
             await eventually(lambda: load.replicas() == 1 and len(load.log) >= 2)
 
@@ -116,3 +115,15 @@ async def test_load_drives_replicas(cluster, kubectl):
 
 def _objects(api, plural: str) -> list[dict]:
     return [o.raw for (res, _, _), o in api.objects.items() if res.plural == plural and not o.deleted]
+
+
+def test_metrics_come_from_the_owned_service_never_from_an_annotation():
+    """Issue 12: whoever may edit a ModelService must not aim the operator's requests anywhere."""
+    from fathom_operator.autoscaler import metrics_url
+
+    obj = {"apiVersion": "fathom.dev/v1alpha1", "kind": "ModelService",
+           "metadata": {"name": "m", "namespace": "ns", "uid": "u1",
+                        "annotations": {"fathom.dev/metrics-url": "http://169.254.169.254/latest/meta-data"}},
+           "spec": {}}
+    url = metrics_url(obj, 8000)
+    assert "169.254" not in url and url.startswith("http://") and ".ns.svc:8000/metrics" in url

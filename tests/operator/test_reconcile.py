@@ -79,6 +79,22 @@ def test_render_uri_source_fetches_weights_on_workers_and_tokenizer_on_head():
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in worker["volumes"]
 
 
+def test_host_path_is_refused_unless_the_operator_allows_it():
+    from fathom_operator.reconcile import Observed, reconcile
+
+    obj = {"apiVersion": "fathom.dev/v1alpha1", "kind": "ModelService",
+           "metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": 1},
+           "spec": {"model": {"hostPath": "/etc"}}}
+    refused = reconcile(obj, Observed(now="2026-12-03T16:00:00Z"))
+    ready = next(c for c in refused.status["conditions"] if c["type"] == "Ready")
+    assert refused.children is None and refused.status["phase"] == "Invalid" and ready["reason"] == "HostPathNotAllowed"
+    allowed = reconcile(obj, Observed(now="2026-12-03T16:00:00Z", allow_host_path=True))
+    assert allowed.children and allowed.status["phase"] != "Invalid"
+    with pytest.raises(ValueError, match=r"\.\."):
+        from fathom.api.model_service import ModelSource
+        ModelSource(pvc={"claimName": "c"}, path="a/../../etc")
+
+
 def test_render_placement_and_tenants_mount():
     spec = parse_spec({"model": {"hostPath": "/mnt/models"}, "resources": {
         "nodeSelector": {"gpu": "h200"}, "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}})

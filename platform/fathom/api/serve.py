@@ -22,7 +22,11 @@ RAY_SERVE_THROUGHPUT_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",  # the handle's router on that loop too
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",  # access log lines buffered (errors flush at once)
     "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",  # objects alive after start-up are not scanned by the GC again
+    # A request crosses from the ingress to a model replica as one gRPC message; gRPC's 4 MiB
+    # default would turn a body under max_request_body_bytes into a 500. Room for the largest.
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(160 * 1024 * 1024),
 }
+MAX_REQUEST_BODY_BYTES = 64 * 1024 * 1024  # RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH holds a request this big
 
 
 class ServeSettings(Spec):
@@ -33,12 +37,15 @@ class ServeSettings(Spec):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port of the API (0 picks a free one).")
     num_replicas: int = Field(1, ge=1, le=4096, description="Independent model instances (Ray Serve replicas of the model deployment).")
     address: str | None = Field(None, description="Ray cluster to join (e.g. `auto`, `ray://head:10001`); unset: start a local Ray instance.")
-    max_ongoing_requests: int = Field(256, ge=1, description="Requests one model replica serves at once (running + waiting).")
+    max_ongoing_requests: int = Field(256, ge=1, le=1_000_000, description="Requests one model replica serves at once (running + waiting).")
     max_queued_requests: int = Field(
-        256, ge=0, description="Requests queued per ingress before the API answers 429."
+        256, ge=1, le=1_000_000, description="Requests queued per ingress before the API answers 429."
     )
     max_request_body_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, description="Largest HTTP request body; larger ones get 413 unread."
+        8 * 1024 * 1024, ge=1024, le=MAX_REQUEST_BODY_BYTES, description="Largest HTTP request body; larger ones get 413 unread."
+    )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Seconds a request body may take to arrive (else 408)."
     )
     graceful_shutdown_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM or Ctrl-C, seconds in-flight requests may still run."
@@ -59,7 +66,7 @@ class ServeSettings(Spec):
         description="Redis (redis://host:port[/db]) holding the usage ledger; unset: Ray's GCS.",
     )
     usage_key: str = Field("fathom", min_length=1, description="Key prefix of the ledger in usage_store.")
-    tenants: str | None = Field(None, description="YAML file of Tenant manifests (API keys, limits, fair-share weights), reloaded on change.")
+    tenants: str | None = Field(None, description="YAML file of Tenant manifests (keys, limits, weights), reloaded on change.")
     api_key_sha256: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{64}$",
         description="SHA-256 hex digest of the one API key (what --api-key sets).",

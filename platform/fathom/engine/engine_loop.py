@@ -6,7 +6,8 @@ forward already runs in rank workers; tests) or as the main loop of the engine c
 
 Inbox: `EngineRequest`s (`fathom.engine.messages`). Sink: a callable taking `EngineEvent`s:
 `StepOutputs` once per step with every request that made progress (never empty unless stats
-changed); `Rejected` when an add fails admission; `Failed` once, when the loop ends (the engine
+changed); `Rejected` when an add fails admission, or when one request fails alone mid-flight
+(`RequestFailedError`: its sampling, detokenising or stop checks raised); `Failed` once, when the loop ends (the engine
 died or was stopped): every request still in flight, and any added later, is then dead.
 """
 
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from fathom.engine.errors import EngineDeadError, EngineError
+from fathom.engine.errors import EngineDeadError, EngineError, RequestFailedError
 from fathom.engine.llm_engine import LLMEngine
 from fathom.engine.messages import (
     AbortRequest,
@@ -70,17 +71,38 @@ class EngineLoop:
             while not self.stopping and self.dead is None:
                 try:
                     self._drain(block=not self.engine.has_unfinished_requests())
-                    outputs = self.engine.step() if self.engine.has_unfinished_requests() else []
+                    outputs = self._step()
                     stats = self.engine.stats()  # before delivery: consumers may read it at once
                     if outputs or stats != self._stats:
                         self._stats = stats
                         self.sink(StepOutputs(outputs, stats))
-                except Exception as e:  # noqa: BLE001 - any failure kills the instance, loudly
-                    self.dead = e if isinstance(e, EngineError) else EngineDeadError(f"engine step failed: {e!r}")
+                    self._report_failures()
+                except EngineDeadError as e:  # the executor is gone (a rank, a device): fatal
+                    self.dead = e
+                except Exception as e:  # noqa: BLE001 - the sink or the loop itself: fatal, loudly
+                    self.dead = EngineDeadError(f"engine loop failed: {e!r}")
         finally:
             self.engine.fail_all()
             err = self.dead or EngineDeadError("the engine is shut down")
             self.sink(Failed(err if isinstance(err, EngineDeadError) else EngineDeadError(str(err))))
+
+    def _step(self) -> list:
+        """One engine step. Only the executor's death is fatal: a step that fails for any other
+        reason (one request's data, that no finer check caught) fails the requests in flight,
+        each with its own error event, and the instance keeps serving."""
+        if not self.engine.has_unfinished_requests():
+            return []
+        try:
+            return self.engine.step()
+        except EngineDeadError:
+            raise
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            self.engine.fail_in_flight(RequestFailedError(f"engine step failed: {e!r}"[:500]))
+            return []
+
+    def _report_failures(self) -> None:
+        for request_id, error in self.engine.take_failures():
+            self.sink(Rejected(request_id, error))
 
     def _drain(self, block: bool) -> None:
         msg = self.inbox.get(self.idle_wait_s if block else 0)

@@ -15,3 +15,9 @@ class PromptTooLongError(InvalidRequestError):
 
 class EngineDeadError(EngineError, RuntimeError):
     """The engine (a rank worker, the step loop) failed; in-flight and later requests fail with it."""
+
+
+class RequestFailedError(EngineError):
+    """One request failed mid-flight for a reason of its own (sampling its row, detokenising,
+    checking its stops): that request's stream ends with this error, and only that one; the
+    instance and every other request keep running."""

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from fathom.engine.block_manager import BlockManager
-from fathom.engine.errors import InvalidRequestError, PromptTooLongError
+from fathom.engine.errors import InvalidRequestError, PromptTooLongError, RequestFailedError
 from fathom.engine.executor import Executor
 from fathom.engine.output_processor import OutputProcessor
 from fathom.engine.outputs import EngineStats, RequestMetrics, RequestOutput
@@ -58,6 +58,7 @@ class LLMEngine:
         self._freed_seq_ids: list[int] = []
         self._spec_sent: set[int] = set()
         self._dirty: dict[str, Request] = {}  # requests with news since the last step()
+        self._failures: list[tuple[str, Exception]] = []  # requests failed alone, for the loop to report
 
     # ----- requests
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None,
@@ -91,6 +92,11 @@ class LLMEngine:
             raise InvalidRequestError("prompt is empty: at least one token is needed")
         if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
             raise InvalidRequestError(f"prompt token ids must be integers in [0, {vocab})")
+        if params.top_k > vocab:
+            raise InvalidRequestError(f"sampling parameter `top_k` must be at most the vocabulary size {vocab}, "
+                                      f"got {params.top_k}")
+        if any(t >= vocab for t in params.stop_token_ids):
+            raise InvalidRequestError(f"stop_token_ids must be token ids in [0, {vocab})")
         if len(prompt) >= self.config.max_model_len:
             raise PromptTooLongError(
                 f"prompt has {len(prompt)} tokens but max_model_len is {self.config.max_model_len} "
@@ -156,6 +162,7 @@ class LLMEngine:
     def _update(self, batch: SchedulerOutput, result: StepOutput) -> None:
         sampled = iter(range(len(result.token_ids)))
         now = time.monotonic()
+        failed: dict[str, tuple[Request, Exception]] = {}
         for chunk in batch.chunks:
             seq, req = chunk.seq, chunk.seq.request
             self.scheduler.on_computed(chunk)
@@ -166,11 +173,46 @@ class LLMEngine:
             if not chunk.samples:
                 continue
             j = next(sampled)
-            self.outputs.append(seq, result.token_ids[j], result.logprobs[j], result.top_logprobs[j])
+            if req.request_id in failed:
+                continue
+            if j in result.errors:
+                failed[req.request_id] = (req, RequestFailedError(result.errors[j]))
+                continue
+            try:
+                self.outputs.append(seq, result.token_ids[j], result.logprobs[j], result.top_logprobs[j])
+            except Exception as e:  # noqa: BLE001 - detokenising / stop checks: this request alone
+                failed[req.request_id] = (req, RequestFailedError(f"output processing failed: {e!r}"[:500]))
+                continue
             req.metrics.first_token_time = req.metrics.first_token_time or now
             self._dirty[req.request_id] = req
             if seq.finish_reason is not None:
                 self._finish(seq)
+        for req, error in failed.values():
+            self.fail_request(req.request_id, error)
+
+    def fail_request(self, request_id: str, error: Exception) -> None:
+        """End one request with `error` (reported by `take_failures`): its blocks are freed now,
+        its sampler state with the next step; nothing else is touched."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return
+        for seq in req.seqs:
+            if seq.status is not SequenceStatus.FINISHED:
+                seq.finish_reason = seq.finish_reason or "abort"
+                self._finish(seq)
+        self._dirty.pop(request_id, None)
+        self._failures.append((request_id, error))
+
+    def fail_in_flight(self, error: Exception) -> None:
+        """A step failed and no single request could be blamed (not the executor: that one is
+        fatal): fail every in-flight request with `error`, keep the instance serving."""
+        for request_id in list(self.requests):
+            self.fail_request(request_id, error)
+
+    def take_failures(self) -> list[tuple[str, Exception]]:
+        """Requests failed alone since the last call: (request_id, error)."""
+        out, self._failures = self._failures, []
+        return out
 
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
@@ -182,8 +224,12 @@ class LLMEngine:
 
     def _collect(self) -> list[RequestOutput]:
         outs = []
-        for req in self._dirty.values():
-            out = self.outputs.delta(req)
+        for req in list(self._dirty.values()):
+            try:
+                out = self.outputs.delta(req)
+            except Exception as e:  # noqa: BLE001 - this request's detokenised text: it fails alone
+                self.fail_request(req.request_id, RequestFailedError(f"output processing failed: {e!r}"[:500]))
+                continue
             if req.finished:
                 req.metrics.finished_time = time.monotonic()
                 self.requests.pop(req.request_id, None)

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from fathom.engine.errors import InvalidRequestError
 
 MAX_LOGPROBS = 20
+MAX_TOP_K = 1 << 20  # above any vocabulary; the engine checks top_k <= its vocabulary size
+MAX_TOKEN_ID = (1 << 31) - 1
+MAX_STOP_TOKEN_IDS = 256
+MAX_STOP_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -53,14 +57,19 @@ class SamplingParams:
         _check(_is_num(self.temperature) and 0 <= self.temperature <= 100, "temperature",
                "a number in [0, 100]", self.temperature)
         _check(_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", "a number in (0, 1]", self.top_p)
-        _check(_is_int(self.top_k) and (self.top_k == -1 or self.top_k >= 1), "top_k",
-               "-1 (off) or a positive integer", self.top_k)
+        _check(_is_int(self.top_k) and (self.top_k == -1 or 1 <= self.top_k <= MAX_TOP_K), "top_k",
+               f"-1 (off) or an integer in [1, {MAX_TOP_K}] (at most the vocabulary size)", self.top_k)
         _check(_is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p", "a number in [0, 1]", self.min_p)
-        _check(self.seed is None or _is_int(self.seed), "seed", "an integer or None", self.seed)
+        _check(self.seed is None or (_is_int(self.seed) and -(1 << 63) <= self.seed < 1 << 64), "seed",
+               "a 64-bit integer or None", self.seed)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "non-empty strings", self.stop)
         _check(len(self.stop) <= 16, "stop", "at most 16 strings", len(self.stop))
-        _check(all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
-               "non-negative integers", self.stop_token_ids)
+        _check(all(len(s) <= MAX_STOP_CHARS for s in self.stop), "stop", f"strings of at most {MAX_STOP_CHARS} "
+               "characters", max(map(len, self.stop), default=0))
+        _check(len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS, "stop_token_ids",
+               f"at most {MAX_STOP_TOKEN_IDS} ids", len(self.stop_token_ids))
+        _check(all(_is_int(t) and 0 <= t <= MAX_TOKEN_ID for t in self.stop_token_ids), "stop_token_ids",
+               "token ids (non-negative integers)", self.stop_token_ids)
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _check(_is_num(value) and -2 <= value <= 2, name, "a number in [-2, 2]", value)

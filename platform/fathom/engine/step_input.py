@@ -39,8 +39,11 @@ class StepInput:
 @dataclass
 class StepOutput:
     """Sampled tokens for `StepInput.sample_rows`, in order. `logprobs[j]` is None unless that
-    sequence asked for logprobs; then `top_logprobs[j]` lists (token, logprob) best first."""
+    sequence asked for logprobs; then `top_logprobs[j]` lists (token, logprob) best first.
+    `errors[j]` says why row j could not be sampled (its token is then -1): that sequence's
+    request fails alone; the forward itself succeeded, so every other row is valid."""
 
     token_ids: list[int]
     logprobs: list[float | None]
     top_logprobs: list[list[tuple[int, float]] | None]
+    errors: dict[int, str] = field(default_factory=dict)

@@ -92,7 +92,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     for name in COMMON:
         if name == "config":
             common.add_argument("--config", dest="config", metavar="FILE", default=None,
-                                help="YAML file of these settings (engine ones under `engine:`); flags override it.")
+                                help="YAML of these settings (engine ones under `engine:`); flags override it.")
         elif name == "api_key":
             common.add_argument("--api-key", dest="api_key", metavar="KEY", default=None,
                                 help=f"Require `Authorization: Bearer KEY` on every request (default: ${API_KEY_ENV}); "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from fathom.api.openai_error import APIError
@@ -38,6 +38,10 @@ logger = logging.getLogger("fathom.serve")
 REQUEST_TYPES = {"chat": ChatCompletionRequest, "completion": CompletionRequest}
 OVERLOAD_RETRY_AFTER_S = 1.0
 NOT_READY_RETRY_AFTER_S = 5.0
+# A body must arrive in full within this: a client that promises 1000 bytes and trickles (or
+# never sends) them would otherwise hold an ingress slot for as long as it likes; 140 of them
+# starved every other client. 8 MiB at 1 Mbit/s takes ~67 s; a real client sends far faster.
+BODY_READ_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +68,25 @@ class Backend(Protocol):
     def stream(self, kind: str, request: Any, routing_key: int | None) -> AsyncIterator[Any]: ...
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refusing (413) anything over `max_bytes` before buffering it all."""
+async def read_body(request: Request, max_bytes: int, timeout_s: float = BODY_READ_TIMEOUT_S) -> bytes:
+    """The request body, refusing (413) anything over `max_bytes` before buffering it all, and
+    (408) a body that has not arrived in full within `timeout_s`."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise body_too_large(max_bytes)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise body_too_large(max_bytes)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise body_too_large(max_bytes)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout_s:g}s", code="request_timeout") from None
+    except ClientDisconnect:
+        raise APIError(400, "the client closed the connection before sending the whole body",
+                       code="incomplete_body") from None
     return b"".join(chunks)
 
 
@@ -129,7 +141,7 @@ class Frontend:
             tenant = self.tenancy.authenticate(http.headers.get("authorization"))
             set_tenant(span, tenant.name)
         http.state.tenant = tenant.name
-        raw = await read_body(http, self.settings.max_request_body_bytes)
+        raw = await read_body(http, self.settings.max_request_body_bytes, self.settings.body_read_timeout_s)
         req = parse_request(kind, raw, self.settings.max_request_body_bytes)
         if req.model != self.model_name:
             raise APIError(
@@ -187,6 +199,9 @@ class Frontend:
                     yield sse_error(item)
                 else:
                     yield item
+            if not settled and status == 200:  # ended without its usage: never pass it off as complete
+                status = 502
+                yield sse_error(APIError(502, "the model replica ended the stream early", code="stream_truncated"))
         except asyncio.CancelledError:
             status = 499  # client closed the connection (nginx's convention)
             raise

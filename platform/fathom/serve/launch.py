@@ -49,6 +49,8 @@ from fathom.telemetry import progress
 from fathom.tenancy.registry import TenantConfigError, describe_tenants
 from fathom.worker.source_root import with_source_root
 
+logger = logging.getLogger("fathom.serve")
+
 POLL_S = 0.25
 SHUTDOWN_SLACK_S = 15.0  # for Ray to stop after the grace period, before the watchdog exits hard
 DRAIN_CALL_TIMEOUT_S = 2.0
@@ -113,6 +115,7 @@ def start_ray(settings: ServeSettings, console: Console | None = None) -> None:
     console.say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
     _export_source_root()
     export_serve_throughput_env()  # the proxy reads them from the environment it inherits
+    _private_token_file()
     ray.init(
         address="local",  # a new instance: never join another `ray start` cluster on this machine
         include_dashboard=False,
@@ -121,6 +124,26 @@ def start_ray(settings: ServeSettings, console: Console | None = None) -> None:
         log_to_driver=False,
         namespace=APP_NAME,
     )
+    _private_token_file()  # Ray may have just written it (0644)
+    # Ray >= 2.59 turns token auth on for a new local instance unless RAY_AUTH_MODE says otherwise
+    # (setting the variable ourselves after `import ray` would leave this process's cached config
+    # behind the GCS's); it records the mode in the environment.
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        logger.info("Ray token auth is on (token file %s, mode 0600). Ray's GCS and raylet also listen on "
+                    "every interface (Ray has no option to bind them to loopback); without the token they "
+                    "refuse every call.", _RAY_TOKEN_FILE)
+    else:
+        console.say("warning: RAY_AUTH_MODE is not `token`: Ray's GCS and raylet listen on every interface "
+                    "without authentication; anyone who can reach this machine can run code in it")
+
+
+_RAY_TOKEN_FILE = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+
+
+def _private_token_file() -> None:
+    """Ray's auth token file readable by its owner only (Ray writes it 0644)."""
+    if os.path.exists(_RAY_TOKEN_FILE):
+        os.chmod(_RAY_TOKEN_FILE, 0o600)
 
 
 def check_cluster(settings: ServeSettings) -> None:

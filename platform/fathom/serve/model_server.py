@@ -20,7 +20,7 @@ from typing import Any
 
 from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
-from fathom.engine.errors import EngineDeadError, InvalidRequestError
+from fathom.engine.errors import EngineDeadError, InvalidRequestError, RequestFailedError
 from fathom.engine.fair_share import FairSharePolicy
 from fathom.serve.frontend import Completion, StreamEnd
 from fathom.serve.preprocess import EngineCall, engine_error, prepare
@@ -42,6 +42,7 @@ class _Request:
 
     def __init__(self, server: "ModelServer", kind: str, req: Any, calls: list[EngineCall]):
         self.kind, self.req, self.calls = kind, req, calls
+        self.sequences = 0  # engine sequences this request runs (set by ModelServer._start)
         self.id = new_id("chatcmpl" if kind == "chat" else "cmpl")
         self.created = now()
         self.engine_ids = [f"{self.id}-{i}" for i in range(len(calls))]
@@ -106,6 +107,7 @@ class ModelServer:
         self.strings = TokenStrings(self.engine.tokenizer)
         self.reasoning_parser = self.settings.engine.reasoning_parser
         self.active_streams = 0
+        self.active_sequences = 0  # engine sequences (prompts × n) of the requests in flight here
         self.generated_tokens = 0  # cumulative over every engine request, aborted ones included
         self.replica = replica_name()
         start_telemetry("replica", before_push=self._record_engine_stats)
@@ -126,6 +128,7 @@ class ModelServer:
         try:
             await self._run(r)
         finally:
+            self.active_sequences -= r.sequences
             await self._abort(r)
         if r.error is not None:
             return r.error
@@ -151,6 +154,7 @@ class ModelServer:
                 yield item
         finally:
             self.active_streams -= 1
+            self.active_sequences -= r.sequences
             for task in pumps:
                 task.cancel()
             await self._abort(r)
@@ -190,8 +194,16 @@ class ModelServer:
             if self.policy is not None and self._weights.get(tenancy.tenant) != tenancy.weight:
                 self._weights[tenancy.tenant] = tenancy.weight
                 self.engine.set_weight(tenancy.tenant, tenancy.weight)  # the policy lives with the loop
+        sequences = sum(c.params.n for c in calls)
+        cap = self.settings.max_ongoing_requests
+        if self.active_sequences and self.active_sequences + sequences > cap:
+            raise APIError(503, f"This model replica is running {self.active_sequences} sequences "
+                           f"(limit {cap}, counting prompts × n); retry shortly.", code="overloaded",
+                           retry_after=1)
         r = _Request(self, kind, req, calls)
         r.tenancy = tenancy
+        r.sequences = sequences
+        self.active_sequences += sequences
         return r
 
     async def _run(self, r: _Request) -> None:
@@ -217,6 +229,9 @@ class ModelServer:
             r.error = r.error or engine_error(e)
         except EngineDeadError as e:
             r.error = r.error or APIError(503, f"model replica failed: {e}", code="engine_dead", retry_after=5)
+        except RequestFailedError as e:  # this request alone failed; the replica serves on
+            logger.warning("request %s failed: %s", r.id, e)
+            r.error = r.error or APIError(500, f"generation failed for this request: {e}", code="request_failed")
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -259,7 +274,7 @@ class ModelServer:
                 await r.pause(wait)  # let more tokens gather into this chunk
             r.wake.clear()
             if r.error is not None:
-                yield r.error if not sent_any else _sse(r.error.body()) + "data: [DONE]\n\n"
+                yield r.error  # before any text: the HTTP status; after: an SSE error event (and counted)
                 return
             parts = [c.take() for c in r.choices if c.has_news]
             text = _sse(make(r.id, r.created, self.model_name, parts)) if parts else ""

@@ -1,6 +1,11 @@
 """OpenAI wire protocol: request bodies (validated), response bodies and stream chunks.
 
-Requests forbid unknown fields so a typo is an error naming the field, not a silent default.
+Requests forbid unknown fields so a typo is an error naming the field, not a silent default,
+and validate strictly as OpenAI does (`"n": "2"` and `"stream": "false"` are type errors, not
+coerced). Every field is bounded (lengths, counts, ranges), and a known OpenAI field that this
+server does not implement is refused with a 400 naming it (`_NOT_IMPLEMENTED`), never ignored.
+One request fans out to at most `MAX_CHOICES` engine sequences (prompts × n): OpenAI caps prompt
+arrays too, and every limit counts engine work, so one HTTP request cannot become thousands.
 Responses mirror OpenAI's shapes field for field, so the official `openai` client parses
 them unchanged; `reasoning_content` is DeepSeek's extension for R1-style thinking.
 """
@@ -12,12 +17,26 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 256
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
+MAX_TOP_K = 1 << 20  # the replica also checks top_k <= its vocabulary size
+MAX_TOKEN_ID = (1 << 31) - 1  # the replica also checks ids < its vocabulary size
+MAX_PROMPTS = 128  # prompts in one /v1/completions request
+MAX_CHOICES = 128  # prompts × n: engine sequences one request may start
+MAX_MESSAGES = 4096
+MAX_CONTENT_PARTS = 1024
+MAX_NEW_TOKENS = 1 << 24
+MAX_NAME_CHARS = 256
+SEED_RANGE = {"ge": -(1 << 63), "le": (1 << 64) - 1}
+
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+ShortStr = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(_Request):
@@ -34,10 +53,10 @@ class ChatMessage(_Request):
     """One conversation turn; content may be a string or a list of text parts."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
+    name: ShortStr | None = None
     reasoning_content: str | None = None
-    tool_call_id: str | None = None
+    tool_call_id: ShortStr | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -52,32 +71,47 @@ class ResponseFormat(_Request):
     json_schema: dict[str, Any] | None = None
 
 
-Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None
+StopStr = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+Stop = StopStr | Annotated[list[StopStr], Field(max_length=MAX_STOP_SEQUENCES)] | None
+
+# Known OpenAI fields this server accepts only at their default: (field, default). Anything
+# else is a 400 that names the field, so a client never believes a setting took effect.
+_NOT_IMPLEMENTED = (("parallel_tool_calls", None), ("store", None), ("metadata", None),
+                    ("service_tier", None), ("priority", 0))
 
 
 class _SamplingFields(_Request):
     """Fields common to chat and text completions (OpenAI names, plus vLLM's common extras)."""
 
-    model: str
+    model: ShortStr
     n: int = Field(1, ge=1, le=MAX_N)
     stop: Stop = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=MAX_TOP_K)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(None, gt=0.0)
-    seed: int | None = None
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    seed: int | None = Field(None, **SEED_RANGE)
     user: str | None = Field(None, max_length=256)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     logit_bias: dict[str, float] | None = None
     skip_special_tokens: bool = True
     return_tokens_as_token_ids: bool = False  # vLLM's extension: logprob tokens as "token_id:<id>"
-    priority: int = 0
+    priority: int = Field(0, description="Refused unless 0: the tenant policy sets priority, not clients.")
+
+    @model_validator(mode="after")
+    def _refuse_not_implemented(self) -> "_SamplingFields":
+        for name, default in _NOT_IMPLEMENTED:
+            if name in type(self).model_fields and getattr(self, name) != default:
+                raise ValueError(f"`{name}` is not supported by this server")
+        if self.stream_options is not None and self.stream_options.continuous_usage_stats:
+            raise ValueError("`stream_options.continuous_usage_stats` is not supported by this server")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -102,9 +136,9 @@ class _SamplingFields(_Request):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
@@ -114,8 +148,8 @@ class ChatCompletionRequest(_SamplingFields):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     store: bool | None = None
-    metadata: dict[str, str] | None = None
-    service_tier: str | None = None
+    metadata: Annotated[dict[ShortStr, ShortStr], Field(max_length=16)] | None = None
+    service_tier: ShortStr | None = None
     reasoning_effort: Literal["low", "medium", "high"] | None = None
 
     @field_validator("tools")
@@ -135,6 +169,9 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("continue_final_message requires the last message to be from the assistant")
         return self
 
+    def num_choices(self) -> int:
+        return self.n
+
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
@@ -143,12 +180,13 @@ class ChatCompletionRequest(_SamplingFields):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-Prompt = str | list[str] | list[int] | list[list[int]]
+Prompt = (str | Annotated[list[str], Field(max_length=MAX_PROMPTS)] | list[TokenId]
+          | Annotated[list[list[TokenId]], Field(max_length=MAX_PROMPTS)])
 
 
 class CompletionRequest(_SamplingFields):
     prompt: Prompt
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=MAX_NEW_TOKENS)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5)
     best_of: int | None = Field(None, ge=1, le=MAX_N)
@@ -169,7 +207,14 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("suffix is not supported")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of different from n is not supported")
+        if self.num_choices() > MAX_CHOICES:
+            raise ValueError(f"{len(self.prompts())} prompts × n={self.n} is {self.num_choices()} choices; "
+                             f"at most {MAX_CHOICES} per request")
         return self
+
+    def num_choices(self) -> int:
+        """Engine sequences this request starts: prompts × n."""
+        return len(self.prompts()) * self.n
 
     def prompts(self) -> list[str | list[int]]:
         """The prompt as a list of prompts, each text or token ids."""

@@ -9,7 +9,10 @@ Routes:
 - `GET /v1/usage`: metered usage and cost (fathom.tenancy.gate.TenancyGate.usage); with
   `format=csv` or `format=jsonl`, one row per tenant, model and hour (fathom.tenancy.export).
 Every error, including unknown routes and internal failures, is OpenAI's error JSON; no
-stack trace reaches a client.
+stack trace reaches a client. With tenants on, every route but `/health`, `/health/ready` and
+`/metrics` needs a key (401 comes before 404). `/metrics` stays open because the operator's
+autoscaler scrapes it without a key; it lists tenants' names, tokens and cost, so keep it inside
+the cluster (the chart's NetworkPolicy). No answer shows the model's path (`root` is the served name).
 """
 
 import logging
@@ -27,6 +30,9 @@ from fathom.telemetry.http import TracingMiddleware, fastapi_kwargs
 from fathom.tenancy.export import MEDIA_TYPES as USAGE_MEDIA_TYPES
 
 logger = logging.getLogger("fathom.serve")
+
+
+PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/metrics"})
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -51,7 +57,7 @@ def build_api(frontend: Frontend) -> FastAPI:
     async def models(request: Request) -> Response:
         tenant = frontend.tenancy.authenticate(request.headers.get("authorization"))
         info = app.state.model_info or {}
-        card = ModelCard(id=frontend.model_name, created=created, root=info.get("root"),
+        card = ModelCard(id=frontend.model_name, created=created, root=frontend.model_name,
                          max_model_len=info.get("max_model_len"))
         cards = [card] if tenant.allows_model(frontend.model_name) else []
         return JSONResponse(ModelList(data=cards).model_dump())
@@ -69,7 +75,8 @@ def build_api(frontend: Frontend) -> FastAPI:
         if app.state.model_info is None or frontend.draining:
             msg = "shutting down" if frontend.draining else "model is loading"
             return error_response(APIError(503, msg, code="not_ready", retry_after=NOT_READY_RETRY_AFTER_S))
-        return JSONResponse({"status": "ready", "model": frontend.model_name, **app.state.model_info})
+        return JSONResponse({"status": "ready", "model": frontend.model_name,
+                             "max_model_len": app.state.model_info.get("max_model_len")})
 
     @app.get("/v1/usage")
     async def usage(request: Request) -> Response:
@@ -83,7 +90,7 @@ def build_api(frontend: Frontend) -> FastAPI:
         return Response(body, media_type=USAGE_MEDIA_TYPES[fmt])
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics() -> Response:  # open: the operator's autoscaler reads it (issue 12: an admin key)
         return Response(await frontend.metrics.render(), media_type=frontend.metrics.content_type)
 
     _add_error_handlers(app, frontend)
@@ -99,7 +106,12 @@ def _add_error_handlers(app: FastAPI, frontend: Frontend) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        msg = f"{request.method} {request.url.path}: {exc.detail}"
+        if not frontend.tenancy.open and request.url.path not in PUBLIC_PATHS:
+            try:  # an unauthenticated caller learns nothing, not even which routes exist
+                frontend.tenancy.authenticate(request.headers.get("authorization"))
+            except APIError as err:
+                return error_response(err)
+        msg = f"{request.method} {request.url.path[:200]}: {exc.detail}"
         return error_response(APIError(exc.status_code, msg, code=str(exc.status_code)))
 
     @app.exception_handler(RequestValidationError)

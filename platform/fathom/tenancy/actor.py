@@ -77,8 +77,9 @@ class TenancyActor:
         _internal_kv_put(self.checkpoint_key, checkpoint.encode(self.state), namespace=NAMESPACE)
         self._saved = time.monotonic()
 
-    def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int) -> LimitDecision:
-        return self.exchange([], [(tenant, limits, prompt_tokens, max_tokens)])[0]
+    def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int,
+              sequences: int = 1) -> LimitDecision:
+        return self.exchange([], [(tenant, limits, prompt_tokens, max_tokens, sequences)])[0]
 
     def settle(self, settlements: list[Settlement]) -> None:
         self.exchange(settlements, [])
@@ -87,7 +88,8 @@ class TenancyActor:
         """Settle, then admit each `(tenant, limits, prompt_tokens, max_tokens)` in order."""
         now = time.time()
         self.state.settle_many(settlements, now)
-        decisions = [self.state.admit(*args, now) for args in admissions]
+        decisions = [self.state.admit(t, lim, p, m, now, sequences=rest[0] if rest else 1)
+                     for t, lim, p, m, *rest in admissions]
         self._changed()
         return decisions
 
@@ -137,9 +139,10 @@ class TenancyClient:
         self._settles: list[Settlement] = []
         self._scheduled = False
 
-    async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int) -> LimitDecision:
+    async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int,
+                    sequences: int = 1) -> LimitDecision:
         future = asyncio.get_running_loop().create_future()
-        self._admits.append(((tenant.name, tenant.limits, prompt_tokens, max_tokens), future))
+        self._admits.append(((tenant.name, tenant.limits, prompt_tokens, max_tokens, sequences), future))
         self._schedule()
         return await future
 

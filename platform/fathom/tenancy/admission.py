@@ -88,6 +88,11 @@ def estimate_prompt_tokens(kind: str, req) -> int:
     return sum(len(p.encode("utf-8")) if isinstance(p, str) else len(p) for p in req.prompts())
 
 
+def engine_sequences(kind: str, req) -> int:
+    """Engine sequences a request starts: prompts × n (what limits count)."""
+    return req.n * (1 if kind == "chat" else len(req.prompts()))
+
+
 def completion_reservation(kind: str, req) -> int:
     prompts = 1 if kind == "chat" else len(req.prompts())
     return (req.max_new_tokens() or UNBOUNDED_MAX_TOKENS) * req.n * prompts
@@ -99,8 +104,9 @@ class LocalTenancyClient:
     def __init__(self, state: TenancyState | None = None):
         self.state = state or TenancyState()
 
-    async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int) -> LimitDecision:
-        return self.state.admit(tenant.name, tenant.limits, prompt_tokens, max_tokens, time.time())
+    async def admit(self, tenant: TenantPolicy, prompt_tokens: int, max_tokens: int,
+                    sequences: int = 1) -> LimitDecision:
+        return self.state.admit(tenant.name, tenant.limits, prompt_tokens, max_tokens, time.time(), sequences)
 
     def settle(self, settlement: Settlement) -> None:
         self.state.settle(settlement, time.time())

@@ -19,6 +19,7 @@ from fathom.tenancy.admission import (
     RequestTenancy,
     TenancyError,
     completion_reservation,
+    engine_sequences,
     estimate_prompt_tokens,
 )
 from fathom.tenancy.metering import cost_of
@@ -83,7 +84,7 @@ class TenancyGate:
             return Grant(tenant, model, None, context, {})
         try:
             decision = await self.client.admit(tenant, estimate_prompt_tokens(kind, req),
-                                               completion_reservation(kind, req))
+                                               completion_reservation(kind, req), engine_sequences(kind, req))
         except RuntimeError as e:  # TenancyUnavailable: fail closed, the limits cannot be checked
             log.error("admission failed: %s", e)
             raise APIError(503, "Rate-limit state is unavailable; retry shortly.", code="tenancy_unavailable",

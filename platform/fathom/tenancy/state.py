@@ -23,6 +23,7 @@ class Lease:
     tenant: str
     reserved_tokens: int
     started: float
+    sequences: int = 1  # engine sequences (prompts × n) the request runs: its share of the concurrency limit
 
 
 @dataclass
@@ -87,8 +88,11 @@ class TenancyState:
         st.tokens = _sync_bucket(st.tokens, limits.tokens_per_minute, now)
         return st
 
-    def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int, now: float) -> LimitDecision:
-        """Admit one request of `prompt_tokens` that may generate up to `max_tokens`.
+    def admit(self, tenant: str, limits: Limits, prompt_tokens: int, max_tokens: int, now: float,
+              sequences: int = 1) -> LimitDecision:
+        """Admit one request of `prompt_tokens` that may generate up to `max_tokens` over
+        `sequences` engine sequences (prompts × n: the work it starts, which is what the
+        concurrency limit and requests/min count, so one HTTP request cannot fan out past them).
 
         Checks, in order: concurrency, monthly budget, requests/min, tokens/min; takes from
         the buckets only when all pass. The token reservation is capped at the tokens/min
@@ -103,34 +107,41 @@ class TenancyState:
         reserve = prompt_tokens + max_tokens
         if st.tokens is not None:
             reserve = min(reserve, int(st.tokens.capacity))
-        refusal = self._check(tenant, st, limits, prompt_tokens, reserve, now)
+        refusal = self._check(tenant, st, limits, prompt_tokens, reserve, now, sequences)
         if refusal is not None:
             return refusal
         if st.requests is not None:
-            st.requests.take(1)
+            st.requests.take(sequences)
         if st.tokens is not None:
             st.tokens.take(reserve)
         lease = f"{tenant}/{self.next_lease_id}"
         self.next_lease_id += 1
-        st.in_flight[lease] = Lease(tenant, reserve, now)
+        st.in_flight[lease] = Lease(tenant, reserve, now, sequences)
         self._leases[lease] = tenant
         return LimitDecision(True, lease=lease, headers=ratelimit_headers(st.requests, st.tokens, now))
 
     def _check(
-        self, tenant: str, st: TenantBuckets, limits: Limits, prompt: int, reserve: int, now: float
+        self, tenant: str, st: TenantBuckets, limits: Limits, prompt: int, reserve: int, now: float, sequences: int = 1
     ) -> LimitDecision | None:
         def refuse(reason: str, message: str, retry_after: float | None) -> LimitDecision:
             headers = ratelimit_headers(st.requests, st.tokens, now)
             return LimitDecision(False, reason=reason, message=message, retry_after=retry_after, headers=headers)
 
-        if limits.max_concurrent_requests is not None and len(st.in_flight) >= limits.max_concurrent_requests:
+        cap = limits.max_concurrent_requests
+        if cap is not None and sequences > cap:
+            return refuse("concurrency", f"This request runs {sequences} sequences (prompts × n) but tenant "
+                          f"{tenant!r} may run at most {cap} at once; send fewer prompts or a smaller n.", None)
+        if cap is not None and sum(le.sequences for le in st.in_flight.values()) + sequences > cap:
             return refuse("concurrency", f"Too many concurrent requests for tenant {tenant!r}: "
-                          f"limit {limits.max_concurrent_requests}. Retry when one finishes.", 1.0)
+                          f"limit {cap} sequences (prompts × n). Retry when one finishes.", 1.0)
         budget = limits.monthly_token_budget
         if budget is not None and self.ledger.tokens_this_month(tenant, now) + prompt > budget:
             return refuse("budget", f"Monthly token budget of tenant {tenant!r} exhausted: limit {budget} "
                           "tokens. It renews at the start of next month (UTC).", seconds_to_next_month(now))
-        if st.requests is not None and (wait := st.requests.wait(1, now)) > 0:
+        if st.requests is not None and sequences > st.requests.capacity:
+            return refuse("requests", f"This request runs {sequences} sequences (prompts × n), more than tenant "
+                          f"{tenant!r}'s {int(st.requests.capacity)} requests per minute.", None)
+        if st.requests is not None and (wait := st.requests.wait(sequences, now)) > 0:
             return refuse("requests", f"Rate limit reached for tenant {tenant!r} on requests per minute: "
                           f"limit {int(st.requests.capacity)}. Retry in {wait:.3g}s.", wait)
         if st.tokens is not None and (wait := st.tokens.wait(reserve, now)) > 0:

@@ -4,6 +4,10 @@ Rows are processed independently (penalties, temperature, top-k / top-p / min-p)
 random row draws its noise from its own generator (Gumbel-max via exponential race: argmax
 p / q with q ~ Exp(1)), so a seeded sequence samples the same tokens whatever else is in
 the batch. Logprobs are of the raw model distribution (as vLLM returns them by default).
+
+A row whose sampling raises (its spec, not the forward, is at fault) fails alone: the batch
+is retried row by row and the failing rows come back in `StepOutput.errors` (token -1), so
+one request's data can never fail the step of every other request.
 """
 
 from dataclasses import dataclass, field
@@ -24,17 +28,49 @@ class Sampler:
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.states: dict[int, SeqSamplingState] = {}
+        self.bad: dict[int, str] = {}  # seq_id -> why its spec cannot be sampled
 
     def add(self, spec: SamplingSpec) -> None:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(spec.seed)
+        try:
+            gen.manual_seed(spec.seed)
+        except (RuntimeError, OverflowError, TypeError):  # the row fails when sampled
+            gen.manual_seed(0)
+            self.bad[spec.seq_id] = f"bad sampling seed {spec.seed!r}"
         self.states[spec.seq_id] = SeqSamplingState(spec, gen)
 
     def free(self, seq_id: int) -> None:
         self.states.pop(seq_id, None)
+        self.bad.pop(seq_id, None)
 
     def sample(self, logits: torch.Tensor, seq_ids: list[int]) -> StepOutput:
-        """logits: float32 [B, V], row j belongs to seq_ids[j]."""
+        """logits: float32 [B, V], row j belongs to seq_ids[j]. Rows that cannot be sampled come
+        back in `errors` (the others are sampled as if those rows were not in the batch)."""
+        errors = {j: self.bad[s] for j, s in enumerate(seq_ids) if s in self.bad}
+        errors.update({j: f"no sampling spec for sequence {s}" for j, s in enumerate(seq_ids)
+                       if s not in self.states})
+        if errors:
+            return self._sample_rows(logits, seq_ids, errors)
+        try:
+            return self._sample_batch(logits, seq_ids)
+        except Exception:  # noqa: BLE001 - find the row(s) at fault, sample the rest
+            return self._sample_rows(logits, seq_ids, errors)
+
+    def _sample_rows(self, logits: torch.Tensor, seq_ids: list[int], errors: dict[int, str]) -> StepOutput:
+        out = StepOutput([-1] * len(seq_ids), [None] * len(seq_ids), [None] * len(seq_ids), dict(errors))
+        for j, seq_id in enumerate(seq_ids):
+            if j in errors:
+                continue
+            try:
+                one = self._sample_batch(logits[j:j + 1], [seq_id])
+            except Exception as e:  # noqa: BLE001 - this row's request fails, alone
+                out.errors[j] = f"sampling failed: {type(e).__name__}: {e}"[:500]
+                continue
+            out.token_ids[j], out.logprobs[j], out.top_logprobs[j] = one.token_ids[0], one.logprobs[0], \
+                one.top_logprobs[0]
+        return out
+
+    def _sample_batch(self, logits: torch.Tensor, seq_ids: list[int]) -> StepOutput:
         states = [self.states[s] for s in seq_ids]
         raw_logprobs = None
         if any(st.spec.params.logprobs is not None for st in states):
@@ -48,9 +84,10 @@ class Sampler:
         if random:
             tokens[random] = self._sample_random(logits[random], [states[j] for j in random])
         token_list = tokens.tolist()
-        for st, t in zip(states, token_list):
+        out = self._with_logprobs(token_list, raw_logprobs, states)
+        for st, t in zip(states, token_list):  # only once the whole batch has succeeded
             st.output_ids.append(t)
-        return self._with_logprobs(token_list, raw_logprobs, states)
+        return out
 
     def _apply_penalties(self, logits: torch.Tensor, states: list[SeqSamplingState]) -> torch.Tensor:
         rows = [j for j, st in enumerate(states) if st.spec.params.has_penalties
@@ -114,7 +151,7 @@ class Sampler:
 def _top_k_top_p(logits: torch.Tensor, params) -> torch.Tensor:
     """Mask logits outside each row's top-k and top-p nucleus (always keeps the best token)."""
     vocab = logits.shape[-1]
-    k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=logits.device)
+    k = torch.tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params], device=logits.device)
     top_p = torch.tensor([p.top_p for p in params], device=logits.device, dtype=logits.dtype)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(vocab, device=logits.device)[None, :]
