@@ -96,8 +96,7 @@ def prepare(
     if tokenizer is None:
         return _prepare_token_ids(kind, req, max_model_len)
     if kind == "chat":
-        if req.response_format is not None and req.response_format.type == "json_schema":
-            raise APIError(400, "response_format json_schema is not supported", param="response_format")
+        refuse_unhonoured(req)
         prompts: list[str | list[int]] = [render_chat(req, tokenizer)]
     else:
         if req.echo and req.logprobs is not None:
@@ -120,6 +119,18 @@ def prepare(
         check_length(len(ids), req.max_new_tokens(), max_model_len)
         calls.append(EngineCall(ids, text, params, choice_offset=i * req.n))
     return calls
+
+
+def refuse_unhonoured(req: ChatCompletionRequest) -> None:
+    """400 for chat fields this model cannot honour (accepting and ignoring them would lie)."""
+    if req.reasoning_effort is not None:
+        raise APIError(400, "reasoning_effort is not supported: DeepSeek checkpoints have no effort levels "
+                       "(use chat_template_kwargs to switch thinking where the template supports it)",
+                       param="reasoning_effort", code="unsupported_parameter")
+    fmt = req.response_format
+    if fmt is not None and fmt.type != "text":
+        raise APIError(400, f"response_format {fmt.type} is not supported", param="response_format",
+                       code="unsupported_parameter")
 
 
 def _prepare_token_ids(kind: str, req: CompletionRequest, max_model_len: int) -> list[EngineCall]:
