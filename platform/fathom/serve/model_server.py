@@ -184,7 +184,8 @@ class ModelServer:
 
     def _start(self, kind: str, req: Any, tenancy: RequestTenancy | None = None) -> _Request:
         skip = req.skip_special_tokens and not (kind == "chat" and self.reasoning_parser != "none")
-        calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip)
+        calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip,
+                        reasoning_parser=self.reasoning_parser)
         if tenancy is not None:
             calls = cap_calls(tenancy, calls)
             if self.policy is not None and self._weights.get(tenancy.tenant) != tenancy.weight:

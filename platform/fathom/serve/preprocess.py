@@ -4,15 +4,18 @@ Runs in the model replica (it owns the tokenizer). Every refusal is an `APIError
 field; the engine's own checks (`InvalidRequestError`) are mapped the same way.
 """
 
+import json
 from dataclasses import dataclass
 
 import jinja2
 
 from fathom.api.openai_error import APIError
 from fathom.engine.errors import InvalidRequestError, PromptTooLongError
-from fathom.engine.sampling_params import SamplingParams
+from fathom.engine.sampling_params import SamplingParams, StructuredSpec
 from fathom.engine.tokenizer import Tokenizer
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
+from fathom.serve.reasoning import THINK_CLOSE, ReasoningParser
+from fathom.worker.structured import SchemaError, check_spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,8 @@ def check_length(prompt_len: int, max_new: int | None, max_model_len: int) -> No
         )
 
 
-def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_special_tokens: bool) -> SamplingParams:
+def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_special_tokens: bool,
+                    structured: StructuredSpec | None = None) -> SamplingParams:
     try:
         return SamplingParams(
             n=req.n,
@@ -57,6 +61,7 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_spec
             repetition_penalty=req.repetition_penalty or 1.0,
             logprobs=req.num_top_logprobs(),
             skip_special_tokens=skip_special_tokens,
+            structured=structured,
         )
     except InvalidRequestError as e:
         raise engine_error(e) from None
@@ -89,20 +94,22 @@ def render_chat(req: ChatCompletionRequest, tokenizer: Tokenizer) -> str:
 
 def prepare(
     kind: str, req: ChatCompletionRequest | CompletionRequest, tokenizer: Tokenizer | None, max_model_len: int,
-    skip_special_tokens: bool = True,
+    skip_special_tokens: bool = True, reasoning_parser: str = "none",
 ) -> list[EngineCall]:
     """The engine calls that answer `req` (one per prompt), or an APIError. Without a tokenizer
     (a checkpoint with no tokenizer.json) only token-id prompts can be served."""
     if tokenizer is None:
         return _prepare_token_ids(kind, req, max_model_len)
+    structured = None
     if kind == "chat":
         refuse_unhonoured(req)
         prompts: list[str | list[int]] = [render_chat(req, tokenizer)]
+        structured = structured_spec(req, tokenizer, prompts[0], reasoning_parser)
     else:
         if req.echo and req.logprobs is not None:
             raise APIError(400, "echo with logprobs is not supported", param="echo")
         prompts = req.prompts()
-    params = sampling_params(req, skip_special_tokens=skip_special_tokens)
+    params = sampling_params(req, skip_special_tokens=skip_special_tokens, structured=structured)
     vocab = tokenizer.vocab_size
     calls = []
     for i, prompt in enumerate(prompts):
@@ -127,10 +134,32 @@ def refuse_unhonoured(req: ChatCompletionRequest) -> None:
         raise APIError(400, "reasoning_effort is not supported: DeepSeek checkpoints have no effort levels "
                        "(use chat_template_kwargs to switch thinking where the template supports it)",
                        param="reasoning_effort", code="unsupported_parameter")
+
+
+def structured_spec(req: ChatCompletionRequest, tokenizer: Tokenizer, prompt_text: str,
+                    reasoning_parser: str) -> StructuredSpec | None:
+    """The grammar of `response_format` (None for text), or a 400 naming what cannot be enforced.
+    For a model that thinks (the prompt opens `<think>`), the grammar starts after `</think>`."""
     fmt = req.response_format
-    if fmt is not None and fmt.type != "text":
-        raise APIError(400, f"response_format {fmt.type} is not supported", param="response_format",
-                       code="unsupported_parameter")
+    if fmt is None or fmt.type == "text":
+        return None
+    if req.ignore_eos:
+        raise APIError(400, "ignore_eos cannot be combined with response_format", param="ignore_eos")
+    schema, strict = None, True
+    if fmt.type == "json_schema":
+        schema, strict = json.dumps(fmt.json_schema.schema_), fmt.json_schema.strict is not False
+        try:
+            check_spec("json_schema", schema, strict)
+        except SchemaError as e:
+            raise APIError(400, f"response_format json_schema: structured outputs cannot enforce this schema: {e}",
+                           param="response_format", code="unsupported_schema") from None
+    after = None
+    if reasoning_parser != "none" and ReasoningParser.prompt_opens_think(prompt_text):
+        after = tokenizer.token_to_id(THINK_CLOSE)
+        if after is None:
+            raise APIError(400, "response_format needs </think> to be one token of this model's vocabulary",
+                           param="response_format")
+    return StructuredSpec(fmt.type, schema, strict, after)
 
 
 def _prepare_token_ids(kind: str, req: CompletionRequest, max_model_len: int) -> list[EngineCall]:

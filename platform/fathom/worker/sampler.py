@@ -33,12 +33,15 @@ class Sampler:
     def free(self, seq_id: int) -> None:
         self.states.pop(seq_id, None)
 
-    def sample(self, logits: torch.Tensor, seq_ids: list[int]) -> StepOutput:
-        """logits: float32 [B, V], row j belongs to seq_ids[j]."""
+    def sample(self, logits: torch.Tensor, seq_ids: list[int], allowed: torch.Tensor | None = None) -> StepOutput:
+        """logits: float32 [B, V], row j belongs to seq_ids[j]; `allowed` [B, V] bool (structured
+        outputs' grammar mask): tokens it rules out are never sampled."""
         states = [self.states[s] for s in seq_ids]
         raw_logprobs = None
         if any(st.spec.params.logprobs is not None for st in states):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
         logits = self._apply_penalties(logits, states)
         tokens = torch.empty(len(states), dtype=torch.long, device=logits.device)
         greedy = [j for j, st in enumerate(states) if st.spec.params.greedy]
