@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import xgrammar as xgr
 
@@ -123,11 +124,11 @@ class Grammars:
         bitmask = xgr.allocate_token_bitmask(len(rows), vocab_size)  # [R, ceil(V/32)] int32, CPU
         for r, (_, s) in enumerate(rows):
             s.matcher.fill_next_token_bitmask(bitmask, r)
-        bits = torch.arange(32, dtype=torch.int32)
-        unpacked = ((bitmask[:, :, None] >> bits) & 1).reshape(len(rows), -1)[:, :vocab_size].bool()
-        allowed = torch.ones(len(seq_ids), vocab_size, dtype=torch.bool)
+        # bit k of int32 word w is token 32 w + k: little-endian bytes, little-endian bits
+        unpacked = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab_size]
+        allowed = np.ones((len(seq_ids), vocab_size), dtype=bool)
         allowed[[j for j, _ in rows]] = unpacked
-        return allowed.to(self.device, non_blocking=True)
+        return torch.from_numpy(allowed).to(self.device, non_blocking=True)
 
     def accept(self, seq_ids: list[int], tokens: list[int]) -> None:
         for sid, t in zip(seq_ids, tokens):
