@@ -66,3 +66,20 @@ def test_uncompilable_schema_raises_schema_error():
     with pytest.raises(SchemaError):
         check_spec("json_schema", json.dumps({"properties": {"a": {"$ref": "#/missing"}}}))
     check_spec("json_schema", SCHEMA)
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "items": {"type": "integer"}, "uniqueItems": True},
+    {"oneOf": [{"type": "integer"}, {"type": "number"}]},
+    {"allOf": [{"type": "integer"}, {"minimum": 5}]},
+    {"type": "object", "properties": {"a": {"not": {"type": "integer"}}}},
+    {"if": {"type": "integer"}, "then": {"minimum": 5}},
+])
+def test_keywords_the_grammar_would_not_enforce_are_refused(schema):
+    with pytest.raises(SchemaError, match="unsupported JSON-Schema keyword"):
+        check_spec("json_schema", json.dumps(schema))
+
+
+def test_keyword_names_used_as_property_names_are_fine():
+    check_spec("json_schema", json.dumps({"type": "object", "properties": {"not": {"type": "integer"}},
+                                          "required": ["not"], "additionalProperties": False}))

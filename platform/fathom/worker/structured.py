@@ -30,11 +30,39 @@ class SchemaError(ValueError):
     """The grammar library cannot compile this schema."""
 
 
+# JSON-Schema keywords xgrammar 0.2 accepts but does not enforce (measured: an output that
+# breaks them still matches the grammar), so a schema using them is refused, never half-enforced.
+_UNENFORCED = {"not", "if", "then", "else", "dependentRequired", "dependentSchemas", "unevaluatedProperties",
+               "unevaluatedItems", "oneOf"}
+_NAMED = {"properties", "patternProperties", "$defs", "definitions"}  # maps of name -> subschema
+_VALUES = {"enum", "const", "default", "examples", "required", "title", "description"}  # data, not subschemas
+
+
+def _unenforced(node) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, list):
+        for x in node:
+            found |= _unenforced(x)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            if k in _NAMED and isinstance(v, dict):
+                found |= _unenforced(list(v.values()))
+            elif k not in _VALUES:
+                if k in _UNENFORCED or (k == "uniqueItems" and v) or (k == "allOf" and len(v or []) > 1):
+                    found.add(k)
+                found |= _unenforced(v)
+    return found
+
+
 @lru_cache(maxsize=256)
 def check_spec(kind: str, schema: str | None, strict: bool = True) -> None:
-    """Raise SchemaError when `schema` cannot become a grammar (no vocabulary needed)."""
+    """Raise SchemaError when `schema` cannot become a grammar (no vocabulary needed), or uses
+    a keyword the grammar would not enforce."""
     if kind != "json_schema":
         return
+    bad = _unenforced(json.loads(schema))
+    if bad:
+        raise SchemaError(f"unsupported JSON-Schema keyword(s): {', '.join(sorted(bad))}")
     try:
         xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=strict)
     except (RuntimeError, ValueError, TypeError) as e:  # xgrammar raises RuntimeError / ValueError with the reason
