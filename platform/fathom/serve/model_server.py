@@ -28,6 +28,7 @@ from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
 from fathom.serve.replica_tenancy import cap_calls, meter_abandoned, replica_tenancy_client
 from fathom.serve.responses import Choice, TokenStrings
+from fathom.serve.tool_calls import detect_parser, make_tool_stream
 from fathom.telemetry.generation import OPERATIONS, traced_outputs
 from fathom.telemetry.metrics import process_metrics
 from fathom.telemetry.runtime import replica_name, start_telemetry
@@ -50,8 +51,10 @@ class _Request:
             for j in range(call.params.n):
                 parser = make_parser(server.reasoning_parser, call.prompt_text) if kind == "chat" else None
                 echo = call.prompt_text if getattr(req, "echo", False) else ""
+                tools = make_tool_stream(req.tool_mode(), server.tool_parser) if kind == "chat" else None
                 self.choices.append(Choice(call.choice_offset + j, kind == "chat", server.strings, parser,
-                                           echo, call.params.logprobs is not None, req.return_tokens_as_token_ids))
+                                           echo, call.params.logprobs is not None, req.return_tokens_as_token_ids,
+                                           tools))
         self.usage = [(len(c.prompt_ids), 0, 0) for c in calls]  # (prompt, cached, completion) per call
         self.first_token_at: float | None = None
         self.trace_context: dict | None = None  # the ingress's W3C carrier (fathom.telemetry)
@@ -105,6 +108,8 @@ class ModelServer:
         self.max_model_len = self.engine.max_model_len
         self.strings = TokenStrings(self.engine.tokenizer)
         self.reasoning_parser = self.settings.engine.reasoning_parser
+        tok = self.engine.tokenizer
+        self.tool_parser = detect_parser(tok.chat_template if tok is not None else None)  # DeepSeek V3 or V3.1
         self.active_streams = 0
         self.generated_tokens = 0  # cumulative over every engine request, aborted ones included
         self.replica = replica_name()
@@ -183,7 +188,8 @@ class ModelServer:
     # ------------------------------------------------------------------ internals
 
     def _start(self, kind: str, req: Any, tenancy: RequestTenancy | None = None) -> _Request:
-        skip = req.skip_special_tokens and not (kind == "chat" and self.reasoning_parser != "none")
+        skip = req.skip_special_tokens and not (kind == "chat" and (self.reasoning_parser != "none"
+                                                                     or req.tool_mode() == "auto"))
         calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip,
                         reasoning_parser=self.reasoning_parser)
         if tenancy is not None:

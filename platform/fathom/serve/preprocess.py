@@ -15,6 +15,7 @@ from fathom.engine.sampling_params import SamplingParams, StructuredSpec
 from fathom.engine.tokenizer import Tokenizer
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
 from fathom.serve.reasoning import THINK_CLOSE, ReasoningParser
+from fathom.serve.tool_calls import required_schema
 from fathom.worker.structured import SchemaError, check_spec
 
 
@@ -78,9 +79,10 @@ def render_chat(req: ChatCompletionRequest, tokenizer: Tokenizer) -> str:
     `continue_final_message`: the last (assistant) message is left open so the model continues
     it (DeepSeek's "prefix completion"), by cutting the render right after its content.
     """
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    messages = [_message(m) for m in req.messages]
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None  # also with tool_choice none
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt, tools=tools)
     except (jinja2.TemplateError, ValueError, TypeError) as e:  # raise_exception(), no template, bad data
         raise APIError(400, f"cannot apply the chat template: {e}", param="messages", code="chat_template") from None
     if req.continue_final_message:
@@ -90,6 +92,39 @@ def render_chat(req: ChatCompletionRequest, tokenizer: Tokenizer) -> str:
             raise APIError(400, "cannot locate the final message in the rendered prompt", param="messages")
         text = text[: cut + len(last)]
     return text
+
+
+def _message(m) -> dict:
+    """A message as chat templates read it (DeepSeek's render tool_calls and tool results)."""
+    d = {"role": m.role, "content": m.text()}
+    if m.tool_calls:
+        d["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        d["tool_call_id"] = m.tool_call_id
+    return d
+
+
+def tool_spec(req: ChatCompletionRequest) -> StructuredSpec | None:
+    """The grammar that enforces tool_choice required / a named function (None otherwise)."""
+    mode = req.tool_mode()
+    if mode is None or mode == "auto":
+        return None
+    if req.response_format is not None and req.response_format.type != "text":
+        raise APIError(400, "response_format cannot be combined with tool_choice required or a named function",
+                       param="response_format")
+    tools = [t.function.model_dump(exclude_none=True) for t in req.tools]
+    if mode == "required":
+        schema = required_schema(tools, parallel=req.parallel_tool_calls is not False)
+    else:
+        schema = next(t for t in tools if t["name"] == mode.removeprefix("function:")).get("parameters") or {
+            "type": "object"}
+    text = json.dumps(schema)
+    try:
+        check_spec("json_schema", text, False)
+    except SchemaError as e:
+        raise APIError(400, f"tools: tool calling cannot enforce this parameters schema: {e}", param="tools",
+                       code="unsupported_schema") from None
+    return StructuredSpec("json_schema", text, strict=False)
 
 
 def prepare(
@@ -104,7 +139,11 @@ def prepare(
     if kind == "chat":
         refuse_unhonoured(req)
         prompts: list[str | list[int]] = [render_chat(req, tokenizer)]
-        structured = structured_spec(req, tokenizer, prompts[0], reasoning_parser)
+        structured = tool_spec(req) or structured_spec(req, tokenizer, prompts[0], reasoning_parser)
+        if structured is not None and req.tool_mode() not in (None, "auto") and reasoning_parser != "none" \
+                and ReasoningParser.prompt_opens_think(prompts[0]):
+            structured = StructuredSpec(structured.kind, structured.schema, structured.strict,
+                                        tokenizer.token_to_id(THINK_CLOSE))
     else:
         if req.echo and req.logprobs is not None:
             raise APIError(400, "echo with logprobs is not supported", param="echo")
