@@ -4,6 +4,10 @@ their arguments always parse and validate; a two-turn round trip sends the resul
 the checkpoint's chat template."""
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jsonschema
 import openai
@@ -26,11 +30,27 @@ MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def client():
+def server():
     s = ServeProcess().wait_ready()
-    yield openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0)
+    yield s
     s.stop()
     assert "Traceback" not in s.output, s.output
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+
+
+def test_readme_agent_snippet_works_as_pasted(server):
+    blocks = re.findall(r"```python\n(.*?)```", (Path(__file__).resolve().parents[2] / "README.md").read_text(),
+                        re.DOTALL)
+    quickstart = next(b for b in blocks if "OpenAI(" in b)
+    agents = next(b for b in blocks if "tool_choice" in b)
+    code = (quickstart + agents).replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "tool_calls get_weather {" in out.stdout and "name=" in out.stdout, out.stdout.splitlines()[-6:]
 
 
 def check_calls(calls, names=None):
