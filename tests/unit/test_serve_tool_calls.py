@@ -87,3 +87,28 @@ def test_required_schema_and_parser_detection():
     assert detect_parser("{{'<｜tool▁calls▁begin｜>' + name + '\\n' + '```json' + '\\n'}}") == "deepseek_v3"
     assert detect_parser("{{'<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>' + name + '<｜tool▁sep｜>'}}") == "deepseek_v31"
     assert detect_parser("{{ messages }}") == "none"
+
+
+def test_reasoning_and_tool_calls_coexist_in_one_r1_choice():
+    """R1: thinking, then a tool call, streamed token by token through one Choice."""
+    from fathom.engine.outputs import CompletionOutput
+    from fathom.serve.reasoning import ReasoningParser
+    from fathom.serve.responses import Choice, TokenStrings
+
+    text = "I should look it up.</think>\n\n" + V3
+    streamed = Choice(0, True, TokenStrings(None), ReasoningParser(True), tools=DeepSeekToolParser())
+    whole = Choice(0, True, TokenStrings(None), ReasoningParser(True), tools=DeepSeekToolParser())
+    chunks = []
+    for i in range(0, len(text), 3):
+        last = i + 3 >= len(text)
+        streamed.add(CompletionOutput(0, [], text[i:i + 3], finish_reason="stop" if last else None))
+        chunks.append(streamed.take())
+    whole.add(CompletionOutput(0, [], text, finish_reason="stop"))
+    reasoning = "".join(c["delta"].get("reasoning_content", "") for c in chunks)
+    content = "".join(c["delta"].get("content", "") for c in chunks)
+    deltas = [d for c in chunks for d in c["delta"].get("tool_calls", [])]
+    assert reasoning == "I should look it up." and content == "Let me check." and assemble(deltas) == EXPECTED
+    assert chunks[-1]["finish_reason"] == "tool_calls"
+    result = whole.result()
+    assert result["finish_reason"] == "tool_calls" and result["message"]["reasoning_content"] == "I should look it up."
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in result["message"]["tool_calls"]] == EXPECTED

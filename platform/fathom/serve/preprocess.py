@@ -82,7 +82,10 @@ def render_chat(req: ChatCompletionRequest, tokenizer: Tokenizer) -> str:
     messages = [_message(m) for m in req.messages]
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None  # also with tool_choice none
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt, tools=tools)
+        extra = {k: v for k, v in (req.chat_template_kwargs or {}).items()
+                 if k not in ("messages", "tools", "add_generation_prompt", "bos_token", "eos_token")}
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt, tools=tools,
+                                             **extra)
     except (jinja2.TemplateError, ValueError, TypeError) as e:  # raise_exception(), no template, bad data
         raise APIError(400, f"cannot apply the chat template: {e}", param="messages", code="chat_template") from None
     if req.continue_final_message:

@@ -164,6 +164,7 @@ class ChatCompletionRequest(_SamplingFields):
     parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None  # vLLM's: extra template variables, e.g. {"thinking": false}
     store: bool | None = None
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
