@@ -38,6 +38,7 @@ class EngineSettings(Spec):
     enable_prefix_caching: bool = Field(True, description="Reuse cached KV blocks of shared prompt prefixes.")
     enable_chunked_prefill: bool = Field(True, description="Split long prompts over several steps so decodes are not stalled.")
     reasoning_parser: Literal["none", "deepseek_r1"] = Field("none", description="Return <think>...</think> as reasoning_content.")
+    tool_call_parser: Literal["auto", "none", "deepseek_v3", "deepseek_v31"] = Field("auto", description="Format of the model's own tool calls (tool_choice auto): auto = from the checkpoint's chat template (V3/R1 or V3.1); none = return them as text.")
     engine_core_process: bool = Field(True, description="W=1: run the engine core (scheduler, model, sampler) in a child process, so serving work never contends with it for the GIL; false runs it on a thread of the replica.")
     seed: int = Field(0, description="Seed for weight generation of the demo model and for unseeded sampling.")
     pricing: Pricing = Field(default_factory=Pricing, description="Prices per million tokens for metering.")

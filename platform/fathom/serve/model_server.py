@@ -109,7 +109,9 @@ class ModelServer:
         self.strings = TokenStrings(self.engine.tokenizer)
         self.reasoning_parser = self.settings.engine.reasoning_parser
         tok = self.engine.tokenizer
-        self.tool_parser = detect_parser(tok.chat_template if tok is not None else None)  # DeepSeek V3 or V3.1
+        self.tool_parser = self.settings.engine.tool_call_parser  # the --tool-call-parser flag
+        if self.tool_parser == "auto":
+            self.tool_parser = detect_parser(tok.chat_template if tok is not None else None)  # V3/R1 or V3.1
         self.active_streams = 0
         self.generated_tokens = 0  # cumulative over every engine request, aborted ones included
         self.replica = replica_name()
