@@ -85,8 +85,11 @@ class _Request:
         prompt = sum(u[0] for u in self.usage)
         cached = sum(u[1] for u in self.usage)
         completion = sum(u[2] for u in self.usage)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": cached}}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                 "prompt_tokens_details": {"cached_tokens": cached}}
+        if any(c.parser is not None for c in self.choices):  # a reasoning model: how much was thinking
+            usage["completion_tokens_details"] = {"reasoning_tokens": sum(c.reasoning_tokens for c in self.choices)}
+        return usage
 
 
 class ModelServer:

@@ -53,6 +53,7 @@ class Choice:
                  tools: ToolCallStream | None = None):
         self.index = index
         self.tools = tools  # content -> tool calls (fathom.serve.tool_calls)
+        self.reasoning_tokens = 0  # usage.completion_tokens_details.reasoning_tokens
         self._pending_tools: list[dict] = []
         self.tokens_as_ids = tokens_as_ids
         self.chat = chat
@@ -71,6 +72,8 @@ class Choice:
     def add(self, out: CompletionOutput) -> None:
         text, reasoning = out.text, ""
         if self.parser is not None:
+            if self.parser.in_reasoning or (not self.reasoning_tokens and out.text.lstrip().startswith("<think>")):
+                self.reasoning_tokens += len(out.token_ids)
             split = self.parser.feed(text)
             if out.finish_reason is not None:
                 tail = self.parser.finish()
