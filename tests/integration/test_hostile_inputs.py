@@ -80,7 +80,7 @@ def _json_cases() -> list[tuple[str, str, bytes, str]]:
     add(("message extra field", CHAT, raw(chat(messages=[{"role": "user", "content": "a", "x": 1}])), BAD))
     # unknown and unsupported fields
     for field, v in [("temperatur", 1), ("functions", []), ("priority", 5), ("priority", -(10**9)),
-                     ("store", True), ("service_tier", "flex"), ("parallel_tool_calls", True),
+                     ("store", True), ("service_tier", "flex"), ("parallel_tool_calls", "yes"),
                      ("metadata", {"a": "b"}), ("stream_options", {"continuous_usage_stats": True}),
                      ("logit_bias", {"5": 1.0}), ("tools", [{"type": "function"}])]:
         add((f"unsupported {field}", CHAT, raw(chat(**{field: v})), BAD))

@@ -205,6 +205,9 @@ async def test_reasoning_content_split_stream_and_non_stream(client):
         else:
             assert (reasoning, content) == (r.text, "")
     assert split >= 1, "no sample closed its thinking; pick another seed"
+    unclosed = sum(c.finish_reason == "length" and not c.message.content for c in whole.choices)
+    thinking = whole.usage.completion_tokens_details.reasoning_tokens
+    assert 48 * unclosed <= thinking < whole.usage.completion_tokens  # some samples answered after </think>
 
     stream = await client.chat.completions.create(**kw, stream=True)
     got = {i: ["", ""] for i in range(8)}

@@ -105,10 +105,10 @@ async def test_the_loop_fails_the_stream_alone_and_stays_healthy():
     poisoned: set[int] = set()
     real = sampler._sample_batch
 
-    def sample_batch(logits, seq_ids):
+    def sample_batch(logits, seq_ids, allowed=None):
         if poisoned & set(seq_ids):
             raise RuntimeError("value cannot be converted to type int64 without overflow")
-        return real(logits, seq_ids)
+        return real(logits, seq_ids, allowed)
 
     sampler._sample_batch = sample_batch
     eng = AsyncEngine(core, None)

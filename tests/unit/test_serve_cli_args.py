@@ -21,12 +21,12 @@ def test_design_contract_flags():
         "--model", "/ckpt/DeepSeek-V3-tiny/", "--tensor-parallel-size", "2", "--expert-parallel-size", "2",
         "--num-replicas", "2", "--dtype", "bfloat16", "--host", "0.0.0.0", "--port", "8080",
         "--max-num-seqs", "8", "--max-model-len", "512", "--address", "auto", "--tenants", "t.yaml",
-        "--no-enable-prefix-caching", "--reasoning-parser", "deepseek_r1",
+        "--no-enable-prefix-caching", "--reasoning-parser", "deepseek_r1", "--tool-call-parser", "deepseek_v31",
     )
     e = s.engine
     assert (e.tensor_parallel_size, e.expert_parallel_size, e.dtype) == (2, 2, "bfloat16")
     assert (e.max_num_seqs, e.max_model_len, e.enable_prefix_caching) == (8, 512, False)
-    assert e.reasoning_parser == "deepseek_r1"
+    assert e.reasoning_parser == "deepseek_r1" and e.tool_call_parser == "deepseek_v31"
     assert (s.host, s.port, s.num_replicas, s.address, s.tenants) == ("0.0.0.0", 8080, 2, "auto", "t.yaml")
     assert s.model_name == "DeepSeek-V3-tiny"
     assert settings("--served-model-name", "ds", "--model", "/x").model_name == "ds"

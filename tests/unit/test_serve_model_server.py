@@ -89,7 +89,8 @@ async def test_errors_are_values_before_anything_starts(server):
     first = [i async for i in server.stream("completion", too_long)]
     assert len(first) == 1 and isinstance(first[0], APIError) and first[0].status == 400
     result = await server.complete("chat", ChatCompletionRequest(
-        model="fathom-demo", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_schema"}))
+        model="fathom-demo", messages=[{"role": "user", "content": "x"}], response_format={"type": "json_schema", "json_schema": {
+            "name": "bad", "schema": {"properties": {"a": {"$ref": "#/nowhere"}}}}}))
     assert isinstance(result, APIError) and result.param == "response_format"
     stats = await server.stats()
     assert stats["num_running"] == 0 and stats["active_streams"] == 0

@@ -13,6 +13,20 @@ MAX_STOP_CHARS = 256
 
 
 @dataclass(frozen=True)
+class StructuredSpec:
+    """Grammar-constrained decoding of one request (OpenAI `response_format`).
+
+    kind "json_object": any JSON object; "json_schema": JSON matching `schema` (a JSON string),
+    `strict` as OpenAI's flag (no properties beyond the schema's). `after_token_id`: the grammar
+    applies only once this token (an R1-style model's `</think>`) has been sampled."""
+
+    kind: str
+    schema: str | None = None
+    strict: bool = True
+    after_token_id: int | None = None
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to sample one request. Every bad value raises `InvalidRequestError` naming the field.
 
@@ -40,6 +54,7 @@ class SamplingParams:
     logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured: StructuredSpec | None = None
 
     def __post_init__(self) -> None:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -75,6 +90,8 @@ class SamplingParams:
             _check(_is_num(value) and -2 <= value <= 2, name, "a number in [-2, 2]", value)
         _check(_is_num(self.repetition_penalty) and 0 < self.repetition_penalty <= 10,
                "repetition_penalty", "a number in (0, 10]", self.repetition_penalty)
+        _check(self.structured is None or self.structured.kind in ("json_object", "json_schema"), "structured",
+               "None or a json_object / json_schema spec", self.structured)
         _check(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
                "logprobs", f"None or an integer in [0, {MAX_LOGPROBS}]", self.logprobs)
 

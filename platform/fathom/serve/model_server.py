@@ -28,6 +28,7 @@ from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
 from fathom.serve.replica_tenancy import cap_calls, meter_abandoned, replica_tenancy_client
 from fathom.serve.responses import Choice, TokenStrings
+from fathom.serve.tool_calls import detect_parser, make_tool_stream
 from fathom.telemetry.generation import OPERATIONS, traced_outputs
 from fathom.telemetry.metrics import process_metrics
 from fathom.telemetry.runtime import replica_name, start_telemetry
@@ -51,8 +52,10 @@ class _Request:
             for j in range(call.params.n):
                 parser = make_parser(server.reasoning_parser, call.prompt_text) if kind == "chat" else None
                 echo = call.prompt_text if getattr(req, "echo", False) else ""
+                tools = make_tool_stream(req.tool_mode(), server.tool_parser) if kind == "chat" else None
                 self.choices.append(Choice(call.choice_offset + j, kind == "chat", server.strings, parser,
-                                           echo, call.params.logprobs is not None, req.return_tokens_as_token_ids))
+                                           echo, call.params.logprobs is not None, req.return_tokens_as_token_ids,
+                                           tools))
         self.usage = [(len(c.prompt_ids), 0, 0) for c in calls]  # (prompt, cached, completion) per call
         self.first_token_at: float | None = None
         self.trace_context: dict | None = None  # the ingress's W3C carrier (fathom.telemetry)
@@ -83,8 +86,11 @@ class _Request:
         prompt = sum(u[0] for u in self.usage)
         cached = sum(u[1] for u in self.usage)
         completion = sum(u[2] for u in self.usage)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": cached}}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                 "prompt_tokens_details": {"cached_tokens": cached}}
+        if any(c.parser is not None for c in self.choices):  # a reasoning model: how much was thinking
+            usage["completion_tokens_details"] = {"reasoning_tokens": sum(c.reasoning_tokens for c in self.choices)}
+        return usage
 
 
 class ModelServer:
@@ -106,6 +112,10 @@ class ModelServer:
         self.max_model_len = self.engine.max_model_len
         self.strings = TokenStrings(self.engine.tokenizer)
         self.reasoning_parser = self.settings.engine.reasoning_parser
+        tok = self.engine.tokenizer
+        self.tool_parser = self.settings.engine.tool_call_parser  # the --tool-call-parser flag
+        if self.tool_parser == "auto":
+            self.tool_parser = detect_parser(tok.chat_template if tok is not None else None)  # V3/R1 or V3.1
         self.active_streams = 0
         self.active_sequences = 0  # engine sequences (prompts × n) of the requests in flight here
         self.generated_tokens = 0  # cumulative over every engine request, aborted ones included
@@ -187,8 +197,10 @@ class ModelServer:
     # ------------------------------------------------------------------ internals
 
     def _start(self, kind: str, req: Any, tenancy: RequestTenancy | None = None) -> _Request:
-        skip = req.skip_special_tokens and not (kind == "chat" and self.reasoning_parser != "none")
-        calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip)
+        skip = req.skip_special_tokens and not (kind == "chat" and (self.reasoning_parser != "none"
+                                                                     or req.tool_mode() == "auto"))
+        calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip,
+                        reasoning_parser=self.reasoning_parser)
         if tenancy is not None:
             calls = cap_calls(tenancy, calls)
             if self.policy is not None and self._weights.get(tenancy.tenant) != tenancy.weight:

@@ -4,15 +4,19 @@ Runs in the model replica (it owns the tokenizer). Every refusal is an `APIError
 field; the engine's own checks (`InvalidRequestError`) are mapped the same way.
 """
 
+import json
 from dataclasses import dataclass
 
 import jinja2
 
 from fathom.api.openai_error import APIError
 from fathom.engine.errors import InvalidRequestError, PromptTooLongError
-from fathom.engine.sampling_params import SamplingParams
+from fathom.engine.sampling_params import SamplingParams, StructuredSpec
 from fathom.engine.tokenizer import Tokenizer
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
+from fathom.serve.reasoning import THINK_CLOSE, ReasoningParser
+from fathom.serve.tool_calls import required_schema
+from fathom.worker.structured import SchemaError, check_spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,8 @@ def check_length(prompt_len: int, max_new: int | None, max_model_len: int) -> No
         )
 
 
-def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_special_tokens: bool) -> SamplingParams:
+def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_special_tokens: bool,
+                    structured: StructuredSpec | None = None) -> SamplingParams:
     try:
         return SamplingParams(
             n=req.n,
@@ -57,6 +62,7 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_spec
             repetition_penalty=req.repetition_penalty or 1.0,
             logprobs=req.num_top_logprobs(),
             skip_special_tokens=skip_special_tokens,
+            structured=structured,
         )
     except InvalidRequestError as e:
         raise engine_error(e) from None
@@ -73,9 +79,13 @@ def render_chat(req: ChatCompletionRequest, tokenizer: Tokenizer) -> str:
     `continue_final_message`: the last (assistant) message is left open so the model continues
     it (DeepSeek's "prefix completion"), by cutting the render right after its content.
     """
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    messages = [_message(m) for m in req.messages]
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None  # also with tool_choice none
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt)
+        extra = {k: v for k, v in (req.chat_template_kwargs or {}).items()
+                 if k not in ("messages", "tools", "add_generation_prompt", "bos_token", "eos_token")}
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt, tools=tools,
+                                             **extra)
     except (jinja2.TemplateError, ValueError, TypeError) as e:  # raise_exception(), no template, bad data
         raise APIError(400, f"cannot apply the chat template: {e}", param="messages", code="chat_template") from None
     if req.continue_final_message:
@@ -87,23 +97,61 @@ def render_chat(req: ChatCompletionRequest, tokenizer: Tokenizer) -> str:
     return text
 
 
+def _message(m) -> dict:
+    """A message as chat templates read it (DeepSeek's render tool_calls and tool results)."""
+    d = {"role": m.role, "content": m.text()}
+    if m.tool_calls:
+        d["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        d["tool_call_id"] = m.tool_call_id
+    return d
+
+
+def tool_spec(req: ChatCompletionRequest) -> StructuredSpec | None:
+    """The grammar that enforces tool_choice required / a named function (None otherwise)."""
+    mode = req.tool_mode()
+    if mode is None or mode == "auto":
+        return None
+    if req.response_format is not None and req.response_format.type != "text":
+        raise APIError(400, "response_format cannot be combined with tool_choice required or a named function",
+                       param="response_format")
+    tools = [t.function.model_dump(exclude_none=True) for t in req.tools]
+    if mode == "required":
+        schema = required_schema(tools, parallel=req.parallel_tool_calls is not False)
+    else:
+        schema = next(t for t in tools if t["name"] == mode.removeprefix("function:")).get("parameters") or {
+            "type": "object"}
+    text = json.dumps(schema)
+    try:
+        check_spec("json_schema", text, False)
+    except SchemaError as e:
+        raise APIError(400, f"tools: tool calling cannot enforce this parameters schema: {e}", param="tools",
+                       code="unsupported_schema") from None
+    return StructuredSpec("json_schema", text, strict=False)
+
+
 def prepare(
     kind: str, req: ChatCompletionRequest | CompletionRequest, tokenizer: Tokenizer | None, max_model_len: int,
-    skip_special_tokens: bool = True,
+    skip_special_tokens: bool = True, reasoning_parser: str = "none",
 ) -> list[EngineCall]:
     """The engine calls that answer `req` (one per prompt), or an APIError. Without a tokenizer
     (a checkpoint with no tokenizer.json) only token-id prompts can be served."""
     if tokenizer is None:
         return _prepare_token_ids(kind, req, max_model_len)
+    structured = None
     if kind == "chat":
-        if req.response_format is not None and req.response_format.type == "json_schema":
-            raise APIError(400, "response_format json_schema is not supported", param="response_format")
+        refuse_unhonoured(req)
         prompts: list[str | list[int]] = [render_chat(req, tokenizer)]
+        structured = tool_spec(req) or structured_spec(req, tokenizer, prompts[0], reasoning_parser)
+        if structured is not None and req.tool_mode() not in (None, "auto") and reasoning_parser != "none" \
+                and ReasoningParser.prompt_opens_think(prompts[0]):
+            structured = StructuredSpec(structured.kind, structured.schema, structured.strict,
+                                        tokenizer.token_to_id(THINK_CLOSE))
     else:
         if req.echo and req.logprobs is not None:
             raise APIError(400, "echo with logprobs is not supported", param="echo")
         prompts = req.prompts()
-    params = sampling_params(req, skip_special_tokens=skip_special_tokens)
+    params = sampling_params(req, skip_special_tokens=skip_special_tokens, structured=structured)
     vocab = tokenizer.vocab_size
     calls = []
     for i, prompt in enumerate(prompts):
@@ -120,6 +168,40 @@ def prepare(
         check_length(len(ids), req.max_new_tokens(), max_model_len)
         calls.append(EngineCall(ids, text, params, choice_offset=i * req.n))
     return calls
+
+
+def refuse_unhonoured(req: ChatCompletionRequest) -> None:
+    """400 for chat fields this model cannot honour (accepting and ignoring them would lie)."""
+    if req.reasoning_effort is not None:
+        raise APIError(400, "reasoning_effort is not supported: DeepSeek checkpoints have no effort levels "
+                       "(use chat_template_kwargs to switch thinking where the template supports it)",
+                       param="reasoning_effort", code="unsupported_parameter")
+
+
+def structured_spec(req: ChatCompletionRequest, tokenizer: Tokenizer, prompt_text: str,
+                    reasoning_parser: str) -> StructuredSpec | None:
+    """The grammar of `response_format` (None for text), or a 400 naming what cannot be enforced.
+    For a model that thinks (the prompt opens `<think>`), the grammar starts after `</think>`."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if req.ignore_eos:
+        raise APIError(400, "ignore_eos cannot be combined with response_format", param="ignore_eos")
+    schema, strict = None, True
+    if fmt.type == "json_schema":
+        schema, strict = json.dumps(fmt.json_schema.schema_), fmt.json_schema.strict is not False
+        try:
+            check_spec("json_schema", schema, strict)
+        except SchemaError as e:
+            raise APIError(400, f"response_format json_schema: structured outputs cannot enforce this schema: {e}",
+                           param="response_format", code="unsupported_schema") from None
+    after = None
+    if reasoning_parser != "none" and ReasoningParser.prompt_opens_think(prompt_text):
+        after = tokenizer.token_to_id(THINK_CLOSE)
+        if after is None:
+            raise APIError(400, "response_format needs </think> to be one token of this model's vocabulary",
+                           param="response_format")
+    return StructuredSpec(fmt.type, schema, strict, after)
 
 
 def _prepare_token_ids(kind: str, req: CompletionRequest, max_model_len: int) -> list[EngineCall]:

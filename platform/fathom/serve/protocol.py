@@ -49,6 +49,40 @@ class TextPart(_Request):
     text: str
 
 
+class ToolCallFunction(_Request):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Request):
+    """A function call the assistant made (an assistant message's `tool_calls`)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(_Request):
     """One conversation turn; content may be a string or a list of text parts."""
 
@@ -57,6 +91,7 @@ class ChatMessage(_Request):
     name: ShortStr | None = None
     reasoning_content: str | None = None
     tool_call_id: ShortStr | None = None
+    tool_calls: list[ToolCall] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -66,9 +101,25 @@ class ChatMessage(_Request):
         return "".join(p.text for p in self.content)
 
 
+class JsonSchemaFormat(_Request):
+    """OpenAI's `response_format.json_schema`: the schema the output must match."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_iff_json_schema(self) -> "ResponseFormat":
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("response_format.json_schema is required with type json_schema, and only then")
+        return self
 
 
 StopStr = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
@@ -76,8 +127,7 @@ Stop = StopStr | Annotated[list[StopStr], Field(max_length=MAX_STOP_SEQUENCES)] 
 
 # Known OpenAI fields this server accepts only at their default: (field, default). Anything
 # else is a 400 that names the field, so a client never believes a setting took effect.
-_NOT_IMPLEMENTED = (("parallel_tool_calls", None), ("store", None), ("metadata", None),
-                    ("service_tier", None), ("priority", 0))
+_NOT_IMPLEMENTED = (("store", None), ("metadata", None), ("service_tier", None), ("priority", 0))
 
 
 class _SamplingFields(_Request):
@@ -142,22 +192,16 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Literal["none", "auto"] | dict[str, Any] | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None  # vLLM's: extra template variables, e.g. {"thinking": false}
     store: bool | None = None
     metadata: Annotated[dict[ShortStr, ShortStr], Field(max_length=16)] | None = None
     service_tier: ShortStr | None = None
     reasoning_effort: Literal["low", "medium", "high"] | None = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list | None) -> list | None:
-        if v:
-            raise ValueError("tool calling is not supported by this server")
-        return v
 
     @model_validator(mode="after")
     def _check(self) -> "ChatCompletionRequest":
@@ -167,10 +211,23 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
         if self.continue_final_message and self.messages[-1].role != "assistant":
             raise ValueError("continue_final_message requires the last message to be from the assistant")
+        names = [t.function.name for t in self.tools or []]
+        if self.tool_choice not in (None, "none", "auto") and not names:
+            raise ValueError("tool_choice requires tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not among the tools")
         return self
 
     def num_choices(self) -> int:
         return self.n
+
+    def tool_mode(self) -> str | None:
+        """None (no tools, or tool_choice none), "auto", "required" or the forced function's name."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "function:" + self.tool_choice.function.name
+        return self.tool_choice or "auto"
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -45,6 +45,11 @@ class ReasoningParser:
         tail = prompt_text.rstrip()
         return tail.endswith(THINK_OPEN)
 
+    @property
+    def in_reasoning(self) -> bool:
+        """Inside `<think>`: the next tokens are reasoning tokens (the closing tag's included)."""
+        return self._state == "reasoning"
+
     def feed(self, text: str) -> Split:
         out = Split()
         text = self._held + text

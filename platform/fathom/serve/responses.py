@@ -11,6 +11,7 @@ from functools import lru_cache
 from fathom.engine.outputs import CompletionOutput, TokenLogprob
 from fathom.engine.tokenizer import Tokenizer, bytes_to_unicode
 from fathom.serve.reasoning import ReasoningParser
+from fathom.serve.tool_calls import ToolCallStream
 
 
 @lru_cache(maxsize=1)
@@ -48,8 +49,12 @@ class Choice:
     """One choice (sample) of a chat or text completion, fed with engine deltas."""
 
     def __init__(self, index: int, chat: bool, strings: TokenStrings, parser: ReasoningParser | None = None,
-                 echo: str = "", want_logprobs: bool = False, tokens_as_ids: bool = False):
+                 echo: str = "", want_logprobs: bool = False, tokens_as_ids: bool = False,
+                 tools: ToolCallStream | None = None):
         self.index = index
+        self.tools = tools  # content -> tool calls (fathom.serve.tool_calls)
+        self.reasoning_tokens = 0  # usage.completion_tokens_details.reasoning_tokens
+        self._pending_tools: list[dict] = []
         self.tokens_as_ids = tokens_as_ids
         self.chat = chat
         self.strings = strings
@@ -67,12 +72,17 @@ class Choice:
     def add(self, out: CompletionOutput) -> None:
         text, reasoning = out.text, ""
         if self.parser is not None:
+            if self.parser.in_reasoning or (not self.reasoning_tokens and out.text.lstrip().startswith("<think>")):
+                self.reasoning_tokens += len(out.token_ids)
             split = self.parser.feed(text)
             if out.finish_reason is not None:
                 tail = self.parser.finish()
                 split.reasoning += tail.reasoning
                 split.content += tail.content
             text, reasoning = split.content, split.reasoning
+        if self.tools is not None:
+            text, deltas = self.tools.feed(text, final=out.finish_reason is not None)
+            self._pending_tools.extend(deltas)
         self._pending_text += text
         self._pending_reasoning += reasoning
         self.text.append(text)
@@ -81,11 +91,12 @@ class Choice:
             self._pending_logprobs.extend(out.logprobs)
             self.logprobs.extend(out.logprobs)
         if out.finish_reason is not None:
-            self.finish_reason = out.finish_reason
+            called = self.tools is not None and self.tools.sent
+            self.finish_reason = "tool_calls" if called and out.finish_reason == "stop" else out.finish_reason
 
     @property
     def has_news(self) -> bool:
-        return bool(self._pending_text or self._pending_reasoning or self._pending_logprobs
+        return bool(self._pending_text or self._pending_reasoning or self._pending_logprobs or self._pending_tools
                     or (self.finish_reason and not self._finish_sent) or (self.chat and not self._sent_role))
 
     def take(self) -> dict:
@@ -105,6 +116,8 @@ class Choice:
             delta["content"] = text
         if reasoning:
             delta["reasoning_content"] = reasoning
+        if self._pending_tools:
+            delta["tool_calls"], self._pending_tools = self._pending_tools, []
         logprobs = {"content": [self._chat_logprob(lp) for lp in lps]} if self.want_logprobs else None
         return {"index": self.index, "delta": delta, "logprobs": logprobs, "finish_reason": self.finish_reason}
 
@@ -117,6 +130,10 @@ class Choice:
         message = {"role": "assistant", "content": text if (text or not reasoning) else None}
         if self.parser is not None:
             message["reasoning_content"] = reasoning or None
+        calls = self.tools.calls() if self.tools is not None else []
+        if calls:
+            message["tool_calls"] = calls
+            message["content"] = text or None
         logprobs = {"content": [self._chat_logprob(lp) for lp in self.logprobs]} if self.want_logprobs else None
         return {"index": self.index, "message": message, "logprobs": logprobs, "finish_reason": self.finish_reason}
 

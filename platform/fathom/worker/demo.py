@@ -21,20 +21,39 @@ from safetensors.torch import save_file
 
 from fathom.engine.tokenizer import bytes_to_unicode
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: DeepSeek's tool-call tokens and a chat template that renders tools
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+TOOL_TOKENS = ["<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>",
+               "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>",
+               "<｜tool▁output▁end｜>", "<｜tool▁sep｜>"]  # fmt: skip
 SPECIAL_TOKENS = [BOS, EOS, "<think>", "</think>", "<｜User｜>", "<｜Assistant｜>",
-                  "<｜place▁holder▁no▁0｜>", "<｜place▁holder▁no▁1｜>"]  # fmt: skip
+                  "<｜place▁holder▁no▁0｜>", "<｜place▁holder▁no▁1｜>", *TOOL_TOKENS]  # fmt: skip
 # Frequent English pairs, as byte-level BPE merges ("Ġ" is the space byte).
 MERGES = ["Ġt", "he", "in", "er", "an", "Ġa", "on", "re", "Ġs", "at", "en", "nd", "Ġw", "or", "es", "Ġo", "ti", "Ġc", "ed", "is", "it", "ou", "ar", "Ġb", "al", "Ġf", "Ġp", "te", "ng", "Ġm", "le", "st", "Ġd", "as", "ve", "ic", "ro", "me", "Ġh", "se", "ll", "Ġi", "Ġn", "de", "ne", "hi", "ea", "ra", "co", "ce", "li", "ri", "ch", "io", "ly", "ut"]  # fmt: skip
 
+# DeepSeek-V3's chat template, abridged: tools in the system prompt, assistant tool calls and tool
+# results in V3's tool-call tokens.
 CHAT_TEMPLATE = (
     "{%- if add_generation_prompt is not defined %}{% set add_generation_prompt = false %}{% endif %}"
     "{{- bos_token }}"
     "{%- for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    "{%- if tools %}\n\n## Tools\nYou have access to the following tools:\n"
+    "{%- for t in tools %}\n### {{ t['function']['name'] }}\nDescription: {{ t['function']['description'] or '' }}"
+    "\n\nParameters: {{ (t['function']['parameters'] or {}) | tojson }}\n{% endfor %}"
+    "\nIMPORTANT: ALWAYS adhere to this exact format for tool use:\n"
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>tool_call_name\n```json\n"
+    "tool_call_arguments\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>{% endif %}"
     "{%- for m in messages %}"
     "{%- if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+    "{%- elif m['role'] == 'assistant' and m['tool_calls'] %}{{ '<｜Assistant｜>' + (m['content'] or '') }}"
+    "<｜tool▁calls▁begin｜>{% for c in m['tool_calls'] %}<｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+    "{{ c['function']['name'] }}\n```json\n{{ c['function']['arguments'] }}\n```<｜tool▁call▁end｜>"
+    "{% endfor %}<｜tool▁calls▁end｜>{{ eos_token }}"
     "{%- elif m['role'] == 'assistant' %}{{ '<｜Assistant｜>' + m['content'] + eos_token }}"
+    "{%- elif m['role'] == 'tool' %}"
+    "{%- if loop.previtem is not defined or loop.previtem['role'] != 'tool' %}<｜tool▁outputs▁begin｜>{% endif %}"
+    "<｜tool▁output▁begin｜>{{ m['content'] }}<｜tool▁output▁end｜>"
+    "{%- if loop.nextitem is not defined or loop.nextitem['role'] != 'tool' %}<｜tool▁outputs▁end｜>{% endif %}"
     "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
@@ -140,16 +159,23 @@ def demo_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     from fathom.model.config import DeepseekConfig
 
     g = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
+    g_tools = torch.Generator().manual_seed(seed + 1)  # rows of TOOL_TOKENS, drawn apart so that
+    out: dict[str, torch.Tensor] = {}  # every other weight is the same as version 1's
+
+    def rows(shape) -> torch.Tensor:
+        n_tools = len(TOOL_TOKENS)
+        return torch.cat([torch.randn((shape[0] - n_tools, *shape[1:]), generator=g),
+                          torch.randn((n_tools, *shape[1:]), generator=g_tools)])
+
     for name, shape in checkpoint_shapes(DeepseekConfig.from_dict(DEMO_CONFIG)):
         if name.endswith("norm.weight") or "layernorm" in name:
             t = 1 + 0.1 * torch.randn(shape, generator=g)
         elif name.endswith("e_score_correction_bias"):
             t = 0.05 * torch.randn(shape, generator=g)
         elif "embed_tokens" in name:
-            t = torch.randn(shape, generator=g)
+            t = rows(shape)
         elif name == "lm_head.weight":
-            t = torch.randn(shape, generator=g) * 4 / math.sqrt(shape[-1])
+            t = rows(shape) * 4 / math.sqrt(shape[-1])
         else:
             t = torch.randn(shape, generator=g) / math.sqrt(shape[-1])
         keep_fp32 = name.endswith("e_score_correction_bias")

@@ -97,7 +97,8 @@ def in_process_executor(model_dir: Path, settings: EngineSettings, max_model_len
     model = load_model(model_dir, ParallelContext.single(device), resolve_dtype(settings.dtype, device),
                        quantization=settings.quantization)
     spec = cache_spec(settings, max_model_len)
-    return InProcessExecutor(ModelRunner(model, blocks_for(model, spec), spec.block_size, spec.dtype_for(model)))
+    return InProcessExecutor(ModelRunner(model, blocks_for(model, spec), spec.block_size, spec.dtype_for(model),
+                                             model_dir=model_dir))
 
 
 def _config_json(model_dir: Path) -> dict:

@@ -10,11 +10,12 @@ from fathom.engine.step_input import StepInput, StepOutput
 from fathom.model.attention_metadata import AttentionMetadata
 from fathom.model.kv_cache import allocate_kv_caches
 from fathom.worker.sampler import Sampler
+from fathom.worker.structured import Grammars
 
 
 class ModelRunner:
     def __init__(self, model, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
-                 samples: bool = True):
+                 samples: bool = True, model_dir=None):
         self.model = model
         self.device = model.ctx.device
         self.block_size = block_size
@@ -23,15 +24,19 @@ class ModelRunner:
                                             self.device)
         self.samples = samples
         self.sampler = Sampler(self.device)
+        self.grammars = Grammars(model_dir, self.device)  # structured outputs (driver rank only)
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> StepOutput | None:
         """Forward the step's tokens; return sampled tokens (driver rank) or None (other ranks)."""
         for seq_id in step.freed_seq_ids:
             self.sampler.free(seq_id)
+            self.grammars.free(seq_id)
         if self.samples:
             for spec in step.new_specs:
                 self.sampler.add(spec)
+                if spec.params.structured is not None:
+                    self.grammars.add(spec.seq_id, spec.params.structured, self.model.config.vocab_size)
         seq_lens = [s + q for s, q in zip(step.starts, step.query_lens)]
         meta = AttentionMetadata.build(step.query_lens, seq_lens, step.block_tables, self.block_size, self.device)
         input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=self.device)  # [T]
@@ -40,7 +45,12 @@ class ModelRunner:
             return StepOutput([], [], []) if self.samples else None
         rows = torch.tensor(step.sample_rows, dtype=torch.long, device=self.device)
         last = meta.query_start_loc[1:][rows] - 1  # [S] index of each sampled row's last token
+        sampled = [step.seq_ids[r] for r in step.sample_rows]
+        # grammar masks on the CPU while the accelerator runs the forward (launched above)
+        allowed = self.grammars.allowed(sampled, self.model.config.vocab_size) if self.samples else None
         logits = self.model.compute_logits(hidden[last])  # [S, V] float32
         if not self.samples:
             return None
-        return self.sampler.sample(logits, [step.seq_ids[r] for r in step.sample_rows])
+        out = self.sampler.sample(logits, sampled, allowed)
+        self.grammars.accept(sampled, out.token_ids)
+        return out

@@ -43,13 +43,13 @@ class RankWorker:
         ctx = init_parallel(self.rank, self.world_size, self.ep_size, master_addr=master_addr,
                             master_port=master_port)
         self.model = load_model(model_dir, ctx, resolve_dtype(dtype, ctx.device), quantization=quantization)
-        self.block_size, self.spec = spec.block_size, spec
+        self.block_size, self.spec, self.model_dir = spec.block_size, spec, model_dir
         return blocks_for(self.model, spec)
 
     def allocate(self, num_blocks: int) -> int:
         """Allocate the KV cache (the same block count on every rank); returns the vocab size."""
         self.runner = ModelRunner(self.model, num_blocks, self.block_size, self.spec.dtype_for(self.model),
-                                  samples=self.rank == 0)
+                                  samples=self.rank == 0, model_dir=self.model_dir)
         return self.model.config.vocab_size
 
     def execute(self, step: StepInput) -> StepOutput | None:

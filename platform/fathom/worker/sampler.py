@@ -43,26 +43,28 @@ class Sampler:
         self.states.pop(seq_id, None)
         self.bad.pop(seq_id, None)
 
-    def sample(self, logits: torch.Tensor, seq_ids: list[int]) -> StepOutput:
-        """logits: float32 [B, V], row j belongs to seq_ids[j]. Rows that cannot be sampled come
-        back in `errors` (the others are sampled as if those rows were not in the batch)."""
+    def sample(self, logits: torch.Tensor, seq_ids: list[int], allowed: torch.Tensor | None = None) -> StepOutput:
+        """logits: float32 [B, V], row j belongs to seq_ids[j]; `allowed` [B, V] bool (structured
+        outputs' grammar mask): tokens it rules out are never sampled. Rows that cannot be sampled
+        come back in `errors` (the others are sampled as if those rows were not in the batch)."""
         errors = {j: self.bad[s] for j, s in enumerate(seq_ids) if s in self.bad}
         errors.update({j: f"no sampling spec for sequence {s}" for j, s in enumerate(seq_ids)
                        if s not in self.states})
         if errors:
-            return self._sample_rows(logits, seq_ids, errors)
+            return self._sample_rows(logits, seq_ids, errors, allowed)
         try:
-            return self._sample_batch(logits, seq_ids)
+            return self._sample_batch(logits, seq_ids, allowed)
         except Exception:  # noqa: BLE001 - find the row(s) at fault, sample the rest
-            return self._sample_rows(logits, seq_ids, errors)
+            return self._sample_rows(logits, seq_ids, errors, allowed)
 
-    def _sample_rows(self, logits: torch.Tensor, seq_ids: list[int], errors: dict[int, str]) -> StepOutput:
+    def _sample_rows(self, logits: torch.Tensor, seq_ids: list[int], errors: dict[int, str],
+                     allowed: torch.Tensor | None) -> StepOutput:
         out = StepOutput([-1] * len(seq_ids), [None] * len(seq_ids), [None] * len(seq_ids), dict(errors))
         for j, seq_id in enumerate(seq_ids):
             if j in errors:
                 continue
             try:
-                one = self._sample_batch(logits[j:j + 1], [seq_id])
+                one = self._sample_batch(logits[j:j + 1], [seq_id], None if allowed is None else allowed[j:j + 1])
             except Exception as e:  # noqa: BLE001 - this row's request fails, alone
                 out.errors[j] = f"sampling failed: {type(e).__name__}: {e}"[:500]
                 continue
@@ -70,11 +72,13 @@ class Sampler:
                 one.top_logprobs[0]
         return out
 
-    def _sample_batch(self, logits: torch.Tensor, seq_ids: list[int]) -> StepOutput:
+    def _sample_batch(self, logits: torch.Tensor, seq_ids: list[int], allowed: torch.Tensor | None) -> StepOutput:
         states = [self.states[s] for s in seq_ids]
         raw_logprobs = None
         if any(st.spec.params.logprobs is not None for st in states):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
         logits = self._apply_penalties(logits, states)
         tokens = torch.empty(len(states), dtype=torch.long, device=logits.device)
         greedy = [j for j, st in enumerate(states) if st.spec.params.greedy]
