@@ -69,8 +69,7 @@ async def kuberay(cluster, deployed: list[int]) -> None:
 
 def model_service(port: int) -> dict:
     return {"apiVersion": "fathom.dev/v1alpha1", "kind": "ModelService",
-            "metadata": {"name": "zero", "namespace": NS,
-                         "annotations": {"fathom.dev/metrics-url": f"http://127.0.0.1:{port}/metrics"}},
+            "metadata": {"name": "zero", "namespace": NS},
             "spec": {"engine": {"maxModelLen": 256, "maxNumSeqs": 4},  # the built-in demo model
                      "resources": {"gpus": 0, "cpu": 1, "memory": "2Gi"}, "replicas": 0,
                      "autoscaling": {"minReplicas": 0, "maxReplicas": 1, "intervalSeconds": 0.5,
@@ -82,7 +81,8 @@ async def test_a_request_at_zero_replicas_wakes_the_model_and_completes(cluster,
     deployed: list[int] = []
     stand_in = asyncio.ensure_future(kuberay(cluster, deployed))
     try:
-        async with operator_running(), httpx.AsyncClient(base_url=base, timeout=300) as http:
+        metrics = ("--metrics-url-template", f"{base}/metrics")  # the app's /metrics, as the chart's Service would
+        async with operator_running(*metrics), httpx.AsyncClient(base_url=base, timeout=300) as http:
             await kubectl.create(kube.MODEL_SERVICES, NS, model_service(serve_port))
             await eventually(lambda: deployed == [0], timeout=60)
             await eventually(lambda: _ok(http, "/health"), timeout=120)  # the ingress runs, no model replica
