@@ -112,11 +112,15 @@ class LLMEngine:
         req = self.requests.get(request_id)
         if req is None:
             return
+        self._abort_seqs(req)
+        self._dirty[request_id] = req
+
+    def _abort_seqs(self, req: Request) -> None:
+        """Finish the request's unfinished samples with finish_reason 'abort', freeing their blocks."""
         for seq in req.seqs:
             if seq.status is not SequenceStatus.FINISHED:
                 seq.finish_reason = seq.finish_reason or "abort"
                 self._finish(seq)
-        self._dirty[request_id] = req
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -196,10 +200,7 @@ class LLMEngine:
         req = self.requests.pop(request_id, None)
         if req is None:
             return
-        for seq in req.seqs:
-            if seq.status is not SequenceStatus.FINISHED:
-                seq.finish_reason = seq.finish_reason or "abort"
-                self._finish(seq)
+        self._abort_seqs(req)
         self._dirty.pop(request_id, None)
         self._failures.append((request_id, error))
 
