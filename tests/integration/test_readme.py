@@ -41,11 +41,13 @@ def commands(text: str) -> list[str]:
 
 
 def steps() -> list[tuple[str, str]]:
-    """(kind, text): kind is serve, curl, openai, helm, python or run."""
+    """(kind, text): kind is serve, curl, openai, agent, helm, python or run. An `agent` snippet
+    continues the quickstart's `client`; tests/integration/test_tool_calls.py runs it as pasted."""
     out = []
     for lang, text in fenced_blocks():
         if lang == "python":
-            out.append(("openai" if "OpenAI(" in text else "python", text))
+            kind = "openai" if "OpenAI(" in text else "agent" if "client." in text else "python"
+            out.append((kind, text))
             continue
         for cmd in commands(text):
             if cmd.startswith(GIVEN):
