@@ -76,6 +76,8 @@ def _merge(merged: dict[str, RequestOutput], delta: RequestOutput) -> None:
     """Fold a streaming delta into the request's accumulated output."""
     acc = merged.setdefault(delta.request_id, RequestOutput(delta.request_id, delta.prompt_token_ids, [],
                                                             False, delta.usage, delta.metrics))
+    if delta.prompt_logprobs is not None:
+        acc.prompt_logprobs = delta.prompt_logprobs
     by_index = {c.index: c for c in acc.outputs}
     for c in delta.outputs:
         into = by_index.get(c.index)

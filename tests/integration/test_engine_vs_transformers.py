@@ -9,7 +9,7 @@ from fathom.api.engine import EngineSettings
 from fathom.engine.sampling_params import SamplingParams
 from fathom.model.kv_cache import bytes_per_token
 from fathom.worker.factory import create_engine
-from support.model_testing import save_reference
+from support.model_testing import reference_logits, save_reference
 
 NEW = 10
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW, ignore_eos=True)
@@ -155,3 +155,35 @@ def test_quantization_and_kv_cache_dtype_settings_reach_the_rank(checkpoint):
     assert runner.model.model.layers[1].mlp.experts.w13.dtype == torch.float8_e4m3fn
     results = run(engine, {0: [("a", prompts([9])[0])]})
     assert len(results["a"]) == NEW
+
+
+def test_prompt_logprobs_equal_transformers_with_chunked_prefill_and_prefix_caching(checkpoint):
+    """Prompt logprobs are log_softmax of transformers' logits, whether the prompt is prefilled in
+    chunks or not, and even when its prefix is in the cache (such a request recomputes it)."""
+    path, hf = checkpoint
+    engine = make(path, max_num_batched_tokens=16, enable_chunked_prefill=True, enable_prefix_caching=True)
+    prompt = prompts([37], seed=5)[0]
+    ref = torch.log_softmax(reference_logits(hf, prompt), -1)
+    plain = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    wanted = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, prompt_logprobs=3, n=2)
+    outs = {}
+    for rid, params in [("warm", plain), ("a", wanted), ("b", wanted), ("c", plain)]:
+        engine.add_request(rid, prompt, params)
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                outs.setdefault(rid, []).append(out)
+    assert all(o.prompt_logprobs is None for o in outs["warm"] + outs["c"])
+    assert outs["c"][-1].usage.cached_tokens > 0  # the cache works for requests that need no logits
+    for rid in "ab":
+        got = [o.prompt_logprobs for o in outs[rid] if o.prompt_logprobs is not None]
+        assert len(got) == 1, "prompt logprobs come exactly once"
+        got = got[0]
+        assert len(got) == len(prompt) and got[0] is None
+        assert outs[rid][-1].usage.cached_tokens == 0  # sample 0 recomputed the cached prefix
+        for pos in range(1, len(prompt)):
+            lp = got[pos]
+            assert lp.token_id == prompt[pos]
+            assert lp.logprob == pytest.approx(ref[pos - 1, prompt[pos]].item(), abs=1e-4)
+            assert [t for t, _ in lp.top_logprobs] == ref[pos - 1].topk(3).indices.tolist()
+        prefill = [s for s in engine.executor.steps if s.prompt_logprobs]
+        assert len(prefill) > 1  # chunked: several steps each scored their slice

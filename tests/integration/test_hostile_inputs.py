@@ -82,8 +82,14 @@ def _json_cases() -> list[tuple[str, str, bytes, str]]:
     for field, v in [("temperatur", 1), ("functions", []), ("priority", 5), ("priority", -(10**9)),
                      ("store", True), ("service_tier", "flex"), ("parallel_tool_calls", "yes"),
                      ("metadata", {"a": "b"}), ("stream_options", {"continuous_usage_stats": True}),
-                     ("logit_bias", {"5": 1.0}), ("tools", [{"type": "function"}])]:
+                     ("tools", [{"type": "function"}])]:
         add((f"unsupported {field}", CHAT, raw(chat(**{field: v})), BAD))
+    # logit_bias: token-id keys, |bias| <= 100, at most 300 entries, ids inside the vocabulary
+    add(("logit_bias ok", CHAT, raw(chat(logit_bias={"5": -100, "6": 100.0})), OK))
+    for name, bias in [("101", {"5": 101}), ("key not an id", {"a": 1}), ("key -5", {"-5": 1}),
+                       ("key 2**40", {str(2**40): 1}), ("301 entries", {str(i): 1 for i in range(301)}),
+                       ("id > vocab", {"100000": 1}), ("value string", {"5": "1"})]:
+        add((f"logit_bias {name}", CHAT, raw(chat(logit_bias=bias)), BAD))
     # completions: fan-out, prompts and token ids
     add(("fan-out [[7]]*2000 n=16", COMP, raw(comp(prompt=[[7]] * 2000, n=16)), BAD))
     add(("fan-out 129 prompts", COMP, raw(comp(prompt=["a"] * 129)), BAD))

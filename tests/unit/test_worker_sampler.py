@@ -88,6 +88,9 @@ def test_penalties_and_min_tokens():
     ({"presence_penalty": 3}, "presence_penalty"), ({"logprobs": 21}, "logprobs"),
     ({"seed": 1.5}, "seed"), ({"temperature": float("nan")}, "temperature"),
     ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"), ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"logit_bias": {1: 100.5}}, "logit_bias"), ({"logit_bias": {-1: 1.0}}, "logit_bias"),
+    ({"logit_bias": {i: 1.0 for i in range(301)}}, "logit_bias"), ({"logit_bias": {1: float("inf")}}, "logit_bias"),
+    ({"prompt_logprobs": 21}, "prompt_logprobs"),
 ])
 def test_bad_sampling_params_name_the_field(kw, field):
     with pytest.raises(InvalidRequestError, match=f"`{field}`"):
@@ -97,3 +100,32 @@ def test_bad_sampling_params_name_the_field(kw, field):
 def test_stop_accepts_a_single_string():
     assert SamplingParams(stop="###").stop == ["###"]
     assert SamplingParams(stop=None, stop_token_ids=None).stop == []
+
+
+def test_logit_bias_is_added_per_row_before_sampling_and_the_grammar_mask_wins():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(3))
+    best = logits.argmax(-1).tolist()
+    banned = {best[0]: -100.0}
+    forced = {7: 100.0, 9: -3.0}
+    s = sampler_with(spec(0, temperature=0, logit_bias=banned), spec(1, temperature=0),
+                     spec(2, temperature=0, logit_bias=forced, logprobs=1), spec(3, temperature=1.0, logit_bias=forced))
+    allowed = torch.ones(4, 50, dtype=torch.bool)
+    out = s.sample(logits, [0, 1, 2, 3])
+    biased0 = logits[0].clone()
+    biased0[best[0]] -= 100.0
+    assert out.token_ids == [biased0.argmax().item(), best[1], 7, 7]  # +100 forces 7 even when sampling
+    assert out.token_ids[0] != best[0]
+    # logprobs stay those of the raw model distribution (as vLLM's default)
+    assert math.isclose(out.logprobs[2], torch.log_softmax(logits[2], -1)[7].item(), rel_tol=1e-6)
+    allowed[2, 7] = False  # the grammar forbids 7: the +100 bias cannot bring it back
+    again = sampler_with(spec(2, temperature=0, logit_bias=forced)).sample(logits[2:3], [2], allowed[2:3])
+    masked = logits[2].masked_fill(~allowed[2], float("-inf"))
+    masked[9] -= 3.0
+    assert again.token_ids == [masked.argmax().item()]
+
+
+def test_logit_bias_of_a_token_outside_the_logits_fails_that_row_alone():
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(4))
+    s = sampler_with(spec(0, temperature=0, logit_bias={60: 5.0}), spec(1, temperature=0))
+    out = s.sample(logits, [0, 1])
+    assert 0 in out.errors and 1 not in out.errors and out.token_ids[1] == logits[1].argmax().item()

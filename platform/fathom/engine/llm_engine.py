@@ -13,7 +13,7 @@ from fathom.engine.block_manager import BlockManager
 from fathom.engine.errors import InvalidRequestError, PromptTooLongError, RequestFailedError
 from fathom.engine.executor import Executor
 from fathom.engine.output_processor import OutputProcessor
-from fathom.engine.outputs import EngineStats, RequestMetrics, RequestOutput
+from fathom.engine.outputs import EngineStats, RequestMetrics, RequestOutput, TokenLogprob
 from fathom.engine.sampling_params import SamplingParams
 from fathom.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from fathom.engine.scheduling_policy import SchedulingPolicy
@@ -97,6 +97,9 @@ class LLMEngine:
                                       f"got {params.top_k}")
         if any(t >= vocab for t in params.stop_token_ids):
             raise InvalidRequestError(f"stop_token_ids must be token ids in [0, {vocab})")
+        bad = next((t for t in params.logit_bias or () if t >= vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"logit_bias: token id {bad} is outside the vocabulary [0, {vocab})")
         if len(prompt) >= self.config.max_model_len:
             raise PromptTooLongError(
                 f"prompt has {len(prompt)} tokens but max_model_len is {self.config.max_model_len} "
@@ -130,8 +133,10 @@ class LLMEngine:
         """Run one engine step; return a delta for every request that made progress."""
         batch = self.scheduler.schedule()
         if batch.chunks:
-            result = self.executor.execute(self._step_input(batch))
+            step = self._step_input(batch)
+            result = self.executor.execute(step)
             self._update(batch, result)
+            self._store_prompt_logprobs(batch, step, result)
         return self._collect()
 
     def _step_input(self, batch: SchedulerOutput) -> StepInput:
@@ -149,6 +154,9 @@ class LLMEngine:
                 seq.request.metrics.first_scheduled_time = now
             if seq.request.trace_context is not None:
                 _note_for_tracing(step, chunk, now)
+            targets = _prompt_targets(chunk)
+            if targets:
+                step.prompt_logprobs.append((row, targets, seq.request.params.prompt_logprobs))
             if chunk.samples:
                 step.sample_rows.append(row)
                 if seq.seq_id not in self._spec_sent:
@@ -193,6 +201,15 @@ class LLMEngine:
                 self._finish(seq)
         for req, error in failed.values():
             self.fail_request(req.request_id, error)
+
+    def _store_prompt_logprobs(self, batch: SchedulerOutput, step: StepInput, result: StepOutput) -> None:
+        """File the step's prompt logprobs by position (a recomputed chunk overwrites the same
+        values); the output processor hands them out once the prompt is complete."""
+        for (row, targets, _), values in zip(step.prompt_logprobs, result.prompt_logprobs):
+            chunk = batch.chunks[row]
+            req = chunk.seq.request
+            for t, (target, (logprob, top)) in enumerate(zip(targets, values)):
+                req.prompt_logprobs[chunk.start + 1 + t] = TokenLogprob(target, logprob, top)
 
     def fail_request(self, request_id: str, error: Exception) -> None:
         """End one request with `error` (reported by `take_failures`): its blocks are freed now,
@@ -254,6 +271,15 @@ class LLMEngine:
         return EngineStats(len(s.running), len(s.waiting) + sum(len(r.pending_samples) for r in self.requests.values()),
                            self.blocks.num_used, self.blocks.num_blocks, s.prefix_stats.queried_tokens,
                            s.prefix_stats.hit_tokens, s.num_preemptions)
+
+
+def _prompt_targets(chunk) -> list[int]:
+    """Prompt tokens whose logprobs this chunk's logits give: the logits at position p score
+    the token at p + 1, for the prompt positions 1 .. len - 1 of a sequence that wants them."""
+    seq = chunk.seq
+    if not seq.computes_prompt_logprobs:
+        return []
+    return seq.token_ids[chunk.start + 1:min(chunk.start + chunk.num_tokens + 1, seq.prompt_len)]
 
 
 def _note_for_tracing(step: StepInput, chunk, now: float) -> None:

@@ -79,12 +79,21 @@ class OutputProcessor:
             seq.sent_text = max(seq.sent_text, end)
             seq.sent_done = seq.finish_reason is not None
         return RequestOutput(request.request_id, request.prompt_token_ids, outputs, request.finished,
-                             usage(request), request.metrics)
+                             usage(request), request.metrics, _take_prompt_logprobs(request))
 
 
 def usage(request: Request) -> Usage:
     return Usage(len(request.prompt_token_ids), sum(s.num_output_tokens for s in request.seqs),
                  request.num_cached_tokens)
+
+
+def _take_prompt_logprobs(request: Request) -> list[TokenLogprob | None] | None:
+    """The prompt's logprobs the first time they are all there (else None)."""
+    n = len(request.prompt_token_ids)
+    if request.params.prompt_logprobs is None or request.prompt_logprobs_sent or len(request.prompt_logprobs) < n - 1:
+        return None
+    request.prompt_logprobs_sent = True
+    return [None] + [request.prompt_logprobs[p] for p in range(1, n)]
 
 
 def _held_back(seq: Sequence) -> int:

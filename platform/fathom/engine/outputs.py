@@ -68,6 +68,9 @@ class RequestOutput:
     finished: bool
     usage: Usage
     metrics: RequestMetrics
+    # SamplingParams.prompt_logprobs: one entry per prompt token, None for the first (nothing
+    # predicts it); sent once, with the first delta after the whole prompt is computed
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass

@@ -10,6 +10,8 @@ MAX_TOP_K = 1 << 20  # above any vocabulary; the engine checks top_k <= its voca
 MAX_TOKEN_ID = (1 << 31) - 1
 MAX_STOP_TOKEN_IDS = 256
 MAX_STOP_CHARS = 256
+MAX_LOGIT_BIAS = 300  # entries of `logit_bias` (OpenAI's limit)
+LOGIT_BIAS_RANGE = 100.0  # |bias| bound (OpenAI's): -100 bans a token, +100 all but forces it
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     structured: StructuredSpec | None = None
@@ -60,6 +64,8 @@ class SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "stop_token_ids", list(self.stop_token_ids or []))
+        if isinstance(self.logit_bias, dict):
+            object.__setattr__(self, "logit_bias", dict(self.logit_bias) or None)
         self._validate()
 
     def _validate(self) -> None:
@@ -94,6 +100,20 @@ class SamplingParams:
                "None or a json_object / json_schema spec", self.structured)
         _check(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
                "logprobs", f"None or an integer in [0, {MAX_LOGPROBS}]", self.logprobs)
+        _check(self.prompt_logprobs is None or (_is_int(self.prompt_logprobs)
+                                                and 0 <= self.prompt_logprobs <= MAX_LOGPROBS),
+               "prompt_logprobs", f"None or an integer in [0, {MAX_LOGPROBS}]", self.prompt_logprobs)
+        self._validate_logit_bias()
+
+    def _validate_logit_bias(self) -> None:
+        bias = self.logit_bias
+        _check(bias is None or isinstance(bias, dict), "logit_bias", "a dict {token id: bias} or None", bias)
+        _check(len(bias or ()) <= MAX_LOGIT_BIAS, "logit_bias", f"at most {MAX_LOGIT_BIAS} entries",
+               len(bias or ()))
+        for t, b in (bias or {}).items():
+            _check(_is_int(t) and 0 <= t <= MAX_TOKEN_ID, "logit_bias", "keyed by token ids", t)
+            _check(_is_num(b) and -LOGIT_BIAS_RANGE <= b <= LOGIT_BIAS_RANGE, "logit_bias",
+                   f"biases in [-{LOGIT_BIAS_RANGE:g}, {LOGIT_BIAS_RANGE:g}]", b)
 
     @property
     def greedy(self) -> bool:

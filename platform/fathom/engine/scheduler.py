@@ -125,7 +125,8 @@ class Scheduler:
         """Schedule seq's first chunk (reusing prefix-cached blocks); None if it does not fit."""
         if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
             return None
-        hits, hashes = self.blocks.match_prefix(seq.token_ids, seq.request.hash_salt)
+        hits, hashes = ([], []) if seq.computes_prompt_logprobs else \
+            self.blocks.match_prefix(seq.token_ids, seq.request.hash_salt)
         computed = len(hits) * self.blocks.block_size
         n = min(len(seq.token_ids) - computed, budget)
         if n < len(seq.token_ids) - computed and not self.config.enable_chunked_prefill:

@@ -32,6 +32,8 @@ class Request:
     seqs: list["Sequence"] = field(default_factory=list)
     pending_samples: list["Sequence"] = field(default_factory=list)  # n>1: wait for sample 0's prompt
     num_cached_tokens: int = 0
+    prompt_logprobs: dict[int, TokenLogprob] = field(default_factory=dict)  # position -> entry (1 .. len - 1)
+    prompt_logprobs_sent: bool = False
     trace_context: dict[str, str] | None = None  # W3C carrier of the caller's span (fathom.telemetry)
 
     @property
@@ -75,6 +77,13 @@ class Sequence:
     @property
     def num_uncomputed(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def computes_prompt_logprobs(self) -> bool:
+        """Sample 0 of a request that wants prompt logprobs, until it has them all: it computes
+        its whole prompt (a prefix-cache hit would skip the logits it needs)."""
+        r = self.request
+        return self.index == 0 and r.params.prompt_logprobs is not None and len(r.prompt_logprobs) < self.prompt_len - 1
 
     @property
     def priority_key(self) -> tuple[int, int, int]:

@@ -23,7 +23,9 @@ class StepInput:
 
     Sequence i contributes `query_lens[i]` new tokens (its slice of `token_ids`) at positions
     `starts[i] ...`; its KV blocks are `block_tables[i]`. Rows listed in `sample_rows` have
-    their last token's logits sampled, in that order."""
+    their last token's logits sampled, in that order. `prompt_logprobs` asks for prompt
+    logprobs: (row, targets, k) scores token `targets[t]` (and the k most likely tokens) under
+    the logits of the row's t-th query token, for t < len(targets)."""
 
     seq_ids: list[int]
     token_ids: list[int]
@@ -32,6 +34,7 @@ class StepInput:
     block_tables: list[list[int]]
     sample_rows: list[int]
     new_specs: list[SamplingSpec] = field(default_factory=list)
+    prompt_logprobs: list[tuple[int, list[int], int]] = field(default_factory=list)
     freed_seq_ids: list[int] = field(default_factory=list)
     trace_contexts: list[dict[str, str]] = field(default_factory=list)  # of the batch's requests: span links
 
@@ -41,9 +44,11 @@ class StepOutput:
     """Sampled tokens for `StepInput.sample_rows`, in order. `logprobs[j]` is None unless that
     sequence asked for logprobs; then `top_logprobs[j]` lists (token, logprob) best first.
     `errors[j]` says why row j could not be sampled (its token is then -1): that sequence's
-    request fails alone; the forward itself succeeded, so every other row is valid."""
+    request fails alone; the forward itself succeeded, so every other row is valid.
+    `prompt_logprobs[i]` answers `StepInput.prompt_logprobs[i]`: per target, (logprob, top k)."""
 
     token_ids: list[int]
     logprobs: list[float | None]
     top_logprobs: list[list[tuple[int, float]] | None]
     errors: dict[int, str] = field(default_factory=dict)
+    prompt_logprobs: list[list[tuple[float, list[tuple[int, float]]]]] = field(default_factory=list)

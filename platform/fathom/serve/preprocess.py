@@ -61,6 +61,7 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_spec
             frequency_penalty=req.frequency_penalty or 0.0,
             repetition_penalty=req.repetition_penalty or 1.0,
             logprobs=req.num_top_logprobs(),
+            logit_bias=req.logit_bias_ids(),
             skip_special_tokens=skip_special_tokens,
             structured=structured,
         )
@@ -153,6 +154,9 @@ def prepare(
         prompts = req.prompts()
     params = sampling_params(req, skip_special_tokens=skip_special_tokens, structured=structured)
     vocab = tokenizer.vocab_size
+    bad = next((t for t in params.logit_bias or () if t >= vocab), None)
+    if bad is not None:
+        raise APIError(400, f"logit_bias: token id {bad} is outside the vocabulary [0, {vocab})", param="logit_bias")
     calls = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str):

@@ -29,6 +29,7 @@ MAX_MESSAGES = 4096
 MAX_CONTENT_PARTS = 1024
 MAX_NEW_TOKENS = 1 << 24
 MAX_NAME_CHARS = 256
+MAX_LOGIT_BIAS = 300  # logit_bias entries (OpenAI's limit); the replica also checks ids < its vocabulary
 SEED_RANGE = {"ge": -(1 << 63), "le": (1 << 64) - 1}
 
 TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
@@ -149,7 +150,8 @@ class _SamplingFields(_Request):
     user: str | None = Field(None, max_length=256)
     ignore_eos: bool = False
     stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]],
+                          Field(max_length=MAX_LOGIT_BIAS)] | None = None  # {"token id": bias}
     skip_special_tokens: bool = True
     return_tokens_as_token_ids: bool = False  # vLLM's extension: logprob tokens as "token_id:<id>"
     priority: int = Field(0, description="Refused unless 0: the tenant policy sets priority, not clients.")
@@ -173,10 +175,14 @@ class _SamplingFields(_Request):
 
     @field_validator("logit_bias")
     @classmethod
-    def _no_logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if v:
-            raise ValueError("logit_bias is not supported")
+    def _token_id_keys(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key in v or ():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) <= MAX_TOKEN_ID):
+                raise ValueError(f"logit_bias keys must be token ids (decimal strings), got {key[:20]!r}")
         return v
+
+    def logit_bias_ids(self) -> dict[int, float] | None:
+        return {int(k): float(v) for k, v in self.logit_bias.items()} if self.logit_bias else None
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

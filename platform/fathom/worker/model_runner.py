@@ -12,6 +12,8 @@ from fathom.model.kv_cache import allocate_kv_caches
 from fathom.worker.sampler import Sampler
 from fathom.worker.structured import Grammars
 
+PROMPT_LOGITS_ROWS = 512  # prompt-logprob rows per logits computation ([rows, vocab] float32 at a time)
+
 
 class ModelRunner:
     def __init__(self, model, num_blocks: int, block_size: int, kv_dtype: torch.dtype | None = None,
@@ -41,8 +43,9 @@ class ModelRunner:
         meta = AttentionMetadata.build(step.query_lens, seq_lens, step.block_tables, self.block_size, self.device)
         input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=self.device)  # [T]
         hidden = self.model(input_ids, meta.positions(), self.kv_caches, meta)  # [T, H]
+        prompt_logprobs = self._prompt_logprobs(step, hidden, meta) if step.prompt_logprobs else []
         if not step.sample_rows:
-            return StepOutput([], [], []) if self.samples else None
+            return StepOutput([], [], [], prompt_logprobs=prompt_logprobs) if self.samples else None
         rows = torch.tensor(step.sample_rows, dtype=torch.long, device=self.device)
         last = meta.query_start_loc[1:][rows] - 1  # [S] index of each sampled row's last token
         sampled = [step.seq_ids[r] for r in step.sample_rows]
@@ -52,5 +55,32 @@ class ModelRunner:
         if not self.samples:
             return None
         out = self.sampler.sample(logits, sampled, allowed)
+        out.prompt_logprobs = prompt_logprobs
         self.grammars.accept(sampled, out.token_ids)
+        return out
+
+    def _prompt_logprobs(self, step: StepInput, hidden: torch.Tensor, meta: AttentionMetadata) -> list:
+        """Log-softmax over the logits of every query token that predicts a prompt token
+        (`StepInput.prompt_logprobs`), in slices of PROMPT_LOGITS_ROWS rows so a long chunk
+        never holds [T, V] logits at once. Every rank computes the logits (they may gather over
+        the TP group); only the driver returns the values."""
+        starts = meta.query_start_loc.tolist()
+        positions = torch.cat([torch.arange(starts[r], starts[r] + len(t), device=self.device)
+                               for r, t, _ in step.prompt_logprobs])
+        targets = torch.tensor([t for _, ts, _ in step.prompt_logprobs for t in ts], device=self.device)
+        k = max(k for _, _, k in step.prompt_logprobs)
+        chosen, top_vals, top_ids = [], [], []
+        for i in range(0, len(positions), PROMPT_LOGITS_ROWS):
+            logprobs = torch.log_softmax(self.model.compute_logits(hidden[positions[i:i + PROMPT_LOGITS_ROWS]]), -1)
+            chosen.append(logprobs.gather(1, targets[i:i + PROMPT_LOGITS_ROWS, None])[:, 0])
+            vals, ids = logprobs.topk(k, dim=-1)
+            top_vals.append(vals)
+            top_ids.append(ids)
+        if not self.samples:
+            return []
+        chosen, top_vals, top_ids = torch.cat(chosen).tolist(), torch.cat(top_vals).tolist(), torch.cat(top_ids).tolist()
+        out, at = [], 0
+        for _, ts, kr in step.prompt_logprobs:
+            out.append([(chosen[at + t], list(zip(top_ids[at + t][:kr], top_vals[at + t][:kr]))) for t in range(len(ts))])
+            at += len(ts)
         return out

@@ -1,6 +1,7 @@
 """Turns the last-token logits of a batch into tokens, one torch.Generator per sequence.
 
-Rows are processed independently (penalties, temperature, top-k / top-p / min-p), and each
+Rows are processed independently (logit bias, grammar mask, penalties, temperature, top-k /
+top-p / min-p, in that order), and each
 random row draws its noise from its own generator (Gumbel-max via exponential race: argmax
 p / q with q ~ Exp(1)), so a seeded sequence samples the same tokens whatever else is in
 the batch. Logprobs are of the raw model distribution (as vLLM returns them by default).
@@ -22,6 +23,8 @@ class SeqSamplingState:
     spec: SamplingSpec
     generator: torch.Generator
     output_ids: list[int] = field(default_factory=list)
+    bias_ids: torch.Tensor | None = None  # logit_bias as (token ids, biases) on the device
+    bias_values: torch.Tensor | None = None
 
 
 class Sampler:
@@ -37,7 +40,11 @@ class Sampler:
         except (RuntimeError, OverflowError, TypeError):  # the row fails when sampled
             gen.manual_seed(0)
             self.bad[spec.seq_id] = f"bad sampling seed {spec.seed!r}"
-        self.states[spec.seq_id] = SeqSamplingState(spec, gen)
+        st = self.states[spec.seq_id] = SeqSamplingState(spec, gen)
+        if spec.params.logit_bias:
+            st.bias_ids = torch.tensor(list(spec.params.logit_bias), dtype=torch.long, device=self.device)
+            st.bias_values = torch.tensor(list(spec.params.logit_bias.values()), dtype=torch.float32,
+                                          device=self.device)
 
     def free(self, seq_id: int) -> None:
         self.states.pop(seq_id, None)
@@ -77,7 +84,8 @@ class Sampler:
         raw_logprobs = None
         if any(st.spec.params.logprobs is not None for st in states):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
-        if allowed is not None:
+        logits = _apply_logit_bias(logits, states)
+        if allowed is not None:  # after the bias: a token the grammar forbids stays forbidden
             logits = logits.masked_fill(~allowed, float("-inf"))
         logits = self._apply_penalties(logits, states)
         tokens = torch.empty(len(states), dtype=torch.long, device=logits.device)
@@ -150,6 +158,17 @@ class Sampler:
             logprobs[j] = chosen[r]
             tops[j] = list(zip(top_ids[r][:kj], top_vals[r][:kj]))
         return StepOutput(tokens, logprobs, tops)
+
+
+def _apply_logit_bias(logits: torch.Tensor, states: list[SeqSamplingState]) -> torch.Tensor:
+    """Add each row's `logit_bias` (one scatter over the whole batch; rows without one untouched)."""
+    rows = [j for j, st in enumerate(states) if st.bias_ids is not None]
+    if not rows:
+        return logits
+    index = torch.cat([torch.full_like(states[j].bias_ids, j) for j in rows])
+    ids = torch.cat([states[j].bias_ids for j in rows])
+    values = torch.cat([states[j].bias_values for j in rows]).to(logits.dtype)
+    return logits.index_put((index, ids), values, accumulate=True)
 
 
 def _top_k_top_p(logits: torch.Tensor, params) -> torch.Tensor:
