@@ -117,6 +117,54 @@ async def test_completions_stream_logprobs(client):
     assert text == whole.choices[0].text and tokens == whole.choices[0].logprobs.tokens
 
 
+async def test_echo_with_logprobs_returns_the_prompt_tokens_then_the_completion(client):
+    kw = {"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 4, "temperature": 0, "logprobs": 2}
+    plain = await client.completions.create(**kw)
+    echo = await client.completions.create(**kw, echo=True)
+    n_prompt = echo.usage.prompt_tokens
+    lp, c = echo.choices[0].logprobs, plain.choices[0]
+    assert echo.choices[0].text.endswith(c.text) and echo.usage == plain.usage
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+    assert len(lp.tokens) == n_prompt + len(c.logprobs.tokens)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # nothing predicts the first token
+    assert all(v <= 0 for v in lp.token_logprobs[1:]) and all(len(t) <= 2 for t in lp.top_logprobs[1:])
+    assert lp.tokens[n_prompt:] == c.logprobs.tokens
+    assert lp.token_logprobs[n_prompt:] == pytest.approx(c.logprobs.token_logprobs, abs=1e-4)
+    assert lp.text_offset == sorted(lp.text_offset)
+    # the last prompt token's logprobs are what decoding from the prompt without it reports
+    ids = tokenizer().encode("The quick brown fox")
+    shorter = await client.completions.create(model=MODEL, prompt=[ids[:-1]], max_tokens=1, temperature=0,
+                                              logprobs=2, echo=False)
+    assert lp.top_logprobs[n_prompt - 1] == pytest.approx(shorter.choices[0].logprobs.top_logprobs[0], abs=1e-4)
+    stream = await client.completions.create(**kw, echo=True, stream=True)
+    tokens, text = [], ""
+    async for chunk in stream:
+        for ch in chunk.choices:
+            text += ch.text
+            tokens += ch.logprobs.tokens if ch.logprobs else []
+    assert text == echo.choices[0].text and tokens == lp.tokens
+
+
+async def test_logit_bias_forces_and_bans_tokens_under_greedy(client):
+    kw = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3, "temperature": 0, "logprobs": 0,
+          "extra_body": {"return_tokens_as_token_ids": True, "ignore_eos": True}}
+    greedy = await client.completions.create(**kw)
+    first = int(greedy.choices[0].logprobs.tokens[0].removeprefix("token_id:"))
+    forced_id = next(t for t in range(65, 91) if t != first)
+    forced = await client.completions.create(**kw, logit_bias={str(forced_id): 100})
+    assert forced.choices[0].logprobs.tokens == [f"token_id:{forced_id}"] * 3
+    banned = await client.completions.create(**kw, logit_bias={str(first): -100})
+    assert banned.choices[0].logprobs.tokens[0] != f"token_id:{first}"
+    chat = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=2, temperature=0, logit_bias={str(forced_id): 100},
+                                                extra_body={"ignore_eos": True})
+    assert chat.choices[0].message.content == chr(forced_id) * 2
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+        await client.completions.create(model=MODEL, prompt="x", logit_bias={"1000000": 1})
+    with pytest.raises(openai.UnprocessableEntityError, match="logit_bias"):
+        await client.completions.create(model=MODEL, prompt="x", logit_bias={"5": 101})
+
+
 async def test_cached_tokens_reported_on_repeat(client):
     prompt = "A long shared system prompt that spans several KV blocks. " * 5  # >= 256 chars: affinity
     first = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)

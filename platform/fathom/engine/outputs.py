@@ -10,10 +10,11 @@ FinishReason = Literal["stop", "length", "abort"]
 
 @dataclass
 class TokenLogprob:
-    """Logprob of one generated token and of the `logprobs` most likely tokens (best first)."""
+    """Logprob of one token and of the `logprobs` most likely tokens (best first); an echoed
+    prompt's first token has logprob None."""
 
     token_id: int
-    logprob: float
+    logprob: float | None
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
 
 

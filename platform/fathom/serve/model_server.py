@@ -232,6 +232,9 @@ class ModelServer:
             async for out in gen:
                 if r.first_token_at is None and out.outputs:
                     r.first_token_at = time.time()
+                if out.prompt_logprobs is not None:  # echo with logprobs: before the first token's
+                    for j in range(call.params.n):
+                        r.choices[call.choice_offset + j].add_prompt_logprobs(out.prompt_token_ids, out.prompt_logprobs)
                 for o in out.outputs:
                     r.choices[call.choice_offset + o.index].add(o)
                 u = out.usage

@@ -61,6 +61,7 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_spec
             frequency_penalty=req.frequency_penalty or 0.0,
             repetition_penalty=req.repetition_penalty or 1.0,
             logprobs=req.num_top_logprobs(),
+            prompt_logprobs=req.num_prompt_logprobs(),
             logit_bias=req.logit_bias_ids(),
             skip_special_tokens=skip_special_tokens,
             structured=structured,
@@ -149,8 +150,6 @@ def prepare(
             structured = StructuredSpec(structured.kind, structured.schema, structured.strict,
                                         tokenizer.token_to_id(THINK_CLOSE))
     else:
-        if req.echo and req.logprobs is not None:
-            raise APIError(400, "echo with logprobs is not supported", param="echo")
         prompts = req.prompts()
     params = sampling_params(req, skip_special_tokens=skip_special_tokens, structured=structured)
     vocab = tokenizer.vocab_size

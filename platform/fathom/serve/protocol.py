@@ -242,6 +242,9 @@ class ChatCompletionRequest(_SamplingFields):
         """None: no logprobs; k >= 0: the sampled token's logprob plus k alternatives."""
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    def num_prompt_logprobs(self) -> None:
+        return None
+
 
 Prompt = (str | Annotated[list[str], Field(max_length=MAX_PROMPTS)] | list[TokenId]
           | Annotated[list[list[TokenId]], Field(max_length=MAX_PROMPTS)])
@@ -293,6 +296,10 @@ class CompletionRequest(_SamplingFields):
 
     def num_top_logprobs(self) -> int | None:
         return self.logprobs
+
+    def num_prompt_logprobs(self) -> int | None:
+        """echo with logprobs: the prompt's tokens come back with their logprobs too (OpenAI)."""
+        return self.logprobs if self.echo else None
 
 
 # ----------------------------------------------------------------------------- responses

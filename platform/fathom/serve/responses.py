@@ -94,6 +94,13 @@ class Choice:
             called = self.tools is not None and self.tools.sent
             self.finish_reason = "tool_calls" if called and out.finish_reason == "stop" else out.finish_reason
 
+    def add_prompt_logprobs(self, prompt_ids: list[int], prompt_logprobs: list[TokenLogprob | None]) -> None:
+        """echo with logprobs: the prompt's tokens lead the logprobs (the first one's logprob is
+        null: nothing predicts it)."""
+        lps = [lp or TokenLogprob(t, None) for t, lp in zip(prompt_ids, prompt_logprobs)]
+        self._pending_logprobs.extend(lps)
+        self.logprobs.extend(lps)
+
     @property
     def has_news(self) -> bool:
         return bool(self._pending_text or self._pending_reasoning or self._pending_logprobs or self._pending_tools
