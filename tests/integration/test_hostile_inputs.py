@@ -108,6 +108,20 @@ def _json_cases() -> list[tuple[str, str, bytes, str]]:
     add(("best_of != n", COMP, raw(comp(best_of=2)), BAD))
     add(("completion ok", COMP, raw(comp(prompt=[[1, 2, 3]])), OK))
     add(("completion stream ok", COMP, raw(comp(stream=True)), OK))
+    # /tokenize and /detokenize: the same bounds as the generation routes
+    TOK, DETOK = "/tokenize", "/detokenize"
+    add(("tokenize ok", TOK, raw({"model": MODEL, "prompt": "hi"}), OK))
+    add(("tokenize chat ok", TOK, raw({"messages": [{"role": "user", "content": "hi"}]}), OK))
+    add(("tokenize 5000 messages", TOK, raw({"messages": [{"role": "user"}] * 5000}), BAD))
+    add(("tokenize prompt list", TOK, raw({"prompt": ["a"]}), BAD))
+    add(("tokenize unknown field", TOK, raw({"prompt": "a", "chat_template": "{{ x }}"}), BAD))
+    add(("tokenize bad template kwargs", TOK, raw({"messages": [{"role": "user", "content": "a"}],
+                                                   "chat_template_kwargs": {"messages": 5}}), OK))
+    add(("detokenize ok", DETOK, raw({"tokens": [104, 105]}), OK))
+    add(("detokenize id > vocab", DETOK, raw({"tokens": [10**8]}), BAD))
+    add(("detokenize id 2**63", DETOK, raw({"tokens": [2**63]}), BAD))
+    add(("detokenize negative", DETOK, raw({"tokens": [-1]}), BAD))
+    add(("detokenize wrong model", DETOK, raw({"model": "x", "tokens": [1]}), BAD))
     # JSON framing and numbers
     body = b'{"model":"fathom-demo","messages":[{"role":"user","content":"hi"}],"seed":'
     add(("int 5000 digits", CHAT, body + b"9" * 5000 + b"}", BAD))

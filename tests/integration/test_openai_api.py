@@ -165,6 +165,50 @@ async def test_logit_bias_forces_and_bans_tokens_under_greedy(client):
         await client.completions.create(model=MODEL, prompt="x", logit_bias={"5": 101})
 
 
+async def test_tokenize_and_detokenize_as_vllm_serves_them(http, client):
+    tok = tokenizer()
+    r = await http.post("/tokenize", json={"model": MODEL, "prompt": "Hello world", "return_token_strs": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body == {"count": len(tok.encode("Hello world")), "max_model_len": MAX_LEN,
+                    "tokens": tok.encode("Hello world"), "token_strs": [tok.id_to_token(t) for t in body["tokens"]]}
+    back = await http.post("/detokenize", json={"model": MODEL, "tokens": body["tokens"]})
+    assert back.json() == {"prompt": "Hello world"}
+    plain = (await http.post("/tokenize", json={"prompt": "Hello world"})).json()  # model is optional (vLLM)
+    assert plain["tokens"] == body["tokens"] and plain["token_strs"] is None
+    # the chat form counts exactly what a chat completion is charged for
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    chat = (await http.post("/tokenize", json={"model": MODEL, "messages": messages})).json()
+    done = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    assert chat["count"] == done.usage.prompt_tokens == len(chat["tokens"])
+    cont = (await http.post("/tokenize", json={"messages": [*messages, {"role": "assistant", "content": "Sure"}],
+                                               "add_generation_prompt": False, "continue_final_message": True})).json()
+    assert tok.decode(cont["tokens"], skip_special_tokens=False).endswith("Sure")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    with_tools = (await http.post("/tokenize", json={"messages": messages, "tools": tools})).json()
+    assert with_tools["count"] > chat["count"]
+
+
+@pytest.mark.parametrize("path, body, status, param", [
+    ("/tokenize", {"model": "gpt-4", "prompt": "x"}, 404, "model"),
+    ("/tokenize", {"prompt": "x", "bogus": 1}, 422, "bogus"),
+    ("/tokenize", {"prompt": 5}, 422, "prompt"),
+    ("/tokenize", {"messages": []}, 422, "messages"),
+    ("/tokenize", {"messages": [{"role": "root", "content": "a"}]}, 422, "messages[0].role"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "continue_final_message": True,
+                   "add_generation_prompt": False}, 422, None),
+    ("/tokenize", {"prompt": "x" * 70_000}, 413, None),
+    ("/detokenize", {"tokens": [10**6]}, 400, "tokens"),
+    ("/detokenize", {"tokens": [-1]}, 422, "tokens[0]"),
+    ("/detokenize", {"tokens": "abc"}, 422, "tokens"),
+])
+async def test_tokenize_errors_in_openai_format(http, path, body, status, param):
+    r = await http.post(path, json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["param"] == param
+
+
 async def test_cached_tokens_reported_on_repeat(client):
     prompt = "A long shared system prompt that spans several KV blocks. " * 5  # >= 256 chars: affinity
     first = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)

@@ -32,6 +32,7 @@ TENANTS = {
     "capped": {"keys": ["sk-capped"], "limits": {"maxTokensPerRequest": 40}},
     "quitter": {"keys": ["sk-quitter"], "limits": {"tokensPerMinute": 100000}},
     "billed": {"keys": ["sk-billed"]},
+    "counter": {"keys": ["sk-counter"], "limits": {"requestsPerMinute": 1}},
 }
 USER = [{"role": "user", "content": "Hello there"}]
 
@@ -86,6 +87,22 @@ async def test_model_not_allowed_is_403_and_not_listed(server):
     assert [m.id async for m in client(server, "sk-bob").models.list()] == [MODEL]
     with pytest.raises(openai.AuthenticationError):
         await client(server, "sk-nobody").models.list()
+
+
+async def test_tokenize_needs_a_key_and_an_allowed_model_and_is_not_metered(server):
+    for path, body in [("/tokenize", {"prompt": "hi"}), ("/detokenize", {"tokens": [104, 105]}),
+                       ("/tokenize", {"messages": USER})]:
+        async with http(server) as h:
+            assert_openai_error(await h.post(path, json=body), 401, "invalid_api_key")
+        async with http(server, "sk-narrow") as h:
+            assert_openai_error(await h.post(path, json=body), 403, "model_not_allowed")
+        async with http(server, "sk-counter") as h:
+            for _ in range(3):  # requestsPerMinute 1: tokenizing runs no model and takes none of it
+                assert (await h.post(path, json=body)).status_code == 200
+    done = await client(server, "sk-counter").completions.create(model=MODEL, prompt="hi", max_tokens=1)
+    async with http(server, "sk-counter") as h:
+        [row] = (await h.get("/v1/usage")).json()["data"]
+    assert row["requests"] == 1 and row["prompt_tokens"] == done.usage.prompt_tokens
 
 
 async def test_both_keys_of_a_rotation_work_and_headers_come_with_success(server):

@@ -88,6 +88,9 @@ class HandleBackend:
                     with contextlib.suppress(RayError, RayServeException, asyncio.CancelledError, CancelledError):
                         gen.cancel()
 
+    async def tokenize(self, kind: str, req: Any) -> dict | APIError:
+        return await self._unary.tokenize.remote(kind, req)
+
     async def running_replicas(self) -> int:
         """Model replicas RUNNING now, as the Serve controller reports them (fathom.serve.cold_start)."""
         return await asyncio.to_thread(_running_model_replicas)

@@ -8,6 +8,7 @@ Backend contract (the model deployment's methods, see `fathom.serve.model_server
 - `stream(kind, request, routing_key) -> AsyncIterator[str | APIError | StreamEnd]`: the first
   item is an APIError (nothing was started) or SSE text; then SSE text, each item possibly
   several coalesced events; the last item is a `StreamEnd` with the usage (not sent on).
+- `tokenize(kind, request) -> dict | APIError`: /tokenize or /detokenize's response body.
 Errors travel as values, not exceptions, so they keep their status across Ray.
 """
 
@@ -26,7 +27,13 @@ from starlette.responses import Response, StreamingResponse
 from fathom.api.openai_error import APIError
 from fathom.api.serve import ServeSettings
 from fathom.serve.cold_start import ColdStart
-from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
+from fathom.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
 from fathom.serve.request_metrics import ServeMetrics
 from fathom.serve.router import chat_prefix_text, prefix_key
 from fathom.serve.validation import body_too_large, from_validation_error, parse_json_body
@@ -35,7 +42,9 @@ from fathom.tenancy.gate import Grant, TenancyGate
 
 logger = logging.getLogger("fathom.serve")
 
-REQUEST_TYPES = {"chat": ChatCompletionRequest, "completion": CompletionRequest}
+REQUEST_TYPES = {"chat": ChatCompletionRequest, "completion": CompletionRequest,
+                 "tokenize_chat": TokenizeChatRequest, "tokenize_completion": TokenizeCompletionRequest,
+                 "detokenize": DetokenizeRequest}
 OVERLOAD_RETRY_AFTER_S = 1.0
 NOT_READY_RETRY_AFTER_S = 5.0
 # A body must arrive in full within this: a client that promises 1000 bytes and trickles (or
@@ -98,6 +107,8 @@ def routing_key(kind: str, req: Any) -> int | None:
 
 def parse_request(kind: str, raw: bytes, max_bytes: int) -> Any:
     body = parse_json_body(raw, max_bytes)
+    if kind == "tokenize":  # vLLM's two forms: a conversation, or a prompt
+        kind = "tokenize_chat" if "messages" in body else "tokenize_completion"
     try:
         return REQUEST_TYPES[kind].model_validate(body)
     except ValidationError as e:
@@ -158,6 +169,28 @@ class Frontend:
         finally:
             if not settled:
                 self.tenancy.release(grant)
+
+    async def tokenization(self, kind: str, http: Request) -> Response:
+        """Serve one /tokenize or /detokenize request. With tenants on it needs a key and a model
+        the tenant may use, like every route; it runs no model, so it is neither rate-limited
+        nor metered (the body limit and the replica's concurrency bound it)."""
+        if self.draining:
+            raise APIError(503, "server is shutting down", code="shutting_down", retry_after=NOT_READY_RETRY_AFTER_S)
+        tenant = self.tenancy.authenticate(http.headers.get("authorization"))
+        http.state.tenant = tenant.name
+        raw = await read_body(http, self.settings.max_request_body_bytes, self.settings.body_read_timeout_s)
+        req = parse_request(kind, raw, self.settings.max_request_body_bytes)
+        if req.model is not None and req.model != self.model_name:
+            raise APIError(404, f"The model `{req.model}` does not exist; this server serves `{self.model_name}`.",
+                           param="model", code="model_not_found")
+        if not tenant.allows_model(self.model_name):
+            raise APIError(403, f"Tenant {tenant.name!r} may not use model `{self.model_name}`.", param="model",
+                           code="model_not_allowed")
+        await self.cold_start.wait()
+        result = await self.backend.tokenize(kind, req)
+        if isinstance(result, APIError):
+            raise result
+        return Response(json.dumps(result), media_type="application/json")
 
     async def _generate(self, kind: str, req: Any, started: float, grant: Grant) -> Response:
         await self.cold_start.wait()  # no model replica yet: hold the request (bounded)

@@ -1,7 +1,7 @@
 """The model replica: one `AsyncEngine` (one model instance, its W rank workers) behind the
 OpenAI protocol. Plain class; `fathom.serve.app` makes it a Ray Serve deployment, and tests
 or benchmarks may use it in-process. Implements the backend contract of
-`fathom.serve.frontend` (`complete`, `stream`, `ready`).
+`fathom.serve.frontend` (`complete`, `stream`, `tokenize`, `ready`).
 
 Streaming is coalesced: each stream emits at most one chunk per `min_interval` seconds, where
 min_interval = active streams / `stream_chunks_per_s`. With few streams every token is its own
@@ -28,6 +28,7 @@ from fathom.serve.protocol import chat_chunk, completion_chunk, new_id, now
 from fathom.serve.reasoning import make_parser
 from fathom.serve.replica_tenancy import cap_calls, meter_abandoned, replica_tenancy_client
 from fathom.serve.responses import Choice, TokenStrings
+from fathom.serve.tokenization import detokenize, tokenize
 from fathom.serve.tool_calls import detect_parser, make_tool_stream
 from fathom.telemetry.generation import OPERATIONS, traced_outputs
 from fathom.telemetry.metrics import process_metrics
@@ -171,6 +172,15 @@ class ModelServer:
             if not ended and r.tenancy is not None:  # the client went away: meter what was generated
                 meter_abandoned(self.tenancy_client, self.settings.engine.pricing, self.model_name, r.tenancy,
                                 *(sum(u[k] for u in r.usage) for k in range(3)))
+
+    async def tokenize(self, kind: str, req: Any, routing_key: int | None = None) -> dict | APIError:
+        """/tokenize (kind "tokenize") or /detokenize ("detokenize"): the response body."""
+        try:
+            if kind == "tokenize":
+                return tokenize(req, self.engine.tokenizer, self.max_model_len)
+            return detokenize(req, self.engine.tokenizer)
+        except APIError as e:
+            return e
 
     async def stats(self, routing_key: int | None = None) -> dict:
         """This replica's engine snapshot (`routing_key` lets a caller aim at the replica that

@@ -213,10 +213,7 @@ class ChatCompletionRequest(_SamplingFields):
     def _check(self) -> "ChatCompletionRequest":
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs=true")
-        if self.continue_final_message and self.add_generation_prompt:
-            raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
-        if self.continue_final_message and self.messages[-1].role != "assistant":
-            raise ValueError("continue_final_message requires the last message to be from the assistant")
+        check_continuation(self)
         names = [t.function.name for t in self.tools or []]
         if self.tool_choice not in (None, "none", "auto") and not names:
             raise ValueError("tool_choice requires tools")
@@ -300,6 +297,50 @@ class CompletionRequest(_SamplingFields):
     def num_prompt_logprobs(self) -> int | None:
         """echo with logprobs: the prompt's tokens come back with their logprobs too (OpenAI)."""
         return self.logprobs if self.echo else None
+
+
+# ------------------------------------------------------------------ tokenize / detokenize
+# vLLM's /tokenize and /detokenize: the completion form {prompt} or the chat form {messages},
+# rendered exactly as /v1/chat/completions renders them. `model` is optional (vLLM's); when
+# given it must be the served model.
+
+MAX_DETOKENIZE_TOKENS = 1 << 20  # the body limit bounds it first at the defaults
+
+
+class TokenizeCompletionRequest(_Request):
+    model: ShortStr | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeChatRequest(_Request):
+    model: ShortStr | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    add_special_tokens: bool = False
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "TokenizeChatRequest":
+        check_continuation(self)
+        return self
+
+
+class DetokenizeRequest(_Request):
+    model: ShortStr | None = None
+    tokens: Annotated[list[TokenId], Field(max_length=MAX_DETOKENIZE_TOKENS)]
+
+
+def check_continuation(req) -> None:
+    """continue_final_message leaves the last (assistant) message open, so no generation prompt."""
+    if req.continue_final_message and req.add_generation_prompt:
+        raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+    if req.continue_final_message and req.messages[-1].role != "assistant":
+        raise ValueError("continue_final_message requires the last message to be from the assistant")
 
 
 # ----------------------------------------------------------------------------- responses

@@ -2,6 +2,7 @@
 
 Routes:
 - `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`: OpenAI's API.
+- `POST /tokenize`, `POST /detokenize`: vLLM's (fathom.serve.tokenization); not metered.
 - `GET /health`: liveness, 200 while the ingress runs (503 once draining on shutdown).
 - `GET /health/ready`: readiness, 503 until a model replica has loaded its model, then 200
   with the model's id and max_model_len (Kubernetes readinessProbe, load balancers).
@@ -52,6 +53,14 @@ def build_api(frontend: Frontend) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await frontend.openai("completion", request)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        return await frontend.tokenization("tokenize", request)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        return await frontend.tokenization("detokenize", request)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
