@@ -112,3 +112,12 @@ def test_reasoning_and_tool_calls_coexist_in_one_r1_choice():
     result = whole.result()
     assert result["finish_reason"] == "tool_calls" and result["message"]["reasoning_content"] == "I should look it up."
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in result["message"]["tool_calls"]] == EXPECTED
+
+
+@pytest.mark.parametrize("text, v31", [(V3, False), (V31, True)])
+def test_parallel_tool_calls_false_returns_the_first_call_only_over_every_split(text, v31):
+    for pieces in splits(text):
+        parser = DeepSeekToolParser(v31=v31, max_calls=1)
+        content, deltas = run(parser, pieces)
+        assert content == "Let me check." and assemble(deltas) == EXPECTED[:1], pieces
+        assert [(c["function"]["name"], c["function"]["arguments"]) for c in parser.calls()] == EXPECTED[:1]

@@ -33,3 +33,31 @@ def test_chat_template_kwargs_reach_the_template():
     assert render_chat(chat(chat_template_kwargs={"thinking": True}), tok) == "<think>hi"
     assert render_chat(chat(chat_template_kwargs={"thinking": False}), tok) == "hi"
     assert render_chat(chat(chat_template_kwargs={"messages": []}), tok) == "hi"  # cannot replace the request's
+
+
+STRICT_TOOL = [{"type": "function", "function": {"name": "f", "strict": True, "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False}}}]
+
+
+def test_strict_functions_are_refused_in_auto_mode_and_enforced_when_forced():
+    from fathom.serve.preprocess import tool_spec
+
+    for choice in (None, "auto"):
+        with pytest.raises(APIError) as e:
+            tool_spec(chat(tools=STRICT_TOOL, tool_choice=choice))
+        assert e.value.status == 400 and e.value.param == "tools" and "strict" in e.value.message
+    assert tool_spec(chat(tools=STRICT_TOOL, tool_choice="none")) is None
+    named = tool_spec(chat(tools=STRICT_TOOL, tool_choice={"type": "function", "function": {"name": "f"}}))
+    assert named.strict and tool_spec(chat(tools=STRICT_TOOL, tool_choice="required")).strict
+
+
+def test_message_name_and_reasoning_content_reach_the_template():
+    from fathom.engine.tokenizer import Tokenizer
+    from fathom.serve.preprocess import render_chat
+    from fathom.worker.demo import demo_checkpoint_dir
+
+    tok = Tokenizer.from_pretrained(demo_checkpoint_dir())
+    tok.chat_template = "{% for m in messages %}[{{ m.name }}|{{ m.reasoning_content }}]{% endfor %}"
+    req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi", "name": "ann"},
+                                                     {"role": "assistant", "content": "x", "reasoning_content": "r"}])
+    assert render_chat(req, tok) == "[ann|][|r]"

@@ -53,7 +53,8 @@ class _Request:
             for j in range(call.params.n):
                 parser = make_parser(server.reasoning_parser, call.prompt_text) if kind == "chat" else None
                 echo = call.prompt_text if getattr(req, "echo", False) else ""
-                tools = make_tool_stream(req.tool_mode(), server.tool_parser) if kind == "chat" else None
+                tools = make_tool_stream(req.tool_mode(), server.tool_parser, req.parallel_tool_calls is not False) \
+                    if kind == "chat" else None
                 self.choices.append(Choice(call.choice_offset + j, kind == "chat", server.strings, parser,
                                            echo, call.params.logprobs is not None, req.return_tokens_as_token_ids,
                                            tools))

@@ -100,8 +100,12 @@ def render_chat(req: ChatCompletionRequest, tokenizer: Tokenizer) -> str:
 
 
 def _message(m) -> dict:
-    """A message as chat templates read it (DeepSeek's render tool_calls and tool results)."""
+    """A message as chat templates read it (DeepSeek's render tool_calls and tool results); `name`
+    and `reasoning_content` are passed on for the template to render or not, as vLLM does."""
     d = {"role": m.role, "content": m.text()}
+    for key in ("name", "reasoning_content"):
+        if getattr(m, key) is not None:
+            d[key] = getattr(m, key)
     if m.tool_calls:
         d["tool_calls"] = [c.model_dump() for c in m.tool_calls]
     if m.tool_call_id is not None:
@@ -112,6 +116,10 @@ def _message(m) -> dict:
 def tool_spec(req: ChatCompletionRequest) -> StructuredSpec | None:
     """The grammar that enforces tool_choice required / a named function (None otherwise)."""
     mode = req.tool_mode()
+    if mode == "auto" and any(t.function.strict for t in req.tools):
+        raise APIError(400, "tools: `strict` functions are enforced only with tool_choice \"required\" or a named "
+                       "function (in auto mode nothing constrains the arguments the model writes)", param="tools",
+                       code="unsupported_parameter")
     if mode is None or mode == "auto":
         return None
     if req.response_format is not None and req.response_format.type != "text":
@@ -120,16 +128,17 @@ def tool_spec(req: ChatCompletionRequest) -> StructuredSpec | None:
     tools = [t.function.model_dump(exclude_none=True) for t in req.tools]
     if mode == "required":
         schema = required_schema(tools, parallel=req.parallel_tool_calls is not False)
+        strict = all(t.get("strict") for t in tools)
     else:
-        schema = next(t for t in tools if t["name"] == mode.removeprefix("function:")).get("parameters") or {
-            "type": "object"}
+        tool = next(t for t in tools if t["name"] == mode.removeprefix("function:"))
+        schema, strict = tool.get("parameters") or {"type": "object"}, bool(tool.get("strict"))
     text = json.dumps(schema)
     try:
-        check_spec("json_schema", text, False)
+        check_spec("json_schema", text, strict)
     except SchemaError as e:
         raise APIError(400, f"tools: tool calling cannot enforce this parameters schema: {e}", param="tools",
                        code="unsupported_schema") from None
-    return StructuredSpec("json_schema", text, strict=False)
+    return StructuredSpec("json_schema", text, strict=strict)
 
 
 def prepare(

@@ -8,6 +8,8 @@
 - "auto": the model writes DeepSeek's own tool-call tokens, parsed here:
   V3 / R1: `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\\n```json\\nARGS\\n```<｜tool▁call▁end｜>…<｜tool▁calls▁end｜>`
   V3.1:    `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>ARGS<｜tool▁call▁end｜>…<｜tool▁calls▁end｜>`
+  With `parallel_tool_calls` false only the first call is returned. A function marked `strict`
+  is refused in auto mode (nothing constrains what the model writes there; the forced modes do).
 
 Every parser re-reads its whole text on each delta and emits only what is new and can no
 longer change (a suffix that may still become a marker is held back), so the concatenated
@@ -163,11 +165,16 @@ def _json_value_end(text: str, i: int) -> int | None:
 class DeepSeekToolParser(ToolCallStream):
     """auto: DeepSeek's tool-call tokens in the output (V3/R1 format, or V3.1 with `v31`)."""
 
-    def __init__(self, v31: bool = False):
+    def __init__(self, v31: bool = False, max_calls: int | None = None):
         super().__init__()
         self.v31 = v31
+        self.max_calls = max_calls  # parallel_tool_calls false: 1 (calls the model writes after it are dropped)
 
     def parse(self, text: str, final: bool) -> tuple[str, list[_Call]]:
+        content, calls = self._parse(text, final)
+        return content, calls[:self.max_calls]
+
+    def _parse(self, text: str, final: bool) -> tuple[str, list[_Call]]:
         b = text.find(CALLS_BEGIN)
         if b < 0:
             keep = 0 if final else _held(text, CALLS_BEGIN)
@@ -202,9 +209,9 @@ class DeepSeekToolParser(ToolCallStream):
         return text[:b], calls
 
 
-def make_tool_stream(mode: str | None, parser: str) -> ToolCallStream | None:
+def make_tool_stream(mode: str | None, parser: str, parallel: bool = True) -> ToolCallStream | None:
     """The stream of one choice: mode from ChatCompletionRequest.tool_mode(); parser "deepseek_v3",
-    "deepseek_v31" or "none" (auto mode then returns text only)."""
+    "deepseek_v31" or "none" (auto mode then returns text only); `parallel` false: one call at most."""
     if mode is None:
         return None
     if mode.startswith("function:"):
@@ -213,7 +220,7 @@ def make_tool_stream(mode: str | None, parser: str) -> ToolCallStream | None:
         return RequiredCalls()
     if parser == "none":
         return None
-    return DeepSeekToolParser(v31=parser == "deepseek_v31")
+    return DeepSeekToolParser(v31=parser == "deepseek_v31", max_calls=None if parallel else 1)
 
 
 def detect_parser(chat_template: str | None) -> str:
