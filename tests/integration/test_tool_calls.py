@@ -46,11 +46,13 @@ def test_readme_agent_snippet_works_as_pasted(server):
     blocks = re.findall(r"```python\n(.*?)```", (Path(__file__).resolve().parents[2] / "README.md").read_text(),
                         re.DOTALL)
     quickstart = next(b for b in blocks if "OpenAI(" in b)
-    agents = next(b for b in blocks if "tool_choice" in b)
-    code = (quickstart + agents).replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+    agents = [b for b in blocks if "client." in b and "OpenAI(" not in b]  # the Agents section, in order
+    code = "".join([quickstart, *agents]).replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "tool_calls get_weather {" in out.stdout and "name=" in out.stdout, out.stdout.splitlines()[-6:]
+    assert "The sky isAAAA [None, " in out.stdout, out.stdout.splitlines()[-4:]  # echo, logprobs, logit_bias
+    assert re.search(r"^\d+ \{'prompt': '.*Weather in Paris\?", out.stdout, re.MULTILINE), out.stdout  # /tokenize
 
 
 def check_calls(calls, names=None):

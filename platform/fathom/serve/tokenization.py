@@ -5,7 +5,7 @@ add_generation_prompt, continue_final_message, chat_template_kwargs, tools,
 add_special_tokens}), rendered by the same chat template code as /v1/chat/completions, and
 returns {count, max_model_len, tokens, token_strs} (token_strs: the vocabulary's pieces when
 `return_token_strs`, else null). `/detokenize` turns {tokens} into {prompt} (special tokens
-kept). Nothing runs on the model, so nothing is metered (see docs/api.md)."""
+kept). Nothing runs on the model, so nothing is metered (docs/architecture.md, HTTP)."""
 
 from fathom.api.openai_error import APIError
 from fathom.engine.tokenizer import Tokenizer
