@@ -61,3 +61,14 @@ def test_errors_are_clear(llm):
         fathom.LLM(tensor_parallel_size=3, expert_parallel_size=2)
     with pytest.raises(ValueError, match="2 sampling_params for 1 prompts"):
         llm.generate(["a"], [fathom.SamplingParams(), fathom.SamplingParams()])
+
+
+def test_prompt_logprobs_and_logit_bias_through_fathom_llm(llm):
+    ids = llm.tokenizer.encode("the cat sat")
+    out = llm.generate([ids], fathom.SamplingParams(temperature=0, max_tokens=3, ignore_eos=True, prompt_logprobs=2,
+                                                    logit_bias={65: 100.0}))[0]
+    assert out.outputs[0].token_ids == [65, 65, 65]
+    assert len(out.prompt_logprobs) == len(ids) and out.prompt_logprobs[0] is None
+    assert [lp.token_id for lp in out.prompt_logprobs[1:]] == ids[1:]
+    assert all(lp.logprob <= 0 and len(lp.top_logprobs) == 2 for lp in out.prompt_logprobs[1:])
+    assert llm.generate([ids], fathom.SamplingParams(max_tokens=1))[0].prompt_logprobs is None
