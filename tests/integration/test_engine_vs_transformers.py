@@ -157,9 +157,12 @@ def test_quantization_and_kv_cache_dtype_settings_reach_the_rank(checkpoint):
     assert len(results["a"]) == NEW
 
 
-def test_prompt_logprobs_equal_transformers_with_chunked_prefill_and_prefix_caching(checkpoint):
+def test_prompt_logprobs_equal_transformers_with_chunked_prefill_and_prefix_caching(checkpoint, monkeypatch):
     """Prompt logprobs are log_softmax of transformers' logits, whether the prompt is prefilled in
     chunks or not, and even when its prefix is in the cache (such a request recomputes it)."""
+    from fathom.worker import model_runner
+
+    monkeypatch.setattr(model_runner, "PROMPT_LOGITS_ROWS", 5)  # a chunk's logits in several slices
     path, hf = checkpoint
     engine = make(path, max_num_batched_tokens=16, enable_chunked_prefill=True, enable_prefix_caching=True)
     prompt = prompts([37], seed=5)[0]

@@ -117,3 +117,9 @@ def test_two_turn_round_trip(client):
 def test_tool_choice_errors(client):
     with pytest.raises(openai.UnprocessableEntityError):
         create(client, tool_choice={"type": "function", "function": {"name": "nope"}})
+    strict = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
+    with pytest.raises(openai.BadRequestError, match="strict"):  # auto cannot enforce it: refused, not ignored
+        client.chat.completions.create(model="fathom-demo", messages=MESSAGES, tools=strict, max_tokens=8)
+    forced = client.chat.completions.create(model="fathom-demo", messages=MESSAGES, tools=strict, max_tokens=200,
+                                            tool_choice="required", seed=3)
+    check_calls(forced.choices[0].message.tool_calls, {"get_weather"})

@@ -12,7 +12,7 @@ from fathom.model.kv_cache import allocate_kv_caches
 from fathom.worker.sampler import Sampler
 from fathom.worker.structured import Grammars
 
-PROMPT_LOGITS_ROWS = 512  # prompt-logprob rows per logits computation ([rows, vocab] float32 at a time)
+PROMPT_LOGITS_ROWS = 128  # prompt-logprob rows per logits computation: [128, vocab] float32 at a time
 
 
 class ModelRunner:
