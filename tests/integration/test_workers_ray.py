@@ -9,7 +9,7 @@ import ray
 import torch
 
 from fathom.engine.sampling_params import SamplingParams
-from support.model_testing import save_reference
+from support.model_testing import reference_logits, save_reference
 
 pytestmark = pytest.mark.timeout(240)
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -57,6 +57,11 @@ def test_llm_tp2_ep2_equals_transformers_on_one_node(cluster, checkpoint):
         for p, out in zip(ps, outs):
             assert out.outputs[0].token_ids == hf_greedy(hf, p)
             assert out.outputs[0].finish_reason == "length" and out.usage.prompt_tokens == len(p)
+        # prompt logprobs: every rank computes the logits (the TP group gathers them), rank 0 answers
+        [scored] = engine.generate([ps[1]], SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=2))
+        ref = torch.log_softmax(reference_logits(hf, ps[1]), -1)
+        got = [lp.logprob for lp in scored.prompt_logprobs[1:]]
+        assert got == pytest.approx([ref[i - 1, ps[1][i]].item() for i in range(1, len(ps[1]))], abs=1e-4)
     finally:
         engine.shutdown()
 
