@@ -34,6 +34,7 @@ class StepInput:
     new_specs: list[SamplingSpec] = field(default_factory=list)
     freed_seq_ids: list[int] = field(default_factory=list)
     trace_contexts: list[dict[str, str]] = field(default_factory=list)  # of the batch's requests: span links
+    groups: list[int] = field(default_factory=list)  # data-parallel attention: each row's group ([]: one group)
 
 
 @dataclass

@@ -74,6 +74,8 @@ def make_plan(engine: EngineSettings, gpu, num_gpus: int, reserved_bytes: int) -
     from fathom.model.config import DeepseekConfig
     from fathom.model.memory import rank_weight_bytes
 
+    if engine.data_parallel_size > 1 or engine.eplb.num_redundant_experts:
+        raise ValueError("the memory plan models data_parallel_size 1 without redundant experts only")
     source = engine.model
     if source is None:
         from fathom.worker.demo import demo_checkpoint_dir
