@@ -74,6 +74,9 @@ def test_llm_dp2_with_eplb_equals_transformers(cluster, checkpoint):
             assert out.outputs[0].token_ids == hf_greedy(hf, p)
         stats = engine.engine.stats()
         assert stats.kv_blocks_total == 2 * engine.engine.executor.num_kv_blocks
+        # EPLB reported its windows' counts: every prompt and generated token of the 3 MoE layers, top-3
+        routed = sum(len(p) + 7 for p in ps) * 3 * 3  # the last sampled token is never fed back
+        assert 0 < sum(stats.moe_expert_tokens) <= routed and stats.moe_imbalance >= 1.0
     finally:
         engine.shutdown()
 

@@ -44,7 +44,8 @@ class GroupDecode:
 
 def run_wide_rank(rank: int, world: int, dp: int, redundant: int, port: int, job: dict, out_dir: str) -> None:
     """One rank (a ``torch.multiprocessing.spawn`` target). ``job``: {"path", "groups": [prompts of
-    group g], "decode": n, "delays": [steps group g stays idle first], "rebalance_at": step or None}.
+    group g], "decode": n, "delays": [steps group g stays idle first], "rebalance_at": step or None,
+    "cuda": run on cuda:<rank> over nccl (default: cpu, gloo)}.
     Saves {"greedy": its group's tokens, "rebalance": (before, after, moved) or None,
     "kv_bytes": its cache bytes} to ``out_dir/<rank>.pt``."""
     from fathom.model.loader import load_model
@@ -53,7 +54,8 @@ def run_wide_rank(rank: int, world: int, dp: int, redundant: int, port: int, job
 
     torch.set_num_threads(1)
     ctx = init_parallel(rank, world, world, dp_size=dp, moe_a2a=True, num_redundant_experts=redundant,
-                        master_port=port, device="cpu", timeout_s=120)  # fmt: skip
+                        master_port=port, device=f"cuda:{rank}" if job.get("cuda") else "cpu",
+                        timeout_s=120)  # fmt: skip
     try:
         model = load_model(job["path"], ctx)
         g = ctx.dp_rank

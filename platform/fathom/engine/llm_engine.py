@@ -65,6 +65,8 @@ class LLMEngine:
         self._spec_sent: set[int] = set()
         self._dirty: dict[str, Request] = {}  # requests with news since the last step()
         self._failures: list[tuple[str, Exception]] = []  # requests failed alone, for the loop to report
+        self._moe_tokens: list[int] | None = None  # EPLB's counts, summed over its reports
+        self._moe_imbalance: float | None = None
 
     # ----- requests
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None,
@@ -138,6 +140,8 @@ class LLMEngine:
         if batch.chunks:
             result = self.executor.execute(self._step_input(batch))
             self._update(batch, result)
+            if result.moe_expert_tokens is not None:
+                self._note_moe_load(result)
         return self._collect()
 
     def _step_input(self, batch: SchedulerOutput) -> StepInput:
@@ -202,6 +206,11 @@ class LLMEngine:
         for req, error in failed.values():
             self.fail_request(req.request_id, error)
 
+    def _note_moe_load(self, result: StepOutput) -> None:
+        old = self._moe_tokens or [0] * len(result.moe_expert_tokens)
+        self._moe_tokens = [a + b for a, b in zip(old, result.moe_expert_tokens, strict=True)]
+        self._moe_imbalance = result.moe_imbalance
+
     def fail_request(self, request_id: str, error: Exception) -> None:
         """End one request with `error` (reported by `take_failures`): its blocks are freed now,
         its sampler state with the next step; nothing else is touched."""
@@ -261,8 +270,8 @@ class LLMEngine:
         s = self.scheduler
         return EngineStats(len(s.running), len(s.waiting) + sum(len(r.pending_samples) for r in self.requests.values()),
                            self.blocks.num_used, self.blocks.num_blocks * self.config.data_parallel_size,
-                           s.prefix_stats.queried_tokens,
-                           s.prefix_stats.hit_tokens, s.num_preemptions)
+                           s.prefix_stats.queried_tokens, s.prefix_stats.hit_tokens, s.num_preemptions,
+                           moe_expert_tokens=self._moe_tokens, moe_imbalance=self._moe_imbalance)
 
 
 def _note_for_tracing(step: StepInput, chunk, now: float) -> None:

@@ -48,3 +48,8 @@ class StepOutput:
     logprobs: list[float | None]
     top_logprobs: list[list[tuple[int, float]] | None]
     errors: dict[int, str] = field(default_factory=dict)
+    # EPLB, on the step after which the experts were rebalanced: routed (token, choice) pairs per
+    # logical expert (summed over MoE layers and ranks) since the previous rebalance, and the worst
+    # MoE layer's max / mean pairs per expert shard over that window
+    moe_expert_tokens: list[int] | None = None
+    moe_imbalance: float | None = None

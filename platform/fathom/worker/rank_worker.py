@@ -69,7 +69,10 @@ class RankWorker:
                 out = run_group_step(self.runner, step, self.model.ctx.dp_rank)
         self.steps += 1
         if self.eplb_interval and self.steps % self.eplb_interval == 0:
-            rebalance(self.model)  # between steps, on every rank: the same counts, the same placement
+            r = rebalance(self.model)  # between steps, on every rank: the same counts, the same placement
+            if out is not None:
+                out.moe_expert_tokens = [sum(col) for col in zip(*r.expert_load, strict=True)]
+                out.moe_imbalance = r.imbalance_before
         return out
 
     def ping(self) -> int:

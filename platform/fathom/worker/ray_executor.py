@@ -65,7 +65,9 @@ class RayExecutor:
         outs = self._all([w.execute.remote(ref) for w in self.workers], self.step_timeout_s, "running a step")
         if self.dp == 1:
             return outs[0]
-        return merge_outputs(step, outs[:: self.tp])  # each group's driver: its TP rank 0
+        merged = merge_outputs(step, outs[:: self.tp])  # each group's driver: its TP rank 0
+        merged.moe_expert_tokens, merged.moe_imbalance = outs[0].moe_expert_tokens, outs[0].moe_imbalance
+        return merged
 
     def check_health(self) -> None:
         if self._dead is not None:

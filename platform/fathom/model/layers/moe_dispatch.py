@@ -32,7 +32,9 @@ class AllToAllDispatcher:
 
     def __init__(self, ctx: ParallelContext, slots_per_rank: int) -> None:
         self.ctx, self.slots_per_rank = ctx, slots_per_rank
-        self.remote_rows = 0  # (token, choice) rows sent to other ranks so far (benchmarks: bytes moved)
+        # (token, choice) rows sent to other ranks, and received for this rank's experts, so far:
+        # the bytes the exchange moves and the load EPLB balances (benchmarks/wide_ep.py)
+        self.remote_rows = self.received_rows = 0
 
     def routed(self, x: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor, experts) -> torch.Tensor:
         """x [n, H] this rank's tokens, weights float32 [n, k], slots Long[n, k] physical expert slots
@@ -45,6 +47,7 @@ class AllToAllDispatcher:
         recv = exchange_counts(send, self.ctx)
         sc, rc = send.tolist(), recv.tolist()
         self.remote_rows += sum(sc) - sc[self.ctx.rank]
+        self.received_rows += sum(rc)
         got_x = all_to_all(x[order // k], sc, rc, self.ctx)  # [m, H] tokens for my experts
         got_slot = all_to_all(flat[order], sc, rc, self.ctx) - experts.local.start  # [m] local slot
         by_slot = got_slot.argsort(stable=True)
