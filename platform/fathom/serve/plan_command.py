@@ -74,8 +74,6 @@ def make_plan(engine: EngineSettings, gpu, num_gpus: int, reserved_bytes: int) -
     from fathom.model.config import DeepseekConfig
     from fathom.model.memory import rank_weight_bytes
 
-    if engine.data_parallel_size > 1 or engine.eplb.num_redundant_experts:
-        raise ValueError("the memory plan models data_parallel_size 1 without redundant experts only")
     source = engine.model
     if source is None:
         from fathom.worker.demo import demo_checkpoint_dir
@@ -83,13 +81,14 @@ def make_plan(engine: EngineSettings, gpu, num_gpus: int, reserved_bytes: int) -
         source = demo_checkpoint_dir()
     config = DeepseekConfig.from_pretrained(source)
     dtype = engine.dtype if engine.dtype != "auto" else "bfloat16"
-    tp, ep = engine.tensor_parallel_size, engine.expert_parallel_size
-    weights = rank_weight_bytes(config, tp, ep, dtype, engine.quantization)
+    tp, ep, dp, redundant = (engine.tensor_parallel_size, engine.moe_ep_size, engine.data_parallel_size,
+                             engine.eplb.num_redundant_experts)  # fmt: skip
+    weights = rank_weight_bytes(config, tp, ep, dtype, engine.quantization, dp, redundant)
     shape = ModelShape.from_config(config.model_dump())
     plan = plan_memory(shape, gpu, num_gpus=num_gpus, tp=tp, ep=ep, dtype=dtype, quantization=engine.quantization,
                        kv_cache_dtype=engine.kv_cache_dtype, max_model_len=engine.max_model_len,
                        memory_fraction=engine.kv_cache_memory_fraction, block_size=engine.block_size,
-                       reserved_bytes=reserved_bytes, weights=weights)  # fmt: skip
+                       reserved_bytes=reserved_bytes, weights=weights, dp=dp, redundant=redundant)  # fmt: skip
     path = Path(source)
     name = (path if path.is_dir() else path.parent).name
     experts = f", {config.n_routed_experts} routed experts" if config.n_routed_experts else ""
@@ -141,7 +140,7 @@ def plan_settings(engine: EngineSettings) -> int:
         total = torch.cuda.get_device_properties(0).total_memory
         gpu = gpu_spec(torch.cuda.get_device_name(0), total / GIB)
     try:
-        plan, title = make_plan(engine, gpu, engine.tensor_parallel_size, 2 * GIB)
+        plan, title = make_plan(engine, gpu, engine.world_size, 2 * GIB)
     except (ValueError, FileNotFoundError) as e:
         print(f"fathom serve --dry-run: error: {e}", file=sys.stderr)
         return 2
