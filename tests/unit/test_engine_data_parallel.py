@@ -37,7 +37,7 @@ def run(engine, requests):
 
 
 def test_groups_share_the_work_and_every_token_is_exact():
-    engine = make_engine(2, num_blocks=12)  # few blocks per group: preemption happens
+    engine = make_engine(2, num_blocks=12, max_tokens=16)  # few blocks: preemption; 16 tokens a step: chunks
     greedy = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
     requests = {f"r{i}": (prompt(5 + 3 * i, i), greedy) for i in range(6)}
     requests["shared"] = (prompt(9, 0), greedy)  # the prefix of r0's prompt: a prefix-cache hit in r0's group
@@ -110,3 +110,28 @@ def test_group_input_and_merge_outputs_round_trip():
         and merged.logprobs == [None, -0.5, None]
         and merged.errors == {2: "bad row"}
     )
+
+
+def test_fair_share_spans_the_groups():
+    """One FairSharePolicy for all groups: a tenant with 6 queued requests does not starve one
+    with 2, and every token stays exact."""
+    from fathom.engine.fair_share import FairSharePolicy
+
+    cfg = EngineConfig(
+        block_size=4, max_model_len=128, max_num_seqs=2, max_num_batched_tokens=64, data_parallel_size=2
+    )
+    engine = LLMEngine(cfg, DataParallelFakeExecutor(2, 64, 4), policy=FairSharePolicy())
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    prompts = {f"big{i}": prompt(8, i) for i in range(6)} | {f"small{i}": prompt(8, 10 + i) for i in range(2)}
+    for rid, p in prompts.items():
+        engine.add_request(rid, p, params, fairness_key=rid.rstrip("0123456789"))
+    first_step: dict[str, int] = {}
+    tokens: dict[str, list[int]] = {rid: [] for rid in prompts}
+    step = 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            first_step.setdefault(out.request_id, step)
+            tokens[out.request_id] += out.outputs[0].token_ids if out.outputs else []
+        step += 1
+    assert all(tokens[rid] == reference_greedy(p, 6) for rid, p in prompts.items())
+    assert max(first_step[f"small{i}"] for i in range(2)) <= 1  # admitted in the first steps, not after "big"

@@ -64,3 +64,36 @@ def test_gate_spreads_an_expert_over_its_replicas():
     assert placement.load.tolist() == [6, 6, 0, 0]
     with pytest.raises(ValueError, match="all 4 experts"):
         placement.set([0, 1, 2, 0, 0, 0])
+
+
+def test_migrate_refills_every_slot_with_its_new_expert_on_one_rank():
+    from fathom.model.layers.expert_placement import migrate
+
+    ctx = ParallelContext(num_redundant_experts=2)
+    old, new = [0, 1, 2, 3, 0, 1], [3, 2, 1, 0, 3, 3]
+    values = torch.tensor([float(e) for e in old])
+    stacks = {"w": values[:, None].repeat(1, 3), "w_fp8": values[:, None].repeat(1, 2).to(torch.float8_e4m3fn)}
+    migrate(stacks, range(6), old, new, ctx)
+    assert stacks["w"][:, 0].tolist() == [3, 2, 1, 0, 3, 3]
+    assert stacks["w_fp8"].float()[:, 1].tolist() == [3, 2, 1, 0, 3, 3]
+
+
+def test_replicas_and_a_rebalance_leave_the_model_function_unchanged(tmp_path):
+    """One rank, the all-reduce MoE path: 4 redundant slots, rebalanced on the counts of a forward
+    (experts permuted and replicated, weights moved) -> the same logits, grouped and dense."""
+    from fathom.model.loader import load_model
+    from fathom.model.rebalance import rebalance
+    from support import model_testing as T
+
+    T.save_reference(tmp_path, "v3", seed=3)
+    prompts = [[5, 17, 99, 3, 200, 41, 8], [9, 9, 12]]
+    base = T.full_logits(load_model(tmp_path), prompts)
+    model = load_model(tmp_path, ParallelContext(num_redundant_experts=4))
+    T.full_logits(model, prompts)  # counts
+    result = rebalance(model)
+    assert result.moved > 0 and all(len(set(m.placement.phy2log)) == 8 for m in model.moe_layers())
+    assert sum(map(sum, result.expert_load)) == 2 * 10 * 3  # MoE layers x tokens x top-3
+    for dense_limit in (0, 10_000):
+        model.set_fast_paths(moe_dense_limit=dense_limit)
+        for ours, ref in zip(T.full_logits(model, prompts), base, strict=True):
+            assert float((ours - ref).abs().max()) <= T.tolerance(ref)

@@ -103,15 +103,17 @@ def render(plan: MemoryPlan, title: str) -> str:
                if plan.fp8_weights else f"all tensors {plan.dtype}")  # fmt: skip
     lines = [title,
              (f"{plan.num_gpus} x {plan.gpu.name} ({plan.gpu.memory_bytes / GIB:.1f} GiB each), "
-              f"TP {plan.tp}, EP {plan.ep}: {plan.replicas} instance(s)"),
+              f"{f'DP {plan.dp} x ' if plan.dp > 1 else ''}TP {plan.tp}, EP {plan.ep}: {plan.replicas} instance(s)"),
              f"weights: {weights}", "",
              "GiB per rank  " + "".join(f"{k:>17}" for k in (*KINDS, "total", "KV budget"))]  # fmt: skip
     for ranks, r in _groups(plan):
         cells = [*(r.weights[k] for k in KINDS), r.weight_bytes, r.kv_budget]
         lines.append(f"{ranks:<14}" + "".join(f"{v / GIB:>17.2f}" for v in cells))
     kv = "fp8 (e4m3)" if plan.kv_cache_dtype == "fp8" else plan.dtype
-    lines += ["", f"KV cache ({kv}): {plan.kv_bytes_per_token:,} bytes per token on every rank",
-              (f"KV capacity: {plan.kv_tokens:,} tokens per instance ({plan.memory_fraction:g} of what weights and "
+    where = "every rank of its attention group" if plan.dp > 1 else "every rank"
+    per = f"per attention group ({plan.dp} groups)" if plan.dp > 1 else "per instance"
+    lines += ["", f"KV cache ({kv}): {plan.kv_bytes_per_token:,} bytes per token on {where}",
+              (f"KV capacity: {plan.kv_tokens:,} tokens {per} ({plan.memory_fraction:g} of what weights and "
                f"{plan.reserved_bytes / GIB:.1f} GiB reserved leave per GPU) = "
                f"{plan.kv_tokens / plan.max_model_len:.1f} x max_model_len {plan.max_model_len:,}"),
               "fits: yes" if plan.fits else "fits: NO - " + "; ".join(plan.problems)]  # fmt: skip
