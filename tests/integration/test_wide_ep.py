@@ -64,9 +64,13 @@ def test_dp2_ep2_uneven_load_with_eplb(reference, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("dp, tp, redundant, delays", [(2, 2, 4, [3, 0]), (4, 1, 4, [0, 1, 0, 4])])
+@pytest.mark.parametrize(
+    "dp, tp, redundant, delays", [(1, 2, 0, [0]), (2, 2, 4, [3, 0]), (4, 1, 4, [0, 1, 0, 4])]
+)
 def test_wide_ep_matches_transformers(reference, tmp_path, dp, tp, redundant, delays):
-    """(2, 2, 4) and (4, 1, 4), each with an idle group for some steps and EPLB applied mid-decode."""
+    """(1, 2, 2): the all-to-all with tokens replicated over TP = EP (each rank dispatches its
+    share); (2, 2, 4) and (4, 1, 4), each with an idle group for some steps and EPLB applied
+    mid-decode."""
     path, _ = reference
     _, saved = run(tmp_path, path, dp=dp, tp=tp, redundant=redundant, delays=delays, rebalance_at=2)
     check_greedy(reference, dp, tp, saved)
