@@ -27,8 +27,8 @@ def model_fits(spec: ModelServiceSpec) -> tuple[bool, str, str] | None:
         return None
     e = spec.engine
     try:
-        plan = plan_memory(shape, gpu, num_gpus=e.tensor_parallel_size, tp=e.tensor_parallel_size,
-                           ep=e.expert_parallel_size, dtype="bfloat16" if e.dtype == "auto" else e.dtype,
+        plan = plan_memory(shape, gpu, num_gpus=e.world_size, tp=e.tensor_parallel_size, dp=e.data_parallel_size,
+                           ep=e.moe_ep_size, redundant=e.eplb.num_redundant_experts, dtype="bfloat16" if e.dtype == "auto" else e.dtype,
                            quantization=e.quantization, kv_cache_dtype=e.kv_cache_dtype, max_model_len=e.max_model_len,
                            memory_fraction=e.kv_cache_memory_fraction, block_size=e.block_size,
                            kv_cache_memory=e.kv_cache_memory)  # fmt: skip

@@ -40,11 +40,11 @@ def worker_nodes(llm):
     return ray.get([w.node_id.remote() for w in llm.engine.executor.workers])
 
 
-def llm(path, tp, ep):
+def llm(path, tp, ep, **settings):
     import fathom
 
     return fathom.LLM(str(path), tensor_parallel_size=tp, expert_parallel_size=ep, dtype="float32", block_size=4,
-                      max_num_batched_tokens=16, kv_cache_memory=1 << 20)
+                      max_num_batched_tokens=16, kv_cache_memory=1 << 20, **settings)
 
 
 def test_llm_tp2_ep2_equals_transformers_on_one_node(cluster, checkpoint):
@@ -62,6 +62,32 @@ def test_llm_tp2_ep2_equals_transformers_on_one_node(cluster, checkpoint):
         ref = torch.log_softmax(reference_logits(hf, ps[1]), -1)
         got = [lp.logprob for lp in scored.prompt_logprobs[1:]]
         assert got == pytest.approx([ref[i - 1, ps[1][i]].item() for i in range(1, len(ps[1]))], abs=1e-4)
+    finally:
+        engine.shutdown()
+
+
+def test_llm_dp2_with_eplb_equals_transformers(cluster, checkpoint):
+    """Data-parallel attention (D = 2 groups of TP = 1, experts all-to-all over both ranks) with 2
+    redundant experts rebalanced every 3 steps: each group has its requests, and the groups finish
+    their prefills at different steps (one idles while the other works)."""
+    path, hf = checkpoint
+    engine = llm(path, 1, 1, data_parallel_size=2, eplb={"num_redundant_experts": 2, "step_interval": 3})
+    try:
+        ps = prompts(2)
+        outs = engine.generate(ps, GREEDY)
+        for p, out in zip(ps, outs):
+            assert out.outputs[0].token_ids == hf_greedy(hf, p)
+        stats = engine.engine.stats()
+        assert stats.kv_blocks_total == 2 * engine.engine.executor.num_kv_blocks
+        # EPLB reported its windows' counts: every prompt and generated token of the 3 MoE layers, top-3
+        routed = sum(len(p) + 7 for p in ps) * 3 * 3  # the last sampled token is never fed back
+        assert 0 < sum(stats.moe_expert_tokens) <= routed and stats.moe_imbalance >= 1.0
+        # prompt logprobs from both groups in one step come back in the step's order
+        scored = engine.generate(ps, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1))
+        for p, out in zip(ps, scored):
+            ref = torch.log_softmax(reference_logits(hf, p), -1)
+            got = [lp.logprob for lp in out.prompt_logprobs[1:]]
+            assert got == pytest.approx([ref[i - 1, p[i]].item() for i in range(1, len(p))], abs=1e-4)
     finally:
         engine.shutdown()
 

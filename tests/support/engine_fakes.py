@@ -79,3 +79,39 @@ class FakeExecutor:
 
     def shutdown(self):
         pass
+
+
+class DataParallelFakeExecutor:
+    """D `FakeExecutor`s as D attention groups, each with its own simulated KV cache (block ids
+    overlap between groups, so a row run on the wrong group reads the wrong tokens): the step is
+    split and merged by the real `fathom.worker.dp_step` functions."""
+
+    def __init__(self, groups: int, num_blocks: int, block_size: int):
+        self.groups = [FakeExecutor(num_blocks, block_size) for _ in range(groups)]
+        self.num_kv_blocks, self.vocab_size = num_blocks, VOCAB
+        self.rows_per_group = [0] * groups
+        self.idle_steps = [0] * groups
+
+    def execute(self, step: StepInput):
+        from fathom.engine.step_input import StepOutput
+        from fathom.worker.dp_step import group_input, merge_outputs
+
+        outs = []
+        for g, fake in enumerate(self.groups):
+            mine = group_input(step, g)
+            self.rows_per_group[g] += len(mine.seq_ids)
+            self.idle_steps[g] += not mine.seq_ids
+            outs.append(fake.execute(mine) if mine.seq_ids else StepOutput([], [], []))
+        return merge_outputs(step, outs)
+
+    def check_health(self):
+        pass
+
+    def ping(self):
+        pass
+
+    def rank_nodes(self):
+        return None
+
+    def shutdown(self):
+        pass

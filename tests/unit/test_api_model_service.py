@@ -21,12 +21,24 @@ def test_ranks_are_packed_per_node(tp, gpus, per_node, ranks_per_pod, pods):
     assert (spec.ranks_per_pod, spec.pods_per_instance) == (ranks_per_pod, pods)
 
 
+def test_data_parallel_attention_counts_every_rank_and_takes_eplb():
+    spec = ModelServiceSpec.model_validate({
+        "model": PVC, "engine": {"tensorParallelSize": 2, "dataParallelSize": 8,
+                                 "eplb": {"numRedundantExperts": 32, "stepInterval": 3000}},
+        "resources": {"gpus": 1, "gpusPerNode": 8}})  # fmt: skip
+    assert spec.ranks_per_instance == 16 and (spec.ranks_per_pod, spec.pods_per_instance) == (8, 2)
+    assert spec.engine.moe_ep_size == 16 and spec.engine.eplb.num_redundant_experts == 32
+
+
 @pytest.mark.parametrize("bad, needle", [
     ({"model": {}}, "exactly one of pvc, hostPath, uri"),
     ({"model": {"hostPath": "/mnt", "uri": "hf://deepseek-ai/DeepSeek-V3"}}, "exactly one"),
     ({"model": {"uri": "ftp://x"}}, "uri"),
     ({"model": PVC, "engine": {"tensorParallelSize": 4, "expertParallelSize": 3}}, "expert_parallel_size"),
     ({"model": PVC, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+    ({"model": PVC, "engine": {"dataParallelSize": 2, "tensorParallelSize": 2, "expertParallelSize": 2}},
+     "expert_parallel_size must be 1 \\(default\\) or 4"),
+    ({"model": PVC, "engine": {"eplb": {"numRedundantExperts": 8}}}, "needs tensor_parallel_size x data_parallel_size > 1"),
     ({"model": PVC, "engine": {"model": "/x"}}, "spec.engine.model"),
     ({"model": PVC, "resources": {"gpus": 4, "gpusPerNode": 2}}, "gpusPerNode"),
     ({"model": PVC, "replicaz": 2}, "replicaz"),

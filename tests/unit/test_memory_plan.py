@@ -59,6 +59,20 @@ def test_torch_free_arithmetic_equals_the_meta_device_build(name, tp, ep, quanti
             assert built == weight_bytes(shape, tp, ep, rank, dtype, fp8), (rank, dtype)
 
 
+@pytest.mark.parametrize("name", ["tiny-v3", "deepseek-v3"])
+@pytest.mark.parametrize("dp, tp, redundant", [(2, 1, 2), (2, 2, 0), (4, 1, 4)])
+def test_data_parallel_and_redundant_experts_arithmetic_equals_the_meta_build(name, dp, tp, redundant):
+    """D attention groups of TP ranks, experts (+ redundant slots) over all W = D x TP ranks."""
+    raw = CONFIGS[name]
+    config, shape = DeepseekConfig.from_dict(raw), ModelShape.from_config(raw)
+    W = dp * tp
+    for rank in sorted({0, W - 1}):
+        built = tensor_bytes(meta_model(config, tp, W, rank, "bfloat16", "none", dp, redundant))
+        assert built == weight_bytes(shape, tp, W, rank, "bfloat16", False, dp, redundant), rank
+    # the attention weights are those of TP alone; the routed experts' share is 1/W of the slots
+    assert weight_bytes(shape, tp, W, 0, dp=dp)["attention"] == weight_bytes(shape, tp, tp, 0)["attention"]
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     d = tmp_path_factory.mktemp("plan")
@@ -105,6 +119,19 @@ def test_deepseek_v3_fits_one_8xh200_node_in_fp8_and_not_in_bf16():
     total = sum(weight_bytes(shape, 1, 1, 0, "bfloat16", fp8=False).values())
     assert 1.33e12 < total < 1.35e12  # the issue's ~1.34 TB dequantised
     assert set(fp8.ranks[0].weights) == set(KINDS)
+
+
+def test_deepseek_v3_data_parallel_attention_on_8xh200():
+    """D = 8 groups of TP = 1: every rank holds all of MLA (no head split) but 1/8 of the experts (+ 32
+    redundant slots); the plan counts 8 ranks and every rank's latent KV is its own group's."""
+    shape = ModelShape.from_config(json.loads((V3 / "config.json").read_text()))
+    dp = plan_memory(shape, GPUS["h200"], num_gpus=8, tp=1, dp=8, ep=8, redundant=32)
+    tp = plan_memory(shape, GPUS["h200"], num_gpus=8, tp=8)
+    assert dp.fits and len(dp.ranks) == 8 and dp.replicas == 1
+    assert dp.ranks[0].weights["attention"] == weight_bytes(shape, 1, 1, 0, fp8=True)["attention"]
+    assert dp.ranks[0].weights["routed_experts"] == tp.ranks[0].weights["routed_experts"] * 288 // 256
+    assert plan_memory(shape, GPUS["h200"], num_gpus=4, tp=1, dp=8, ep=8).problems[0].startswith(
+        "tensor_parallel_size 1 x data_parallel_size 8 needs 8 GPUs")
 
 
 def test_fathom_plan_prints_the_v3_plan_and_its_exit_status_says_whether_it_fits(capsys):

@@ -19,13 +19,23 @@ class Pricing(Spec):
     completion_per_million: float = Field(0.0, ge=0, description="Price per million completion tokens.")
 
 
+class EplbSettings(Spec):
+    """Expert-parallel load balancing (vLLM's `eplb_config` names): redundant replicas of hot experts,
+    placed from the routed-token counts and applied between steps (docs/sharding.md)."""
+
+    num_redundant_experts: int = Field(0, ge=0, le=4096, description="Extra physical expert slots for replicas of hot experts.")
+    step_interval: int = Field(0, ge=0, description="Engine steps between rebalances (0: never).")
+
+
 class EngineSettings(Spec):
     """How one model instance runs: sharding, batching and KV-cache limits."""
 
     model: str | None = Field(None, description="Checkpoint directory (Hugging Face layout: config.json, *.safetensors, tokenizer files); `fathom serve` also takes a Hugging Face hub id (org/name). Unset: the built-in demo model.")
     served_model_name: str | None = Field(None, description="Model id in /v1/models; default: the hub id, else the directory name, else `fathom-demo`.")
-    tensor_parallel_size: int = Field(1, ge=1, le=1024, description="Ranks W of one model instance (attention heads, dense MLPs and vocab split over W).")
-    expert_parallel_size: int = Field(1, ge=1, le=1024, description="Expert-parallel groups the routed experts are split over; divides tensor_parallel_size.")
+    tensor_parallel_size: int = Field(1, ge=1, le=1024, description="Ranks TP that split heads, dense MLPs and vocab (W = D x TP).")
+    expert_parallel_size: int = Field(1, ge=1, le=1024, description="Expert shards of the routed experts; divides W (D > 1: W).")
+    data_parallel_size: int = Field(1, ge=1, le=1024, description="Attention groups D (DP attention; W = D x TP ranks).")
+    eplb: EplbSettings = Field(default_factory=EplbSettings, description="Expert-parallel load balancing (W > 1).")
     dtype: DType = Field("auto", description="Weights and activations dtype; auto = bfloat16 on CUDA, float32 on CPU.")
     quantization: Quantization = Field("auto", description="Weights: auto = as stored (FP8 stays FP8); fp8 = quantise at load; none = dequantise.")
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt + completion, in tokens; default: the checkpoint's max_position_embeddings.")
@@ -44,8 +54,25 @@ class EngineSettings(Spec):
     seed: int = Field(0, description="Seed of the demo model's weights and of unseeded sampling.")
     pricing: Pricing = Field(default_factory=Pricing, description="Prices per million tokens for metering.")
 
+    @property
+    def world_size(self) -> int:
+        """Ranks W of one instance: data_parallel_size x tensor_parallel_size."""
+        return self.data_parallel_size * self.tensor_parallel_size
+
+    @property
+    def moe_ep_size(self) -> int:
+        """Expert shards: all W ranks with data-parallel attention, else expert_parallel_size."""
+        return self.world_size if self.data_parallel_size > 1 else self.expert_parallel_size
+
     @model_validator(mode="after")
     def _ep_divides_tp(self) -> "EngineSettings":
+        if self.world_size == 1 and (self.eplb.num_redundant_experts or self.eplb.step_interval):
+            raise ValueError("eplb balances experts over ranks: it needs tensor_parallel_size x data_parallel_size > 1")
+        if self.data_parallel_size > 1:
+            if self.expert_parallel_size not in (1, self.world_size):
+                raise ValueError(f"with data_parallel_size > 1 the experts are split over all {self.world_size} "
+                                 f"ranks: expert_parallel_size must be 1 (default) or {self.world_size}")
+            return self
         if self.tensor_parallel_size % self.expert_parallel_size:
             raise ValueError(
                 f"expert_parallel_size ({self.expert_parallel_size}) must divide "

@@ -174,22 +174,23 @@ def local_block(size: int, split: bool) -> int:
 
 
 def weight_bytes(shape: ModelShape, tp: int = 1, ep: int = 1, rank: int = 0, dtype: str = "bfloat16",
-                 fp8: bool = False) -> dict[str, int]:  # fmt: skip
-    """Bytes of rank ``rank``'s tensors by kind, for TP ``tp`` and EP ``ep``, non-FP8 tensors in
-    ``dtype``, projections FP8-resident when ``fp8``."""
+                 fp8: bool = False, dp: int = 1, redundant: int = 0) -> dict[str, int]:  # fmt: skip
+    """Bytes of rank ``rank``'s tensors by kind, for ``dp`` attention groups of TP ``tp`` (W = dp x tp
+    ranks), EP ``ep`` over W with ``redundant`` extra expert slots, non-FP8 tensors in ``dtype``,
+    projections FP8-resident when ``fp8``."""
     s, W = shape, tp
-    if ep < 1 or W % ep:
-        raise ValueError(f"expert_parallel_size={ep} must divide tensor_parallel_size={W}")
+    if ep < 1 or (W * dp) % ep:
+        raise ValueError(f"expert_parallel_size={ep} must divide the world size {W * dp}")
     b = _Bytes(DTYPE_BYTES[dtype], fp8)
     H, heads = s.hidden_size, _split(s.num_attention_heads, W, "num_attention_heads")
-    rows = vocab_rows(s.vocab_size, rank, W)
+    rows = vocab_rows(s.vocab_size, rank % W, W)
     b.dense("embeddings_head", 2, rows, H)
     b.dense("norms", H)
     for i in range(s.num_hidden_layers):
         b.dense("norms", 2, H)
         _attention(b, s, heads, W > 1)
         if s.is_moe_layer(i):
-            _moe(b, s, W, ep)
+            _moe(b, s, W, ep, W * dp, redundant)
         else:
             inter = _split(s.intermediate_size, W, "intermediate_size")
             b.proj("dense_mlp", inter, H, br=local_block(inter, W > 1), stack=2)
@@ -212,18 +213,20 @@ def _attention(b: _Bytes, s: ModelShape, heads: int, split: bool) -> None:
     b.proj("attention", H, o_in, bc=local_block(o_in, split))
 
 
-def _moe(b: _Bytes, s: ModelShape, W: int, ep: int) -> None:
+def _moe(b: _Bytes, s: ModelShape, W: int, ep: int, world: int, redundant: int) -> None:
+    """Router, routed experts ((E + redundant) / ep slots, each split over world / ep ranks) and the
+    shared experts (split over the W = TP ranks of an attention group)."""
     H, E = s.hidden_size, s.n_routed_experts or 0
-    if E % ep:
-        raise ValueError(f"n_routed_experts={E} is not divisible by ep_size={ep}")
+    if (E + redundant) % ep:
+        raise ValueError(f"n_routed_experts={E} + num_redundant_experts={redundant} is not divisible by ep_size={ep}")
     b.dense("router", E, H)
     if s.gate_bias:
         b.dense("router", E, itemsize=4)
-    moe_tp = W // ep
+    moe_tp, slots = world // ep, (E + redundant) // ep
     inter = _split(s.moe_intermediate_size, moe_tp, "moe_intermediate_size")
     # w13 stacks each expert's gate and up slices: its row blocks never straddle them
-    b.proj("routed_experts", 2 * inter, H, br=local_block(inter, True), stack=E // ep)
-    b.proj("routed_experts", H, inter, bc=local_block(inter, moe_tp > 1), stack=E // ep)
+    b.proj("routed_experts", 2 * inter, H, br=local_block(inter, True), stack=slots)
+    b.proj("routed_experts", H, inter, bc=local_block(inter, moe_tp > 1), stack=slots)
     if s.n_shared_experts:
         shared = _split(s.moe_intermediate_size * s.n_shared_experts, W, "moe_intermediate_size * n_shared_experts")
         b.proj("shared_experts", shared, H, br=local_block(shared, W > 1), stack=2)
@@ -267,15 +270,21 @@ class MemoryPlan:
     memory_fraction: float
     reserved_bytes: int
     ranks: list[RankPlan] = field(default_factory=list)
+    dp: int = 1  # attention groups: W = dp x tp ranks
 
     @property
     def kv_tokens(self) -> int:
-        """Tokens of KV the instance holds: the smallest rank's (every rank caches every token)."""
+        """Tokens of KV one attention group holds: its smallest rank's (its ranks cache every token
+        of the group; with dp > 1 each group caches its own requests)."""
         return min(r.kv_tokens for r in self.ranks)
 
     @property
+    def world_size(self) -> int:
+        return self.tp * self.dp
+
+    @property
     def replicas(self) -> int:
-        return self.num_gpus // self.tp
+        return self.num_gpus // self.world_size
 
     @property
     def fits(self) -> bool:
@@ -285,8 +294,9 @@ class MemoryPlan:
     def problems(self) -> list[str]:
         """Why the instance does not fit (empty when it does)."""
         out = []
-        if self.tp > self.num_gpus:
-            out.append(f"tensor_parallel_size {self.tp} needs {self.tp} GPUs, {self.num_gpus} given")
+        if self.world_size > self.num_gpus:
+            what = f"tensor_parallel_size {self.tp}" + (f" x data_parallel_size {self.dp}" if self.dp > 1 else "")
+            out.append(f"{what} needs {self.world_size} GPUs, {self.num_gpus} given")
         worst = max(self.ranks, key=lambda r: r.weight_bytes)
         if worst.weight_bytes + self.reserved_bytes > self.gpu.memory_bytes:
             out.append(f"rank {worst.rank} needs {worst.weight_bytes / GIB:.1f} GiB of weights + "
@@ -303,7 +313,8 @@ class MemoryPlan:
     def to_dict(self) -> dict:
         return {
             "gpu": {"name": self.gpu.name, "memory_bytes": self.gpu.memory_bytes, "count": self.num_gpus},
-            "tensor_parallel_size": self.tp, "expert_parallel_size": self.ep, "replicas": self.replicas,
+            "tensor_parallel_size": self.tp, "data_parallel_size": self.dp, "expert_parallel_size": self.ep,
+            "replicas": self.replicas,
             "dtype": self.dtype, "fp8_weights": self.fp8_weights, "kv_cache_dtype": self.kv_cache_dtype,
             "kv_bytes_per_token": self.kv_bytes_per_token, "kv_tokens": self.kv_tokens,
             "max_model_len": self.max_model_len, "kv_cache_memory_fraction": self.memory_fraction,
@@ -320,7 +331,7 @@ def plan_memory(shape: ModelShape, gpu: GpuSpec, *, num_gpus: int, tp: int, ep: 
                 dtype: str = "bfloat16", quantization: str = "auto", kv_cache_dtype: str = "auto",
                 max_model_len: int | None = None, memory_fraction: float = 0.9, block_size: int = 16,
                 reserved_bytes: int = RESERVED_BYTES, kv_cache_memory: int | None = None,
-                weights: list[dict[str, int]] | None = None) -> MemoryPlan:  # fmt: skip
+                weights: list[dict[str, int]] | None = None, dp: int = 1, redundant: int = 0) -> MemoryPlan:  # fmt: skip
     """The plan of one instance of TP ``tp`` / EP ``ep``. The KV budget of a rank is, as the engine
     sizes it, ``kv_cache_memory`` bytes when given, else ``memory_fraction`` of what its weights
     (and ``reserved_bytes``) leave of the GPU, in whole blocks of ``block_size`` tokens.
@@ -329,10 +340,10 @@ def plan_memory(shape: ModelShape, gpu: GpuSpec, *, num_gpus: int, tp: int, ep: 
     fp8 = fp8_resident(shape.fp8, quantization)
     per_token = kv_bytes_per_token(shape, kv_itemsize(kv_cache_dtype, dtype))
     ranks = []
-    for r in range(tp):
-        w = weights[r] if weights is not None else weight_bytes(shape, tp, ep, r, dtype, fp8)
+    for r in range(tp * dp):
+        w = weights[r] if weights is not None else weight_bytes(shape, tp, ep, r, dtype, fp8, dp, redundant)
         free = gpu.memory_bytes - reserved_bytes - sum(w.values())
         budget = max(0, int(free * memory_fraction)) if kv_cache_memory is None else kv_cache_memory
         ranks.append(RankPlan(r, w, budget, budget // (per_token * block_size) * block_size))
     return MemoryPlan(gpu, num_gpus, tp, ep, dtype, fp8, kv_cache_dtype, per_token,
-                      max_model_len or shape.max_position_embeddings, memory_fraction, reserved_bytes, ranks)  # fmt: skip
+                      max_model_len or shape.max_position_embeddings, memory_fraction, reserved_bytes, ranks, dp)  # fmt: skip

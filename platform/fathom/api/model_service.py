@@ -293,8 +293,8 @@ class ModelServiceSpec(Spec):
 
     @property
     def ranks_per_instance(self) -> int:
-        """World size W of one instance (all TP ranks; EP subdivides them)."""
-        return self.engine.tensor_parallel_size
+        """World size W of one instance (TP x DP ranks; EP subdivides them)."""
+        return self.engine.world_size
 
     @property
     def ranks_per_pod(self) -> int:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from fathom.engine.block_manager import BlockManager
+from fathom.engine.dp_scheduler import DataParallelScheduler
 from fathom.engine.errors import InvalidRequestError, PromptTooLongError, RequestFailedError
 from fathom.engine.executor import Executor
 from fathom.engine.output_processor import OutputProcessor
@@ -33,6 +34,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     seed: int = 0
+    data_parallel_size: int = 1  # attention groups, each with its own scheduler and KV blocks
 
     def __post_init__(self):
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
@@ -47,10 +49,14 @@ class LLMEngine:
         self.config = config
         self.executor = executor
         self.tokenizer = tokenizer
-        self.blocks = BlockManager(executor.num_kv_blocks, config.block_size)
-        self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill),
-            self.blocks, policy)
+        limits = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill)
+        if config.data_parallel_size > 1:
+            self.scheduler = DataParallelScheduler(limits, config.data_parallel_size, executor.num_kv_blocks,
+                                                   config.block_size, policy)  # fmt: skip
+            self.blocks = self.scheduler.blocks
+        else:
+            self.blocks = BlockManager(executor.num_kv_blocks, config.block_size)
+            self.scheduler = Scheduler(limits, self.blocks, policy)
         self.outputs = OutputProcessor(tokenizer, set(eos_token_ids or ()))
         self.requests: dict[str, Request] = {}
         self._rng = random.Random(config.seed)
@@ -59,6 +65,8 @@ class LLMEngine:
         self._spec_sent: set[int] = set()
         self._dirty: dict[str, Request] = {}  # requests with news since the last step()
         self._failures: list[tuple[str, Exception]] = []  # requests failed alone, for the loop to report
+        self._moe_tokens: list[int] | None = None  # EPLB's counts, summed over its reports
+        self._moe_imbalance: float | None = None
 
     # ----- requests
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None,
@@ -137,6 +145,8 @@ class LLMEngine:
             result = self.executor.execute(step)
             self._update(batch, result)
             self._store_prompt_logprobs(batch, step, result)
+            if result.moe_expert_tokens is not None:
+                self._note_moe_load(result)
         return self._collect()
 
     def _step_input(self, batch: SchedulerOutput) -> StepInput:
@@ -162,6 +172,8 @@ class LLMEngine:
                 if seq.seq_id not in self._spec_sent:
                     step.new_specs.append(self._spec(seq))
                     self._spec_sent.add(seq.seq_id)
+        if self.config.data_parallel_size > 1:
+            step.groups = self.scheduler.groups_of(batch.chunks)
         return step
 
     def _spec(self, seq: Sequence) -> SamplingSpec:
@@ -210,6 +222,11 @@ class LLMEngine:
             req = chunk.seq.request
             for t, (target, (logprob, top)) in enumerate(zip(targets, values)):
                 req.prompt_logprobs[chunk.start + 1 + t] = TokenLogprob(target, logprob, top)
+
+    def _note_moe_load(self, result: StepOutput) -> None:
+        old = self._moe_tokens or [0] * len(result.moe_expert_tokens)
+        self._moe_tokens = [a + b for a, b in zip(old, result.moe_expert_tokens, strict=True)]
+        self._moe_imbalance = result.moe_imbalance
 
     def fail_request(self, request_id: str, error: Exception) -> None:
         """End one request with `error` (reported by `take_failures`): its blocks are freed now,
@@ -269,8 +286,9 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         s = self.scheduler
         return EngineStats(len(s.running), len(s.waiting) + sum(len(r.pending_samples) for r in self.requests.values()),
-                           self.blocks.num_used, self.blocks.num_blocks, s.prefix_stats.queried_tokens,
-                           s.prefix_stats.hit_tokens, s.num_preemptions)
+                           self.blocks.num_used, self.blocks.num_blocks * self.config.data_parallel_size,
+                           s.prefix_stats.queried_tokens, s.prefix_stats.hit_tokens, s.num_preemptions,
+                           moe_expert_tokens=self._moe_tokens, moe_imbalance=self._moe_imbalance)
 
 
 def _prompt_targets(chunk) -> list[int]:

@@ -86,6 +86,8 @@ class EngineStats:
     prefix_cache_hit_tokens: int
     num_preemptions: int
     healthy: bool = True
+    moe_expert_tokens: list[int] | None = None  # EPLB: routed pairs per expert, cumulative (W > 1)
+    moe_imbalance: float | None = None  # EPLB: the last window's worst max / mean tokens per shard
 
     @property
     def kv_cache_usage(self) -> float:

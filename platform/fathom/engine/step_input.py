@@ -37,6 +37,7 @@ class StepInput:
     prompt_logprobs: list[tuple[int, list[int], int]] = field(default_factory=list)
     freed_seq_ids: list[int] = field(default_factory=list)
     trace_contexts: list[dict[str, str]] = field(default_factory=list)  # of the batch's requests: span links
+    groups: list[int] = field(default_factory=list)  # data-parallel attention: each row's group ([]: one group)
 
 
 @dataclass
@@ -52,3 +53,8 @@ class StepOutput:
     top_logprobs: list[list[tuple[int, float]] | None]
     errors: dict[int, str] = field(default_factory=dict)
     prompt_logprobs: list[list[tuple[float, list[tuple[int, float]]]]] = field(default_factory=list)
+    # EPLB, on the step after which the experts were rebalanced: routed (token, choice) pairs per
+    # logical expert (summed over MoE layers and ranks) since the previous rebalance, and the worst
+    # MoE layer's max / mean pairs per expert shard over that window
+    moe_expert_tokens: list[int] | None = None
+    moe_imbalance: float | None = None

@@ -33,7 +33,7 @@ class DecoderLayer(nn.Module):
         if c.is_moe_layer(idx):
             self.mlp: nn.Module = MoE(c, ctx, dtype, fp8)
         else:
-            self.mlp = MLP(c.hidden_size, c.intermediate_size, ctx, ctx.world_size, "intermediate_size",
+            self.mlp = MLP(c.hidden_size, c.intermediate_size, ctx, ctx.tp_size, "intermediate_size",
                            reduce=True, dtype=dtype, fp8=fp8)  # fmt: skip
 
     def forward(self, x, cos_sin, rotary, kv_cache, meta) -> torch.Tensor:
@@ -79,7 +79,9 @@ class DeepseekForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states [T, hidden_size] after the final norm; writes the new tokens' latents.
 
-        Every rank must call this with the same inputs (the batch is replicated over TP ranks).
+        Every rank of an attention group must call this with the same inputs (the group's batch is
+        replicated over its TP ranks); with data-parallel attention, the ranks of an idle group call
+        ``idle_step`` instead, so the MoE all-to-alls line up.
         """
         if len(kv_caches) != self.config.num_hidden_layers:
             raise ValueError(f"expected {self.config.num_hidden_layers} kv caches, got {len(kv_caches)}")
@@ -90,6 +92,22 @@ class DeepseekForCausalLM(nn.Module):
         for layer, cache in zip(self.model.layers, kv_caches, strict=True):
             x = layer(x, cos_sin, self.rotary, cache, meta)
         return self.model.norm(x)
+
+    @torch.inference_mode()
+    def idle_step(self) -> None:
+        """Data-parallel attention, a step in which this rank's attention group has no tokens: join
+        every MoE layer's all-to-all with an empty batch (the other groups' tokens may be routed to
+        this rank's experts), in layer order, as ``forward`` would. No-op without the all-to-all MoE."""
+        if not self.ctx.moe_a2a:
+            return
+        empty = torch.empty(0, self.config.hidden_size, dtype=self.dtype, device=self.ctx.device)
+        for layer in self.model.layers:
+            if isinstance(layer.mlp, MoE):
+                layer.mlp(empty)
+
+    def moe_layers(self) -> list[MoE]:
+        """The MoE layers in order (their placements and token counts: EPLB)."""
+        return [layer.mlp for layer in self.model.layers if isinstance(layer.mlp, MoE)]
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

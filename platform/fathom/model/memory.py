@@ -18,10 +18,12 @@ _NO_GROUP = object()  # a stand-in process group: building a rank's shapes talks
 
 
 def meta_model(config: DeepseekConfig, tp: int = 1, ep: int = 1, rank: int = 0, dtype: str = "bfloat16",
-               quantization: str = "auto") -> DeepseekForCausalLM:  # fmt: skip
-    """Rank ``rank`` of a TP ``tp`` / EP ``ep`` instance, every tensor on the meta device."""
-    ctx = ParallelContext(rank=rank, world_size=tp, ep_size=ep, device=torch.device("meta"),
-                          tp_group=_NO_GROUP if tp > 1 else None)  # fmt: skip
+               quantization: str = "auto", dp: int = 1, redundant: int = 0) -> DeepseekForCausalLM:  # fmt: skip
+    """Rank ``rank`` of a ``dp`` x TP ``tp`` / EP ``ep`` instance (``redundant`` extra expert slots),
+    every tensor on the meta device."""
+    ctx = ParallelContext(rank=rank, world_size=tp * dp, ep_size=ep, device=torch.device("meta"),
+                          tp_group=_NO_GROUP if tp > 1 else None, dp_size=dp, moe_a2a=dp > 1,
+                          ep_group=_NO_GROUP if dp > 1 else None, num_redundant_experts=redundant)  # fmt: skip
     return build_model(config, ctx, DTYPES[dtype], quantization)
 
 
@@ -34,6 +36,6 @@ def tensor_bytes(model: torch.nn.Module) -> dict[str, int]:
 
 
 def rank_weight_bytes(config: DeepseekConfig, tp: int = 1, ep: int = 1, dtype: str = "bfloat16",
-                      quantization: str = "auto") -> list[dict[str, int]]:  # fmt: skip
+                      quantization: str = "auto", dp: int = 1, redundant: int = 0) -> list[dict[str, int]]:  # fmt: skip
     """Bytes by kind of every rank of the instance, from meta-device builds."""
-    return [tensor_bytes(meta_model(config, tp, ep, r, dtype, quantization)) for r in range(tp)]
+    return [tensor_bytes(meta_model(config, tp, ep, r, dtype, quantization, dp, redundant)) for r in range(tp * dp)]

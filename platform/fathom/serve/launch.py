@@ -165,10 +165,10 @@ def deploy(settings: ServeSettings, show_progress: bool = True, console: Console
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # our own progress lines instead
     serve.start(http_options={"host": settings.host, "port": settings.port},
                 proxy_location="HeadOnly" if not settings.address else "EveryNode")
-    gpus = 1.0 if settings.engine.tensor_parallel_size == 1 and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    gpus = 1.0 if settings.engine.world_size == 1 and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     what = settings.engine.model or "the built-in demo model"
     console.say(f"loading {what} as `{settings.model_name}` (TP={settings.engine.tensor_parallel_size}, "
-                f"EP={settings.engine.expert_parallel_size}, replicas={settings.num_replicas})")
+                f"DP={settings.engine.data_parallel_size}, EP={settings.engine.moe_ep_size}, replicas={settings.num_replicas})")
     if APP_NAME in serve.status().applications:
         # Replace, not update in place: a RUNNING status could still be the old version's, and
         # its replicas (other shapes, other placement) would keep answering until they drain.

@@ -81,13 +81,14 @@ def make_plan(engine: EngineSettings, gpu, num_gpus: int, reserved_bytes: int) -
         source = demo_checkpoint_dir()
     config = DeepseekConfig.from_pretrained(source)
     dtype = engine.dtype if engine.dtype != "auto" else "bfloat16"
-    tp, ep = engine.tensor_parallel_size, engine.expert_parallel_size
-    weights = rank_weight_bytes(config, tp, ep, dtype, engine.quantization)
+    tp, ep, dp, redundant = (engine.tensor_parallel_size, engine.moe_ep_size, engine.data_parallel_size,
+                             engine.eplb.num_redundant_experts)  # fmt: skip
+    weights = rank_weight_bytes(config, tp, ep, dtype, engine.quantization, dp, redundant)
     shape = ModelShape.from_config(config.model_dump())
     plan = plan_memory(shape, gpu, num_gpus=num_gpus, tp=tp, ep=ep, dtype=dtype, quantization=engine.quantization,
                        kv_cache_dtype=engine.kv_cache_dtype, max_model_len=engine.max_model_len,
                        memory_fraction=engine.kv_cache_memory_fraction, block_size=engine.block_size,
-                       reserved_bytes=reserved_bytes, weights=weights)  # fmt: skip
+                       reserved_bytes=reserved_bytes, weights=weights, dp=dp, redundant=redundant)  # fmt: skip
     path = Path(source)
     name = (path if path.is_dir() else path.parent).name
     experts = f", {config.n_routed_experts} routed experts" if config.n_routed_experts else ""
@@ -102,15 +103,17 @@ def render(plan: MemoryPlan, title: str) -> str:
                if plan.fp8_weights else f"all tensors {plan.dtype}")  # fmt: skip
     lines = [title,
              (f"{plan.num_gpus} x {plan.gpu.name} ({plan.gpu.memory_bytes / GIB:.1f} GiB each), "
-              f"TP {plan.tp}, EP {plan.ep}: {plan.replicas} instance(s)"),
+              f"{f'DP {plan.dp} x ' if plan.dp > 1 else ''}TP {plan.tp}, EP {plan.ep}: {plan.replicas} instance(s)"),
              f"weights: {weights}", "",
              "GiB per rank  " + "".join(f"{k:>17}" for k in (*KINDS, "total", "KV budget"))]  # fmt: skip
     for ranks, r in _groups(plan):
         cells = [*(r.weights[k] for k in KINDS), r.weight_bytes, r.kv_budget]
         lines.append(f"{ranks:<14}" + "".join(f"{v / GIB:>17.2f}" for v in cells))
     kv = "fp8 (e4m3)" if plan.kv_cache_dtype == "fp8" else plan.dtype
-    lines += ["", f"KV cache ({kv}): {plan.kv_bytes_per_token:,} bytes per token on every rank",
-              (f"KV capacity: {plan.kv_tokens:,} tokens per instance ({plan.memory_fraction:g} of what weights and "
+    where = "every rank of its attention group" if plan.dp > 1 else "every rank"
+    per = f"per attention group ({plan.dp} groups)" if plan.dp > 1 else "per instance"
+    lines += ["", f"KV cache ({kv}): {plan.kv_bytes_per_token:,} bytes per token on {where}",
+              (f"KV capacity: {plan.kv_tokens:,} tokens {per} ({plan.memory_fraction:g} of what weights and "
                f"{plan.reserved_bytes / GIB:.1f} GiB reserved leave per GPU) = "
                f"{plan.kv_tokens / plan.max_model_len:.1f} x max_model_len {plan.max_model_len:,}"),
               "fits: yes" if plan.fits else "fits: NO - " + "; ".join(plan.problems)]  # fmt: skip
@@ -139,7 +142,7 @@ def plan_settings(engine: EngineSettings) -> int:
         total = torch.cuda.get_device_properties(0).total_memory
         gpu = gpu_spec(torch.cuda.get_device_name(0), total / GIB)
     try:
-        plan, title = make_plan(engine, gpu, engine.tensor_parallel_size, 2 * GIB)
+        plan, title = make_plan(engine, gpu, engine.world_size, 2 * GIB)
     except (ValueError, FileNotFoundError) as e:
         print(f"fathom serve --dry-run: error: {e}", file=sys.stderr)
         return 2

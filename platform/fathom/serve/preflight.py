@@ -149,7 +149,8 @@ def check_checkpoint(path: Path, settings: ServeSettings) -> None:
         raise PreflightError(f"model {path}: {_first_line(e)}") from None
     if not (path / "model.safetensors.index.json").is_file() and not any(path.glob("*.safetensors")):
         raise PreflightError(f"model {path}: no *.safetensors weights (pickled .bin checkpoints are never loaded)")
-    if problem := sharding_problem(config, settings.engine.tensor_parallel_size, settings.engine.expert_parallel_size):
+    e = settings.engine
+    if problem := sharding_problem(config, e.tensor_parallel_size, e.moe_ep_size, e.world_size, e.eplb.num_redundant_experts):
         raise PreflightError(f"model {path}: {problem}")
     limit = config.max_position_embeddings
     if settings.engine.max_model_len is not None and settings.engine.max_model_len > limit:
@@ -157,16 +158,18 @@ def check_checkpoint(path: Path, settings: ServeSettings) -> None:
                              f"(max_position_embeddings {limit})")
 
 
-def sharding_problem(config, tp: int, ep: int) -> str | None:
-    """Why `config` cannot be split over TP ranks and EP expert groups (the splits of
-    `fathom.model.weights.sharding`: heads and dense/shared MLP widths over TP, routed experts
-    over EP, each expert's width over TP / EP), or None."""
-    moe_tp = tp // ep
+def sharding_problem(config, tp: int, ep: int, world: int | None = None, redundant: int = 0) -> str | None:
+    """Why `config` cannot be split over TP ranks (of each attention group) and EP expert groups of
+    the `world` ranks (default TP; the splits of `fathom.model.weights.sharding`: heads and
+    dense/shared MLP widths over TP, routed experts plus `redundant` replicas over EP, each
+    expert's width over world / EP), or None."""
+    moe_tp = (world or tp) // ep
     checks = [(config.num_attention_heads, tp, "attention heads", "--tensor-parallel-size")]
     if config.first_k_dense_replace or not config.n_routed_experts:
         checks.append((config.intermediate_size, tp, "dense MLP width (intermediate_size)", "--tensor-parallel-size"))
     if config.n_routed_experts:
-        checks.append((config.n_routed_experts, ep, "routed experts", "--expert-parallel-size"))
+        what = "routed experts" + (" + eplb.num_redundant_experts" if redundant else "")
+        checks.append((config.n_routed_experts + redundant, ep, what, "--expert-parallel-size"))
         checks.append((config.moe_intermediate_size, moe_tp, "expert width (moe_intermediate_size)",
                        "--tensor-parallel-size / --expert-parallel-size"))
         if config.n_shared_experts:
@@ -227,7 +230,7 @@ def needs(settings: ServeSettings, gpus: float | None) -> dict[str, float]:
     """Ray resources the app reserves: TP=1 replicas take one GPU each on a GPU cluster (none on
     CPU: the replica's engine runs in its own process outside Ray's accounting); TP>1 replicas
     reserve one bundle per rank worker ({GPU: 1, CPU: 1} or {CPU: 1})."""
-    w, r = settings.engine.tensor_parallel_size, settings.num_replicas
+    w, r = settings.engine.world_size, settings.num_replicas
     use_gpu = bool(gpus and gpus >= 1)
     if w == 1:
         return {"GPU": float(r)} if use_gpu else {}
@@ -239,8 +242,11 @@ def needs(settings: ServeSettings, gpus: float | None) -> dict[str, float]:
 
 def shape_problem(settings: ServeSettings, cpus: float, gpus: float | None, where: str) -> str | None:
     """Which resource is short for TP × replicas on a cluster of `cpus`/`gpus` (None: fits)."""
-    w, r = settings.engine.tensor_parallel_size, settings.num_replicas
-    shape = f"--tensor-parallel-size {w} × --num-replicas {r}" if w > 1 else f"--num-replicas {r}"
+    w, r = settings.engine.world_size, settings.num_replicas
+    e = settings.engine
+    tp = f"--tensor-parallel-size {e.tensor_parallel_size}"
+    ranks = f"{tp} × --data-parallel-size {e.data_parallel_size}" if e.data_parallel_size > 1 else tp
+    shape = f"{ranks} × --num-replicas {r}" if w > 1 else f"--num-replicas {r}"
     per = "one per rank worker" if w > 1 else "one per replica"
     for resource, have in (("GPU", gpus), ("CPU", cpus)):
         need = needs(settings, gpus).get(resource, 0.0)

@@ -97,6 +97,18 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] =
         REPLICA,
         None,
     ),
+    "fathom_moe_expert_tokens_total": (
+        "counter",
+        "Routed (token, choice) pairs per logical expert, summed over MoE layers (EPLB, W > 1).",
+        (*REPLICA, "expert"),
+        None,
+    ),
+    "fathom_moe_imbalance_ratio": (
+        "gauge",
+        "Max / mean routed tokens per expert shard in the last EPLB window, worst MoE layer.",
+        REPLICA,
+        None,
+    ),
     "fathom_prefix_cache_hit_tokens_total": (
         "counter",
         "Prompt tokens found in the prefix cache.",
@@ -158,6 +170,7 @@ class FathomMetrics:
             self.prom[name] = _PROM_TYPES[kind](prom_name, doc, labels, registry=self.registry, **kwargs)
         self._otel = _OtelMirror.from_env() if otlp is None else (_OtelMirror() if otlp else None)
         self._prefix_seen: dict[tuple[str, str], tuple[int, int]] = {}
+        self._experts_seen: dict[tuple[str, str], list[int]] = {}
         self._lock = threading.Lock()
 
     def _inc(self, name: str, value: float, **labels: str) -> None:
@@ -251,6 +264,17 @@ class FathomMetrics:
             "fathom_prefix_cache_queried_tokens_total", queried - q0 if queried >= q0 else queried, **labels
         )
         self._inc("fathom_prefix_cache_hit_tokens_total", hit - h0 if hit >= h0 else hit, **labels)
+        if stats.moe_expert_tokens is not None:
+            self._expert_load(labels, stats.moe_expert_tokens)
+            self._set("fathom_moe_imbalance_ratio", stats.moe_imbalance, **labels)
+
+    def _expert_load(self, labels: dict[str, str], tokens: list[int]) -> None:
+        """EPLB's cumulative per-expert counts turned into increments (from 0 after a restart)."""
+        with self._lock:
+            seen = self._experts_seen.get((labels["model"], labels["replica"]), [0] * len(tokens))
+            self._experts_seen[(labels["model"], labels["replica"])] = list(tokens)
+        for e, (now, before) in enumerate(zip(tokens, seen, strict=False)):
+            self._inc("fathom_moe_expert_tokens_total", now - before if now >= before else now, expert=str(e), **labels)
 
 
 class _OtelMirror:

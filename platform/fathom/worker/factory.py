@@ -20,7 +20,7 @@ def start_async_engine(settings: EngineSettings, policy: SchedulingPolicy | None
     """Load the model and start the step loop: W=1 in the engine core process (unless
     `settings.engine_core_process` is off: then on a thread here), W>1 on Ray rank workers
     driven from a thread here."""
-    if settings.tensor_parallel_size == 1 and settings.engine_core_process:
+    if settings.world_size == 1 and settings.engine_core_process:
         import torch
 
         from fathom.worker.core_process import ProcessCore
@@ -33,7 +33,7 @@ def start_async_engine(settings: EngineSettings, policy: SchedulingPolicy | None
 
 def create_engine(settings: EngineSettings, executor: Executor | None = None,
                   policy: SchedulingPolicy | None = None) -> LLMEngine:
-    """The engine for `settings`: W=1 runs in this process; W>1 on Ray rank workers."""
+    """The engine for `settings`: W=1 runs in this process; W>1 (W = TP x D) on Ray rank workers."""
     model_dir = resolve_model_dir(settings)
     max_len = max_model_len_of(settings, model_dir)
     tokenizer = load_tokenizer(model_dir)
@@ -41,9 +41,10 @@ def create_engine(settings: EngineSettings, executor: Executor | None = None,
                           max_num_seqs=settings.max_num_seqs,
                           max_num_batched_tokens=settings.max_num_batched_tokens,
                           enable_prefix_caching=settings.enable_prefix_caching,
-                          enable_chunked_prefill=settings.enable_chunked_prefill, seed=settings.seed)
+                          enable_chunked_prefill=settings.enable_chunked_prefill, seed=settings.seed,
+                          data_parallel_size=settings.data_parallel_size)
     if executor is None:
-        if settings.tensor_parallel_size == 1:
+        if settings.world_size == 1:
             executor = in_process_executor(model_dir, settings, max_len)
         else:
             from fathom.worker.ray_executor import RayExecutor  # Ray only when W > 1

@@ -2,7 +2,7 @@
 
 The driver (the engine, in the Serve replica or `fathom.LLM`) schedules once per step, puts the
 step's compact StepInput in the object store once and sends it to every rank; rank 0's sampled
-tokens come back. A rank that dies or stalls fails the step with `EngineDeadError` (all ranks'
+tokens come back (with data-parallel attention, each group's driver's, merged in row order). A rank that dies or stalls fails the step with `EngineDeadError` (all ranks'
 results are awaited with a timeout, and a failed rank is noticed as soon as its result is), the
 remaining workers are killed so none is left blocked in a collective, and the executor stays
 dead: the engine fails its in-flight requests and reports itself unhealthy."""
@@ -18,6 +18,7 @@ from fathom.api.engine import EngineSettings
 from fathom.engine.errors import EngineDeadError
 from fathom.engine.step_input import StepInput, StepOutput
 from fathom.telemetry.tracing import ray_runtime_env_vars
+from fathom.worker.dp_step import merge_outputs
 from fathom.worker.kv_budget import CacheSpec
 from fathom.worker.placement import create_rank_placement_group
 from fathom.worker.rank_worker import RankWorker
@@ -29,7 +30,8 @@ class RayExecutor:
                  cpus_per_rank: float = 1.0, step_timeout_s: float = 300.0, load_timeout_s: float = 600.0):
         if not ray.is_initialized():
             ray.init(include_dashboard=False)
-        self.world_size = settings.tensor_parallel_size
+        self.world_size, self.tp = settings.world_size, settings.tensor_parallel_size
+        self.dp = settings.data_parallel_size
         self.step_timeout_s = step_timeout_s
         self._dead: str | None = None
         # GPUs in the cluster decide (the driver, e.g. a Serve replica, may itself have none).
@@ -41,7 +43,9 @@ class RayExecutor:
             RankWorker.options(
                 num_cpus=cpus_per_rank, num_gpus=1 if use_gpu else 0, runtime_env={"env_vars": env},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=r),
-            ).remote(r, self.world_size, settings.expert_parallel_size, max(1, int(cpus_per_rank)))
+            ).remote(r, self.world_size, settings.moe_ep_size, max(1, int(cpus_per_rank)), dp_size=self.dp,
+                     num_redundant_experts=settings.eplb.num_redundant_experts,
+                     eplb_step_interval=settings.eplb.step_interval)
             for r in range(self.world_size)
         ]
         try:
@@ -58,7 +62,12 @@ class RayExecutor:
     def execute(self, step: StepInput) -> StepOutput:
         self.check_health()
         ref = ray.put(step)
-        return self._all([w.execute.remote(ref) for w in self.workers], self.step_timeout_s, "running a step")[0]
+        outs = self._all([w.execute.remote(ref) for w in self.workers], self.step_timeout_s, "running a step")
+        if self.dp == 1:
+            return outs[0]
+        merged = merge_outputs(step, outs[:: self.tp])  # each group's driver: its TP rank 0
+        merged.moe_expert_tokens, merged.moe_imbalance = outs[0].moe_expert_tokens, outs[0].moe_imbalance
+        return merged
 
     def check_health(self) -> None:
         if self._dead is not None:

@@ -28,7 +28,7 @@ def documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def test_every_documented_metric_is_defined_once_with_its_labels():
     documented = documented_metrics()
-    assert len(documented) == 18
+    assert len(documented) == 20
     defined = {name: (kind, labels) for name, (kind, _, labels, _) in METRICS.items()}
     assert defined == documented
 
@@ -104,3 +104,13 @@ def test_fleet_sums_counters_and_keeps_them_after_a_replica_goes():
     agg.forget("replica-a")
     assert _value(agg.render(now=21), "fathom_requests_running", replica="a") is None
     assert "_created" not in text.decode()
+
+
+def test_eplb_expert_counts_become_increments_per_expert():
+    m = FathomMetrics()
+    m.engine_stats("demo", "r0", EngineStats(0, 0, 0, 10, 0, 0, 0, moe_expert_tokens=[5, 0, 7], moe_imbalance=1.4))
+    m.engine_stats("demo", "r0", EngineStats(0, 0, 0, 10, 0, 0, 0, moe_expert_tokens=[9, 2, 7], moe_imbalance=1.1))
+    r = m.registry.get_sample_value
+    replica = {"model": "demo", "replica": "r0"}
+    assert [r("fathom_moe_expert_tokens_total", {**replica, "expert": str(e)}) for e in range(3)] == [9, 2, 7]
+    assert r("fathom_moe_imbalance_ratio", replica) == 1.1

@@ -39,7 +39,7 @@ MODES = ("auto", "expand", "absorb")
 class MLAttention(nn.Module):
     def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype, fp8: bool = False) -> None:
         super().__init__()
-        c, w = config, ctx.world_size
+        c, w = config, ctx.tp_size
         self.n_heads = split_size(c.num_attention_heads, w, "num_attention_heads")
         self.nope, self.rope_dim, self.v_dim = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
         self.rank_kv = c.kv_lora_rank

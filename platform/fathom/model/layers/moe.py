@@ -11,12 +11,20 @@ Routing (``Gate``), per token, over E routed experts in ``n_group`` groups:
   softmax -> renormalised if ``norm_topk_prob`` and top-k > 1, else × ``routed_scaling_factor``
   (as DeepSeek's own V2 and V3 code do).
 
-Parallelism: every rank holds the whole (replicated) batch, the gate and its own slice of the
-shared experts (split over W), plus expert shard ``ctx.ep_rank`` (``ctx.local_experts``) with
-each expert's intermediate dim split over the W/EP ranks sharing the shard. A rank computes the
-partial output of the tokens routed to its experts; one all-reduce over the W ranks combines the
-routed and shared partial sums. Because attention leaves the tokens replicated, this all-reduce is
-the all-to-all combine (dispatch is the identity); see docs/sharding.md.
+Parallelism: a rank holds the gate, its slice of the shared experts (split over the TP ranks of
+its attention group) and expert shard ``ctx.ep_rank``: the physical expert slots
+``ctx.local_experts`` (``expert_placement``: which logical expert each slot holds, redundant
+replicas included), each expert's intermediate dim split over the W/EP ranks sharing the shard.
+The group's batch is replicated over its TP ranks; each handles its ``token_share`` of it. Two
+ways to combine (``ctx.moe_a2a``), the same sum:
+
+* all-reduce (D = 1): every rank routes the whole batch and computes the partial output of the
+  tokens routed to its experts; one all-reduce over the W ranks adds the routed and shared
+  partial sums (dispatch is the identity: attention already replicated the tokens);
+* all-to-all (EP = W, needed for data-parallel attention): a rank routes only its share and
+  ``moe_dispatch.AllToAllDispatcher`` sends each (token, choice) to its slot's owner and back;
+  the shared experts' partial sums and the shares are then added by one all-reduce within the
+  group (none when TP = 1). See docs/sharding.md.
 
 A rank's routed experts live only as two stacked parameters (``RoutedExperts``: ``w13``, ``w2``,
 the gpt-fast / vLLM FusedMoE layout), run in one of two equal ways:
@@ -38,8 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fathom.model.config import DeepseekConfig
+from fathom.model.layers.expert_placement import ExpertPlacement
 from fathom.model.layers.fp8_gemm import Scratch, block_scaled_mm_runs, dequantized, fp8_linear
 from fathom.model.layers.linear import column_parallel, row_parallel, split_size
+from fathom.model.layers.moe_dispatch import AllToAllDispatcher, token_share
 from fathom.model.weights import fp8 as fp8_format
 from fathom.parallel.comm import all_reduce
 from fathom.parallel.context import ParallelContext
@@ -114,7 +124,8 @@ class Gate(nn.Module):
 
 
 class RoutedExperts(nn.Module):
-    """This rank's routed experts, stacked in id order (local index j = id - ``local.start``), each
+    """This rank's routed experts, stacked in physical slot order (local index j = slot -
+    ``local.start``; with no redundant experts, slot = expert id), each
     holding its 1/moe_tp_size part of the intermediate dim (I_r = moe_intermediate_size / moe_tp_size):
 
     * ``w13`` [E_local, 2·I_r, H]: expert j's gate_proj rows, then its up_proj rows;
@@ -126,14 +137,14 @@ class RoutedExperts(nn.Module):
     expert on the block-scaled kernel where it runs, else the experts that have tokens are
     dequantised just in time into the shared scratch buffer and run grouped as below.
 
-    forward(x [T, H], weights float32 [T, k], ids Long[T, k] global) -> this rank's partial sum
+    forward(x [T, H], weights float32 [T, k], ids Long[T, k] physical slots) -> this rank's partial sum
     [T, H] of Σ_k weight · down(silu(gate(x)) · up(x)) over the choices routed to its experts.
     """
 
     def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype, fp8: bool = False) -> None:
         super().__init__()
         c = config
-        self.n_experts = c.n_routed_experts
+        self.n_experts = ctx.num_physical_experts(c.n_routed_experts)  # slots over all ranks
         self.local = ctx.local_experts(c.n_routed_experts)
         self.inter = split_size(c.moe_intermediate_size, ctx.moe_tp_size, "moe_intermediate_size")
         E, H, I = len(self.local), c.hidden_size, self.inter
@@ -172,6 +183,16 @@ class RoutedExperts(nn.Module):
         routed = x.new_zeros(T * k, H)
         routed[mine] = self._swiglu(x_mine, counts)  # back to (token, choice) order; other ranks' stay 0
         return (routed.view(T, k, H) * weights.unsqueeze(-1).to(x.dtype)).sum(dim=1)
+
+    def stacks(self) -> dict[str, torch.Tensor]:
+        """The per-slot stacked tensors (weights and FP8 scales): what moving an expert moves."""
+        names = ("w13", "w2", "w13_scale_inv", "w2_scale_inv") if self.fp8 else ("w13", "w2")
+        return {n: getattr(self, n) for n in names}
+
+    def swiglu_sorted(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x [n, H] sorted by local slot, ``counts`` [E_local] rows per slot -> each slot's expert
+        SwiGLU on its rows [n, H] (the all-to-all dispatcher's compute)."""
+        return self._swiglu(x, counts)
 
     def _swiglu(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x [n, H] sorted by local expert, ``counts`` [E_local] rows per expert -> each expert's
@@ -251,7 +272,7 @@ def grouped_mm_runs(x: torch.Tensor, inter: int) -> bool:
 
 
 class MoE(nn.Module):
-    """Shared + routed experts; x [T, H] -> [T, H] (already combined over all ranks)."""
+    """Shared + routed experts; x [T, H] (the group's batch) -> [T, H] (combined over the ranks)."""
 
     def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype, fp8: bool = False) -> None:
         super().__init__()
@@ -259,16 +280,27 @@ class MoE(nn.Module):
         self.ctx = ctx
         self.gate = Gate(c, ctx, dtype)  # the router stays in the compute dtype
         self.experts = RoutedExperts(c, ctx, dtype, fp8)
+        self.placement = ExpertPlacement(c.n_routed_experts, ctx)
+        self.dispatcher = AllToAllDispatcher(ctx, len(self.experts.local)) if ctx.moe_a2a else None
         self.shared_experts = None
         if c.n_shared_experts:
             shared = c.moe_intermediate_size * c.n_shared_experts
-            self.shared_experts = MLP(c.hidden_size, shared, ctx, ctx.world_size,
+            self.shared_experts = MLP(c.hidden_size, shared, ctx, ctx.tp_size,
                                       "moe_intermediate_size * n_shared_experts", reduce=False, dtype=dtype,
                                       fp8=fp8)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, ids = self.gate(x)  # [T, k], [T, k] global expert ids
-        y = self.experts(x, weights, ids)
+        T = x.shape[0]
+        a, b = token_share(T, self.ctx.tp_size, self.ctx.tp_rank)
+        if self.dispatcher is None:
+            weights, ids = self.gate(x)  # [T, k], [T, k] logical expert ids
+            self.placement.count(ids[a:b])
+            y = self.experts(x, weights, self.placement.physical(ids))
+        else:
+            weights, ids = self.gate(x[a:b])  # only this rank's share
+            self.placement.count(ids)
+            routed = self.dispatcher.routed(x[a:b], weights, self.placement.physical(ids, a), self.experts)
+            y = routed if self.ctx.tp_size == 1 else F.pad(routed, (0, 0, a, T - b))  # [T, H], 0 off my share
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
-        return all_reduce(y, self.ctx)  # routed + shared partial sums of every rank
+        return all_reduce(y, self.ctx) if T else y  # routed + shared partial sums of the group's ranks

@@ -1,4 +1,4 @@
-"""Vocab-parallel embedding and LM head: rank r holds vocab rows [r*P, min(V, (r+1)*P)), P = ceil(V/W)."""
+"""Vocab-parallel embedding and LM head: TP rank r holds vocab rows [r*P, min(V, (r+1)*P)), P = ceil(V/TP)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ class VocabParallelEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden: int, ctx: ParallelContext, dtype: torch.dtype | None) -> None:
         super().__init__()
         self.ctx = ctx
-        self.start, self.end = vocab_range(vocab_size, ctx.rank, ctx.world_size)
+        self.start, self.end = vocab_range(vocab_size, ctx.tp_rank, ctx.tp_size)
         w = torch.empty(self.end - self.start, hidden, dtype=dtype, device=ctx.device)
         self.weight = nn.Parameter(w, requires_grad=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.ctx.world_size == 1:
+        if self.ctx.tp_size == 1:
             return F.embedding(ids, self.weight)
         local = (ids >= self.start) & (ids < self.end)
         x = F.embedding((ids - self.start).clamp(0, max(self.end - self.start - 1, 0)), self.weight)
@@ -43,15 +43,15 @@ class ParallelLMHead(nn.Module):
         super().__init__()
         self.ctx = ctx
         self.vocab_size = vocab_size
-        self.per = -(-vocab_size // ctx.world_size)
-        self.start, self.end = vocab_range(vocab_size, ctx.rank, ctx.world_size)
+        self.per = -(-vocab_size // ctx.tp_size)
+        self.start, self.end = vocab_range(vocab_size, ctx.tp_rank, ctx.tp_size)
         w = torch.empty(self.end - self.start, hidden, dtype=dtype, device=ctx.device)
         self.weight = nn.Parameter(w, requires_grad=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, H] -> float32 logits [N, vocab_size]."""
         logits = F.linear(hidden, self.weight).float()  # [N, end - start]
-        if self.ctx.world_size == 1:
+        if self.ctx.tp_size == 1:
             return logits
         pad = self.per - logits.shape[-1]
         if pad:

@@ -5,12 +5,15 @@ are split. ``plan`` is a pure function of (table, layout, checkpoint names) givi
 tensor this rank needs, the slice to read and the ``Slot`` of our parameters it fills. Axes:
 
 * ``replicated``: the whole tensor on every rank;
-* ``tp``: split in W equal parts along ``dim``, part ``rank`` (heads, dense/shared MLP width);
-* ``vocab``: rows split in W parts of ceil(V / W), part ``rank`` (embedding, LM head);
+* ``tp``: split in TP equal parts along ``dim`` (TP: the ranks of an attention group), part
+  ``tp_rank`` (heads, dense/shared MLP width);
+* ``vocab``: rows split in TP parts of ceil(V / TP), part ``tp_rank`` (embedding, LM head);
 * ``expert``: only experts of this rank's expert shard, each split in W/EP equal parts along
-  ``dim``, part ``moe_tp_rank`` (TP inside EP), and stacked (``STACKED``): expert e's slices of
-  ``gate_proj`` and ``up_proj`` fill ``mlp.experts.w13[e - first local id]`` (gate rows, then up
-  rows), its ``down_proj`` slice ``mlp.experts.w2[e - first local id]``.
+  ``dim``, part ``moe_tp_rank`` (TP inside EP), and stacked (``STACKED``) by physical slot: the
+  slots p of the shard (``ParallelContext.local_experts``) initially hold expert p % E (with no
+  redundant experts, p = e), and expert e's slices of ``gate_proj`` and ``up_proj`` fill
+  ``mlp.experts.w13[p - first local slot]`` (gate rows, then up rows), its ``down_proj`` slice
+  ``mlp.experts.w2[p - first local slot]``.
 
 Layers at index >= num_hidden_layers (the multi-token-prediction modules) are skipped.
 """
@@ -124,27 +127,30 @@ def shard_for(name: str, shape: tuple[int, ...], layout: Layout, table=SHARDING_
         if axis == "replicated":
             return [Shard(Slot(name))]
         if axis == "vocab":
-            start, stop = vocab_range(layout.vocab_size, layout.ctx.rank, layout.ctx.world_size)
+            start, stop = vocab_range(layout.vocab_size, layout.ctx.tp_rank, layout.ctx.tp_size)
             targets = [name]
             if name == "model.embed_tokens.weight" and layout.tie_word_embeddings:
                 targets.append("lm_head.weight")
             return [Shard(Slot(t), 0, start, stop) for t in targets]
         if axis == "tp":
-            start, stop = _part(shape[dim], layout.ctx.world_size, layout.ctx.rank, name)
+            start, stop = _part(shape[dim], layout.ctx.tp_size, layout.ctx.tp_rank, name)
             return [Shard(Slot(name), dim, start, stop)]
         return _expert_shard(name, shape, dim, groups, layout)
     raise UnexpectedTensor(f"checkpoint tensor {name!r} is not part of the DeepSeek architecture")
 
 
 def _expert_shard(name: str, shape: tuple[int, ...], dim: int, groups: dict, layout: Layout) -> list[Shard]:
-    """This rank's part of routed expert tensor ``name`` in its stacked parameter; [] if not local."""
+    """This rank's parts of routed expert tensor ``name`` in its stacked parameter: one per local
+    physical slot that initially holds the expert (slot p holds expert p % E); [] if none."""
     expert, local = int(groups["expert"]), layout.local_experts
-    if expert not in local:
-        return []
     param, block, blocks = STACKED[groups["proj"]]
-    slot = Slot(f"model.layers.{groups['layer']}.mlp.experts.{param}", expert - local.start, (block, blocks))
     start, stop = _part(shape[dim], layout.ctx.moe_tp_size, layout.ctx.moe_tp_rank, name)
-    return [Shard(slot, dim, start, stop)]
+    return [
+        Shard(Slot(f"model.layers.{groups['layer']}.mlp.experts.{param}", p - local.start, (block, blocks)),
+              dim, start, stop)
+        for p in local
+        if p % layout.n_routed_experts == expert
+    ]  # fmt: skip
 
 
 def sources(ours: str, layout: Layout) -> dict[Slot, str]:
@@ -156,10 +162,11 @@ def sources(ours: str, layout: Layout) -> dict[Slot, str]:
     layer, param = m.groups()
     local = layout.local_experts
     return {
-        Slot(ours, e - local.start, (block, blocks)): f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight"
-        for e in local
-        for proj, (p, block, blocks) in STACKED.items()
-        if p == param
+        Slot(ours, p - local.start, (block, blocks)):
+            f"model.layers.{layer}.mlp.experts.{p % layout.n_routed_experts}.{proj}.weight"
+        for p in local
+        for proj, (stack, block, blocks) in STACKED.items()
+        if stack == param
     }
 
 
