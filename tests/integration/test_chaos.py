@@ -4,11 +4,12 @@
   it served fail, each with an explicit SSE error event (never an ending that looks complete),
   the others finish, and new requests succeed shortly after.
 - A rank worker of a TP=2 instance is SIGKILLed mid-step: in-flight requests error within 5 s.
-- 3× capacity: the excess is shed quickly with 429/503 + Retry-After; healthy afterwards. Runs
-  ~20 s here (2 shared cores), not the 60 s a dedicated machine would use.
+- 3× capacity: the excess is shed at once with 429/503 + Retry-After, goodput stays >= 90% of
+  1×, healthy afterwards. 10 s per phase here; FATHOM_CHAOS_OVERLOAD_S=60 for the issue's 60 s.
 Figures are printed (`-s`)."""
 
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -125,44 +126,74 @@ async def test_killing_a_rank_worker_mid_step_errors_within_5s(ray_local, checkp
     await engine.shutdown()
 
 
+OVERLOAD_S = float(os.environ.get("FATHOM_CHAOS_OVERLOAD_S", "10"))  # the issue's figure: 60
+SHED_P95_BOUND_S = 0.5  # the issue's target is 0.1 s; this machine's 2 shared cores (load > 10) get slack
+
+
+async def _offer(client: httpx.AsyncClient, workers: int, seconds: float) -> dict:
+    """`workers` clients, each sending its next request when the last is answered, for `seconds`."""
+    stats = {"ok": 0, "shed_s": [], "other": [], "no_retry_after": 0, "by": collections.Counter()}
+    end = time.monotonic() + seconds
+
+    async def worker():
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            r = await client.post("/v1/completions",
+                                  json={"model": MODEL, "prompt": "load", "max_tokens": 32, "ignore_eos": True})
+            if r.status_code == 200:
+                stats["ok"] += 1
+            elif r.status_code in (429, 503):
+                stats["shed_s"].append(time.monotonic() - t0)
+                stats["no_retry_after"] += "retry-after" not in r.headers
+                stats["by"]["ingress" if "the server is at capacity" in r.text else "serve"] += 1
+                await asyncio.sleep(float(r.headers.get("retry-after", 1)))  # as the openai client does
+            else:
+                stats["other"].append(r.status_code)
+
+    async def probe():  # a round trip through the proxy and the ingress that sheds nothing
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            await client.get("/health")
+            stats["health_s"].append(time.monotonic() - t0)
+            await asyncio.sleep(0.1)
+
+    stats["health_s"] = []
+    await asyncio.gather(probe(), *(worker() for _ in range(workers)))
+    return stats
+
+
 def test_overload_at_three_times_capacity_sheds_quickly():
-    # capacity: 1 replica x max_ongoing_requests 8 + 8 queued = 16; offer 48 at once, for ~20 s
+    """R7/R8: capacity is 1 replica x max_ongoing_requests 8 + 8 queued = 16 requests. 16 clients
+    (1x) set the goodput; then 48 (3x): the excess is refused with 429/503 + Retry-After at once,
+    goodput stays >= 90% of 1x, and the server is healthy afterwards. FATHOM_CHAOS_OVERLOAD_S=60
+    runs the issue's 60 s variant (10 s each by default)."""
     server = ServeProcess("--max-model-len", "256", "--max-num-seqs", "8", "--max-ongoing-requests", "8",
                           "--max-queued-requests", "8").wait_ready()
     try:
         async def run():
-            stats = {"ok": 0, "shed": 0, "other": [], "shed_s": [], "no_retry_after": 0}
             async with httpx.AsyncClient(base_url=server.url, timeout=60,
                                          limits=httpx.Limits(max_connections=100)) as client:
-                async def one():
-                    t0 = time.monotonic()
-                    r = await client.post("/v1/completions",
-                                          json={"model": MODEL, "prompt": "load", "max_tokens": 32, "ignore_eos": True})
-                    if r.status_code == 200:
-                        stats["ok"] += 1
-                    elif r.status_code in (429, 503):
-                        stats["shed"] += 1
-                        stats["shed_s"].append(time.monotonic() - t0)
-                        stats["no_retry_after"] += "retry-after" not in r.headers
-                    else:
-                        stats["other"].append(r.status_code)
-
-                end = time.monotonic() + 20
-                while time.monotonic() < end:
-                    await asyncio.gather(*(one() for _ in range(48)))
+                await _offer(client, 16, 3)  # warm-up: the replica count reaches the ingress
+                base = await _offer(client, 16, OVERLOAD_S)
+                over = await _offer(client, 48, OVERLOAD_S)
                 healthy = (await client.get("/health")).status_code
                 canary = (await client.post("/v1/completions",
                                             json={"model": MODEL, "prompt": "x", "max_tokens": 1})).status_code
-            return stats, healthy, canary
+            return base, over, healthy, canary
 
-        stats, healthy, canary = asyncio.run(run())
-        shed = sorted(stats["shed_s"])
-        p95 = shed[int(len(shed) * 0.95) - 1] if shed else None
-        p50 = shed[len(shed) // 2] if shed else None
-        print(f"\noverload 3x for 20s: ok {stats['ok']}, shed {stats['shed']} (p50 {p50:.2f}s, p95 {p95:.2f}s), other "
-              f"{stats['other']}; /health {healthy}, canary {canary}")
-        assert not stats["other"] and stats["shed"] > 0 and stats["no_retry_after"] == 0
-        assert p95 is not None and p95 < 5.0  # 2 cores shared with 4 builds (load ~9): a dedicated host sheds faster
+        base, over, healthy, canary = asyncio.run(run())
+        shed = sorted(over["shed_s"])
+        p50, p95 = (shed[len(shed) // 2], shed[max(0, int(len(shed) * 0.95) - 1)]) if shed else (None, None)
+        goodput = over["ok"] / base["ok"] if base["ok"] else 0.0
+        health = sorted(over["health_s"])
+        health_p95 = health[max(0, int(len(health) * 0.95) - 1)]
+        print(f"\noverload {OVERLOAD_S:g}s each: 1x ok {base['ok']} (shed {len(base['shed_s'])}); 3x ok {over['ok']} "
+              f"= {goodput:.0%} of 1x, shed {len(shed)} (p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms), other "
+              f"{over['other'] + base['other']}; refused by {dict(base['by'])} / {dict(over['by'])}; /health round trip "
+              f"p95 {health_p95 * 1000:.0f} ms meanwhile; after: /health {healthy}, canary {canary}")
+        assert not over["other"] and not base["other"] and shed and over["no_retry_after"] == 0
+        assert p95 < SHED_P95_BOUND_S, f"shed p95 {p95:.3f}s"
+        assert goodput >= 0.9
         assert healthy == 200 and canary == 200
     finally:
         server.stop()
