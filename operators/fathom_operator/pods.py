@@ -152,12 +152,12 @@ def env_vars(spec: ModelServiceSpec, defaults: dict[str, str] | None = None, *,
     usage store's password from its Secret (never a value in the RayService); for a Ray
     container (`ray_auth_secret`), Ray's token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from
     the auth Secret, set here rather than left to KubeRay's injection so that every Ray process
-    of the pod runs with them whatever KubeRay version applies the RayService (a user's spec.env
-    cannot turn them off)."""
+    of the pod runs with them whatever KubeRay version applies the RayService (spec.env may not
+    name them: ModelServiceSpec refuses it)."""
     env = {"OTEL_SERVICE_NAME": "fathom", **(defaults or {}), **spec.env}
     if ray_auth_secret is not None:
         env["RAY_AUTH_MODE"] = "token"
-    out = [{"name": k, "value": v} for k, v in sorted(env.items()) if k != "RAY_AUTH_TOKEN"]
+    out = [{"name": k, "value": v} for k, v in sorted(env.items())]
     if ray_auth_secret is not None:
         out.append({"name": "RAY_AUTH_TOKEN",
                     "valueFrom": {"secretKeyRef": {"name": ray_auth_secret, "key": RAY_TOKEN_KEY}}})

@@ -226,8 +226,10 @@ def test_ray_containers_run_with_serve_throughput_settings_unless_spec_env_says_
 def test_every_ray_container_runs_with_ray_token_auth_from_the_model_services_secret():
     """Issue 12: KubeRay's authOptions name the ModelService's auth Secret (KubeRay's data key
     `auth_token`), and every Ray container carries RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from it
-    (a user's spec.env can turn neither off nor replace the token with a value)."""
-    spec = parse_spec({"env": {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "guessable"}})
+    (spec.env may set neither: refused with the field named)."""
+    refused = parse_spec({"env": {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "guessable"}})
+    assert isinstance(refused, str) and "spec.env" in refused and "RAY_AUTH_MODE, RAY_AUTH_TOKEN" in refused
+    spec = parse_spec({"env": {"OTEL_SERVICE_NAME": "mine"}})
     rs = render.ray_service(spec, render.Owner("m", "ns", "u"), 2)
     cluster = rs["spec"]["rayClusterConfig"]
     assert cluster["authOptions"] == {"mode": "token", "secretName": "m-fathom-auth"}
@@ -239,7 +241,7 @@ def test_every_ray_container_runs_with_ray_token_auth_from_the_model_services_se
         assert env["RAY_AUTH_MODE"] == {"name": "RAY_AUTH_MODE", "value": "token"}, c["name"]
         assert env["RAY_AUTH_TOKEN"] == {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": "m-fathom-auth", "key": "auth_token"}}}, c["name"]
-        assert not any(e.get("value") == "guessable" for e in c["env"])
+        assert env["OTEL_SERVICE_NAME"]["value"] == "mine"
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         assert mounts["/etc/fathom/auth"] == "auth"
     for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
