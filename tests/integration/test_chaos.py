@@ -63,6 +63,8 @@ def test_killing_one_of_two_replicas_fails_only_its_streams():
 
         async def run() -> tuple[list[dict], float]:
             async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                while _running_replicas((await client.get("/metrics")).text) < 2:  # both take streams
+                    await asyncio.sleep(0.5)
                 tasks = [asyncio.create_task(_stream(client, i)) for i in range(8)]
                 await asyncio.sleep(2.0)  # streams are under way on both replicas
                 os.kill(pids[0], signal.SIGKILL)
@@ -88,6 +90,11 @@ def test_killing_one_of_two_replicas_fails_only_its_streams():
         assert outcomes.count("error-event") >= 1 and outcomes.count("complete") >= 1
     finally:
         server.stop()
+
+
+def _running_replicas(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("fathom_model_replicas{"))
 
 
 @pytest.fixture(scope="module")
