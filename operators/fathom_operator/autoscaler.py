@@ -78,7 +78,7 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
                     key = await credentials.scrape_key(client, metrics_key_secret)
                 now = await scrape.fetch(http, metrics_url(obj, spec.service.port, url_template), time.monotonic(),
                                          key=key)
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ValueError, kube.ApiError) as exc:  # ApiError: reading the key
                 (log.debug if failing else log.warning)("metrics of %s/%s unavailable (holding the "
                                                         "replica count): %s", namespace, name, exc)
                 failing = True
