@@ -74,8 +74,10 @@ def test_killing_one_of_two_replicas_fails_only_its_streams():
             async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
                 while _running_replicas((await client.get("/metrics")).text) < 2:  # both take streams
                     await asyncio.sleep(0.5)
-                tasks = [asyncio.create_task(_stream(client, i)) for i in range(8)]
-                await asyncio.sleep(2.0)  # streams are under way on both replicas
+                tasks = []
+                for i in range(8):  # spaced, so the router's load view sees each: streams on both replicas
+                    tasks.append(asyncio.create_task(_stream(client, i)))
+                    await asyncio.sleep(0.25)
                 os.kill(pids[0], signal.SIGKILL)
                 results = await asyncio.gather(*tasks)
                 metrics = (await client.get("/metrics")).text

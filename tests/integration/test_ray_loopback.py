@@ -1,6 +1,8 @@
 """Issue 12: the local Ray instance `fathom serve` starts listens on 127.0.0.1 only: every
 listening TCP socket of its process tree (GCS, raylet, workers, agents) is on loopback.
-Read from the kernel's socket table (`ss -ltnp`), as an admin would check."""
+Read from the kernel's socket table (`ss -ltnp`), as an admin would check. (Serve then adds one
+socket Ray binds on every interface, each replica's token-authenticated gRPC server for calls
+between deployments; `fathom serve` says so on its console.)"""
 
 import shutil
 import subprocess

@@ -129,12 +129,13 @@ def start_ray(settings: ServeSettings, console: Console | None = None) -> None:
     # (setting the variable ourselves after `import ray` would leave this process's cached config
     # behind the GCS's); it records the mode in the environment.
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-        logger.info("Ray token auth is on (token file %s, mode 0600); every Ray socket is on 127.0.0.1.",
-                    _RAY_TOKEN_FILE)
+        console.say(f"Ray token auth on (token file {_RAY_TOKEN_FILE}, mode 0600); Ray's sockets are on 127.0.0.1 "
+                    "but each Serve replica's gRPC server for calls between deployments, which Ray binds on every "
+                    "interface (it requires the token)")
     else:
-        console.say("warning: RAY_AUTH_MODE is not `token`: Ray's sockets (on 127.0.0.1) take calls without "
-                    "authentication; any local user can run code in this Ray instance")
-
+        console.say("warning: RAY_AUTH_MODE is not `token`: Ray takes calls without authentication, on 127.0.0.1 "
+                    "and on each Serve replica's gRPC server, which Ray binds on every interface: anyone who can "
+                    "reach this machine can call the model replicas")
 
 def _loopback_node() -> None:
     """Every socket of the local Ray instance on 127.0.0.1: GCS, raylet, object manager, each
