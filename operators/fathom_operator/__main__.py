@@ -12,6 +12,7 @@ import sys
 import kopf
 
 from fathom_operator.autoscaler import DEFAULT_METRICS_URL
+from fathom_operator.credentials import parse_ref
 from fathom_operator.handlers import Config, build_registry
 
 
@@ -26,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="re-read the Secrets Tenants reference (key rotation); default 60")
     p.add_argument("--metrics-url-template", default=DEFAULT_METRICS_URL,
                    help="where the autoscaler reads /metrics; fields {service} {namespace} {port} {name}")
+    p.add_argument("--metrics-key-secret", default=None, metavar="NAMESPACE/NAME",
+                   help="Secret holding the key the autoscaler sends to /metrics (data key `token`; made "
+                        "with a random key when absent); its digest goes to every ModelService's pods")
     p.add_argument("--allow-host-path", action="store_true",
                    help="let ModelServices mount node directories (spec.model.hostPath); refused by default")
     p.add_argument("--liveness", default=None, metavar="URL",
@@ -37,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("resync_seconds", "tenant_resync_seconds"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.metrics_key_secret is not None:
+        try:
+            parse_ref(args.metrics_key_secret)
+        except ValueError as e:
+            p.error(str(e))
     return args
 
 
@@ -44,7 +53,8 @@ async def run_operator(args: argparse.Namespace, *, stop_flag=None, ready_flag=N
                        settings: kopf.OperatorSettings | None = None) -> None:
     """Run until `stop_flag` is set (or forever); embeddable in an existing event loop."""
     config = Config(resync_seconds=args.resync_seconds, tenant_resync_seconds=args.tenant_resync_seconds,
-                    metrics_url_template=args.metrics_url_template, allow_host_path=args.allow_host_path)
+                    metrics_url_template=args.metrics_url_template, allow_host_path=args.allow_host_path,
+                    metrics_key_secret=args.metrics_key_secret)
     settings = settings or kopf.OperatorSettings()
     if args.namespace and not any(set(ns) & set("*?[!,") for ns in args.namespace):
         # Exact namespaces need no namespace listing (nor its cluster-wide RBAC): skip the scan.

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from fathom_operator import kube, render, scrape
+from fathom_operator import credentials, kube, render, scrape
 from fathom_operator.conditions import now_rfc3339
 from fathom_operator.kube import KubeClient
 from fathom_operator.reconcile import desired_replicas, owner_of, parse_spec
@@ -38,12 +38,12 @@ Notify = Callable[[dict, str, str], Awaitable[None] | None]
 
 
 async def scale(client: KubeClient, obj: dict, current: int, decision: ScalingDecision, notify: Notify | None,
-                allow_host_path: bool = False) -> None:
+                allow_host_path: bool = False, metrics_key_secret: str | None = None) -> None:
     """Record the decision in the ModelService status, re-render the RayService, emit an Event."""
     meta = obj["metadata"]
     await client.patch(kube.MODEL_SERVICES, meta["namespace"], meta["name"],
                        {"status": {"desiredReplicas": decision.replicas, "lastScaleTime": now_rfc3339()}}, sub="status")
-    await sync_model_service(client, obj, allow_host_path=allow_host_path)
+    await sync_model_service(client, obj, allow_host_path=allow_host_path, metrics_key_secret=metrics_key_secret)
     if notify is not None:
         result = notify(obj, "Scaled", f"replicas {current} -> {decision.replicas}: {decision.reason}")
         if asyncio.iscoroutine(result):
@@ -52,12 +52,15 @@ async def scale(client: KubeClient, obj: dict, current: int, decision: ScalingDe
 
 async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify: Notify | None = None,
               url_template: str = DEFAULT_METRICS_URL, logger: logging.Logger | None = None,
-              allow_host_path: bool = False) -> None:
-    """Loop until `stopped` (kopf.DaemonStopped or anything with `wait(timeout)` and truthiness)."""
+              allow_host_path: bool = False, metrics_key_secret: str | None = None) -> None:
+    """Loop until `stopped` (kopf.DaemonStopped or anything with `wait(timeout)` and truthiness).
+    Scrapes carry the scrape key of `metrics_key_secret` (fathom_operator.credentials), read
+    again after a failed scrape (the Secret may have been made or replaced meanwhile)."""
     log = logger or logging.getLogger(__name__)
     history: collections.deque[scrape.Sample] = collections.deque()
     previous: scrape.Scrape | None = None
     failing = False  # log a metrics outage once, and its end
+    key: str | None = None
     async with aiohttp.ClientSession() as http:
         while not stopped:
             obj = await client.get(kube.MODEL_SERVICES, namespace, name)
@@ -71,8 +74,11 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
                 continue
             auto = spec.autoscaling
             try:
-                now = await scrape.fetch(http, metrics_url(obj, spec.service.port, url_template), time.monotonic())
-            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                if key is None or failing:
+                    key = await credentials.scrape_key(client, metrics_key_secret)
+                now = await scrape.fetch(http, metrics_url(obj, spec.service.port, url_template), time.monotonic(),
+                                         key=key)
+            except (TimeoutError, aiohttp.ClientError, ValueError, kube.ApiError) as exc:  # ApiError: reading the key
                 (log.debug if failing else log.warning)("metrics of %s/%s unavailable (holding the "
                                                         "replica count): %s", namespace, name, exc)
                 failing = True
@@ -89,5 +95,5 @@ async def run(client: KubeClient, namespace: str, name: str, stopped, *, notify:
             decision = decide(list(history), auto, current)
             if decision.replicas != current:
                 log.info("scaling %s/%s %d -> %d: %s", namespace, name, current, decision.replicas, decision.reason)
-                await scale(client, obj, current, decision, notify, allow_host_path)
+                await scale(client, obj, current, decision, notify, allow_host_path, metrics_key_secret)
             await stopped.wait(auto.interval_seconds)

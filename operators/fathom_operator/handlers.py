@@ -29,6 +29,7 @@ class Config:
     tenant_resync_seconds: float = 60.0
     metrics_url_template: str = autoscaler.DEFAULT_METRICS_URL
     allow_host_path: bool = False  # ModelServices may mount node directories (hostPath)
+    metrics_key_secret: str | None = None  # NAMESPACE/NAME of the scrape key (fathom_operator.credentials)
 
 
 _state: dict = {}  # "info": the ConnectionInfo kopf logged in with; "client": our KubeClient on it
@@ -92,7 +93,8 @@ def _event(obj: dict, type_: str, reason: str, message: str) -> None:
 def model_service_handler(config: Config):
     async def model_service_changed(body: kopf.Body, **_) -> None:
         """On change, and as the level-based resync (RayService readiness, drifted children)."""
-        await sync.sync_model_service(client(), _plain(body), notify=_event, allow_host_path=config.allow_host_path)
+        await sync.sync_model_service(client(), _plain(body), notify=_event, allow_host_path=config.allow_host_path,
+                                      metrics_key_secret=config.metrics_key_secret)
     return model_service_changed
 
 
@@ -104,7 +106,7 @@ def autoscaler_daemon(config: Config):
 
         await autoscaler.run(client(), namespace, name, stopped, notify=notify,
                              url_template=config.metrics_url_template, logger=logger,
-                             allow_host_path=config.allow_host_path)
+                             allow_host_path=config.allow_host_path, metrics_key_secret=config.metrics_key_secret)
     return model_service_autoscaler
 
 

@@ -10,6 +10,9 @@ from decimal import Decimal
 from fathom.api.model_service import MODEL_MOUNT_PATH, ModelServiceSpec
 
 TENANTS_MOUNT_PATH = "/etc/fathom/tenants"
+AUTH_MOUNT_PATH = "/etc/fathom/auth"  # the scrape key's digest (fathom_operator.credentials)
+RAY_TOKEN_KEY = "auth_token"  # the Ray token's data key in the auth Secret: KubeRay's RAY_AUTH_TOKEN_SECRET_KEY
+METRICS_DIGEST_KEY = "metrics-key.sha256"  # the scrape key's digest in the auth Secret
 CACHE_MOUNT_PATH = "/model-cache"  # a worker's model cache (fathom_operator.model_cache)
 USAGE_STORE_PASSWORD_ENV = "FATHOM_USAGE_STORE_PASSWORD"  # read by fathom.tenancy.redis_ledger
 # rayproject/ray images (and the platform image built on them) run as `ray`: uid 1000, group
@@ -21,6 +24,7 @@ RAY_UID, RAY_GID, RAY_HOME = 1000, 100, "/home/ray"
 # default), Hugging Face and torch caches.
 SCRATCH_DIRS = {"tmp": "/tmp", "cache": f"{RAY_HOME}/.cache"}
 TENANTS_FILE = f"{TENANTS_MOUNT_PATH}/tenants.yaml"
+METRICS_KEY_FILE = f"{AUTH_MOUNT_PATH}/{METRICS_DIGEST_KEY}"
 _SUFFIXES = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", "")
 
 
@@ -109,9 +113,13 @@ def container_security_context() -> dict:
             "readOnlyRootFilesystem": True, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def volumes(spec: ModelServiceSpec, *, shm: bool, cache: dict | None = None) -> list[dict]:
-    """The pod's volumes; `cache`: the model cache volume of a worker pod (fathom_operator.model_cache)."""
-    vols = [model_volume(spec), cache, {"name": "tenants", "secret": {"secretName": spec.tenants_secret, "optional": True}}]
+def volumes(spec: ModelServiceSpec, auth_secret: str, *, shm: bool, cache: dict | None = None) -> list[dict]:
+    """The pod's volumes; `cache`: the model cache volume of a worker pod (fathom_operator.model_cache);
+    of the auth Secret only the scrape key's digest (the Ray token reaches Ray as RAY_AUTH_TOKEN)."""
+    auth = {"name": "auth", "secret": {"secretName": auth_secret,
+                                       "items": [{"key": METRICS_DIGEST_KEY, "path": METRICS_DIGEST_KEY}]}}
+    vols = [model_volume(spec), cache, {"name": "tenants", "secret": {"secretName": spec.tenants_secret, "optional": True}},
+            auth]
     vols = [v for v in vols if v is not None] + [{"name": n, "emptyDir": {}} for n in SCRATCH_DIRS]
     if shm:  # NCCL and Ray's object store want a large /dev/shm on GPU nodes
         vols.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
@@ -119,7 +127,8 @@ def volumes(spec: ModelServiceSpec, *, shm: bool, cache: dict | None = None) -> 
 
 
 def volume_mounts(spec: ModelServiceSpec, *, shm: bool, cache: dict | None = None) -> list[dict]:
-    mounts = [{"name": "tenants", "mountPath": TENANTS_MOUNT_PATH, "readOnly": True}]
+    mounts = [{"name": "tenants", "mountPath": TENANTS_MOUNT_PATH, "readOnly": True},
+              {"name": "auth", "mountPath": AUTH_MOUNT_PATH, "readOnly": True}]
     src = spec.model
     if src is not None:
         read_only = src.uri is None and (src.pvc is None or src.pvc.read_only)
@@ -137,11 +146,21 @@ def scratch_mounts() -> list[dict]:
     return [{"name": n, "mountPath": path} for n, path in SCRATCH_DIRS.items()]
 
 
-def env_vars(spec: ModelServiceSpec, defaults: dict[str, str] | None = None) -> list[dict]:
+def env_vars(spec: ModelServiceSpec, defaults: dict[str, str] | None = None, *,
+             ray_auth_secret: str | None = None) -> list[dict]:
     """User env (e.g. OTEL_*) plus defaults the user did not set, sorted for stable diffs; the
-    usage store's password from its Secret (never a value in the RayService)."""
+    usage store's password from its Secret (never a value in the RayService); for a Ray
+    container (`ray_auth_secret`), Ray's token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from
+    the auth Secret, set here rather than left to KubeRay's injection so that every Ray process
+    of the pod runs with them whatever KubeRay version applies the RayService (spec.env may not
+    name them: ModelServiceSpec refuses it)."""
     env = {"OTEL_SERVICE_NAME": "fathom", **(defaults or {}), **spec.env}
+    if ray_auth_secret is not None:
+        env["RAY_AUTH_MODE"] = "token"
     out = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    if ray_auth_secret is not None:
+        out.append({"name": "RAY_AUTH_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": ray_auth_secret, "key": RAY_TOKEN_KEY}}})
     ft = spec.fault_tolerance
     if ft is not None and ft.usage_ledger and ft.redis_password_secret is not None:
         ref = ft.redis_password_secret

@@ -55,8 +55,7 @@ def describe_error(err: dict) -> str:
 
 
 def owner_of(obj: dict) -> render.Owner:
-    meta = obj["metadata"]
-    return render.Owner(name=meta["name"], namespace=meta.get("namespace", "default"), uid=meta.get("uid", ""))
+    return render.owner_of_meta(obj["metadata"])
 
 
 def desired_replicas(spec: ModelServiceSpec, status: dict) -> int:

@@ -3,8 +3,14 @@
 Layout of the RayService (ray.io/v1):
 - head group: CPU only (`num-cpus: 0` keeps rank workers off it); runs the Serve controller,
   the HTTP proxy and the Fathom ingress, which stays up at zero model replicas and reports queued
-  requests. The dashboard listens inside the cluster only (ClusterIP head service, no ingress):
-  KubeRay reads Serve status through it.
+  requests. The dashboard cannot be off or on loopback: KubeRay deploys `serveConfigV2` and
+  reads Serve's status through it (`PUT/GET /api/serve/applications/` from the KubeRay pod). It
+  listens inside the cluster only (ClusterIP head service, no ingress), answers only Ray's token
+  and the chart's NetworkPolicy admits only KubeRay's pods to it.
+- Ray token auth (`authOptions`, KubeRay >= 1.5, Ray >= 2.52): the token is the ModelService's
+  auth Secret (fathom_operator.credentials); every Ray container gets RAY_AUTH_MODE and
+  RAY_AUTH_TOKEN (pods.env_vars), KubeRay adds them to its own containers (autoscaler sidecar,
+  wait-gcs-ready) and sends the token to the dashboard.
 - one worker group `ranks`: pods of `ranksPerPod` ranks each; replicas = instances × pods per
   instance. KubeRay applies replica changes of a worker group to the running cluster in place.
 - `serveConfigV2`: the Fathom app (`fathom.serve.app:app_from_config`, whose argument is the
@@ -50,6 +56,10 @@ class Owner:
                 "controller": True, "blockOwnerDeletion": True}
 
 
+def owner_of_meta(meta: dict) -> Owner:
+    return Owner(name=meta["name"], namespace=meta.get("namespace", "default"), uid=meta.get("uid", ""))
+
+
 def labels(owner: Owner) -> dict[str, str]:
     return {"app.kubernetes.io/name": "fathom", "app.kubernetes.io/instance": owner.name,
             "app.kubernetes.io/managed-by": MANAGED_BY, LABEL: owner.name}
@@ -60,6 +70,11 @@ def worker_selector(owner: Owner) -> str:
     return f"{LABEL}={owner.name},ray.io/node-type=worker"
 
 
+def auth_secret_name(owner: Owner) -> str:
+    """The ModelService's Ray token and scrape key digest (fathom_operator.credentials)."""
+    return f"{owner.name}-fathom-auth"
+
+
 def metadata(owner: Owner, name: str) -> dict:
     return {"name": name, "namespace": owner.namespace, "labels": labels(owner), "ownerReferences": [owner.reference()]}
 
@@ -68,7 +83,7 @@ def serve_args(spec: ModelServiceSpec, owner: Owner) -> dict:
     """The app's `ServeSettings` (wire form): constant while scaling, so scaling rebuilds nothing."""
     engine = spec.engine.model_copy(update={"model": spec.model.checkpoint_dir if spec.model else None})
     args = {"engine": engine.to_wire(), "numReplicas": max(1, spec.autoscaling.max_replicas),
-            "tenants": pods.TENANTS_FILE, "host": "0.0.0.0", "port": SERVE_PORT,
+            "tenants": pods.TENANTS_FILE, "metricsKeyFile": pods.METRICS_KEY_FILE, "host": "0.0.0.0", "port": SERVE_PORT,
             "coldStartTimeoutS": spec.autoscaling.cold_start_timeout_seconds,
             "gracefulShutdownTimeoutS": pods.drain_seconds(spec),
             "vllmMetricAliases": spec.metrics.vllm_aliases}
@@ -118,11 +133,12 @@ def _ray_resources(resources: dict[str, int]) -> str:
     return '"' + json.dumps(resources).replace('"', '\\"') + '"'
 
 
-def _container(spec: ModelServiceSpec, role: str, resources: dict, *, shm: bool, ports: list[dict],
+def _container(spec: ModelServiceSpec, owner: Owner, role: str, resources: dict, *, shm: bool, ports: list[dict],
                cache: dict | None = None) -> dict:
+    env = pods.env_vars(spec, defaults=RAY_SERVE_THROUGHPUT_ENV, ray_auth_secret=auth_secret_name(owner))
     return {
         "name": f"ray-{role}", "image": spec.image, "imagePullPolicy": spec.image_pull_policy,
-        "resources": resources, "env": pods.env_vars(spec, defaults=RAY_SERVE_THROUGHPUT_ENV), "ports": ports,
+        "resources": resources, "env": env, "ports": ports,
         "volumeMounts": pods.volume_mounts(spec, shm=shm, cache=cache),
         "securityContext": pods.container_security_context(),
         "lifecycle": pods.lifecycle(spec, role),
@@ -141,8 +157,8 @@ def head_group(spec: ModelServiceSpec, owner: Owner) -> dict:
             "metadata": {"labels": labels(owner)},
             "spec": {
                 "initContainers": pods.fetch_init_containers(spec, tokenizer_only=True),
-                "containers": [_container(spec, "head", {"requests": res, "limits": res}, shm=False, ports=ports)],
-                "volumes": pods.volumes(spec, shm=False),
+                "containers": [_container(spec, owner, "head", {"requests": res, "limits": res}, shm=False, ports=ports)],
+                "volumes": pods.volumes(spec, auth_secret_name(owner), shm=False),
                 "securityContext": pods.pod_security_context(),
                 "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
             },
@@ -160,9 +176,9 @@ def worker_group(spec: ModelServiceSpec, owner: Owner, replicas: int) -> dict:
     pod_spec = {
         "initContainers": (model_cache.worker_init_containers(spec) if cache
                            else pods.fetch_init_containers(spec, tokenizer_only=False)),
-        "containers": [_container(spec, "worker", {"requests": requests, "limits": limits}, shm=bool(r.gpus),
+        "containers": [_container(spec, owner, "worker", {"requests": requests, "limits": limits}, shm=bool(r.gpus),
                                   ports=[{"name": "serve", "containerPort": SERVE_PORT}], cache=cache)],
-        "volumes": pods.volumes(spec, shm=bool(r.gpus), cache=cache),
+        "volumes": pods.volumes(spec, auth_secret_name(owner), shm=bool(r.gpus), cache=cache),
         "securityContext": pods.pod_security_context(),
         "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
         "nodeSelector": dict(r.node_selector),
@@ -196,6 +212,7 @@ def ray_service(spec: ModelServiceSpec, owner: Owner, replicas: int,
                 # The Ray autoscaler removes only idle worker pods when minReplicas drops, so a
                 # scale-down never kills a rank that still holds a live Serve replica.
                 "enableInTreeAutoscaling": True,
+                "authOptions": {"mode": "token", "secretName": auth_secret_name(owner)},
                 # The autoscaler sidecar runs in the head pod, as locked down as the Ray container
                 # (KubeRay adds the shared /tmp/ray log volume to both).
                 "autoscalerOptions": {"idleTimeoutSeconds": 60, "upscalingMode": "Default",

@@ -107,8 +107,11 @@ def derive(prev: Scrape | None, cur: Scrape) -> Sample:
     )
 
 
-async def fetch(session: aiohttp.ClientSession, url: str, t: float, timeout: float = 5.0) -> Scrape:
-    """GET the metrics page at `url`; raises aiohttp.ClientError / asyncio.TimeoutError."""
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+async def fetch(session: aiohttp.ClientSession, url: str, t: float, timeout: float = 5.0, *,
+                key: str | None = None) -> Scrape:
+    """GET the metrics page at `url`, with `Authorization: Bearer key` when given (the app's
+    /metrics needs it when tenants are on); raises aiohttp.ClientError / asyncio.TimeoutError."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers) as resp:
         resp.raise_for_status()
         return parse(await resp.text(), t)

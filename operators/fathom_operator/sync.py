@@ -9,7 +9,7 @@ import json
 import math
 import time
 
-from fathom_operator import kube, render, rollout
+from fathom_operator import credentials, kube, render, rollout
 from fathom_operator.apply import LAST_APPLIED, NotOwned, apply, merge_patch
 from fathom_operator.conditions import now_rfc3339, set_condition
 from fathom_operator.kube import KubeClient, ResourceRef
@@ -40,9 +40,10 @@ def _lock(*key: str) -> asyncio.Lock:
 _locks: dict[tuple, asyncio.Lock] = {}
 
 
-async def sync_model_service(client: KubeClient, obj: dict, notify=None, *,
-                             allow_host_path: bool = False) -> Result | None:
-    """Reconcile one ModelService: apply its RayService and Service, then write its status.
+async def sync_model_service(client: KubeClient, obj: dict, notify=None, *, allow_host_path: bool = False,
+                             metrics_key_secret: str | None = None) -> Result | None:
+    """Reconcile one ModelService: make its auth Secret (fathom_operator.credentials; the scrape
+    key's digest from `metrics_key_secret`), apply its RayService and Service, then write its status.
 
     `obj` names the object; it is re-read under the object's lock. `notify(obj, type, reason,
     message)` is called when the phase turns Invalid or Pending (a Warning Event), so
@@ -52,10 +53,11 @@ async def sync_model_service(client: KubeClient, obj: dict, notify=None, *,
         fresh = await client.get(kube.MODEL_SERVICES, ns, name)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return None
-        return await _sync_model_service(client, fresh, notify, allow_host_path)
+        return await _sync_model_service(client, fresh, notify, allow_host_path, metrics_key_secret)
 
 
-async def _sync_model_service(client: KubeClient, obj: dict, notify, allow_host_path: bool) -> Result:
+async def _sync_model_service(client: KubeClient, obj: dict, notify, allow_host_path: bool,
+                              metrics_key_secret: str | None) -> Result:
     meta = obj["metadata"]
     ns, name = meta["namespace"], meta["name"]
     installed = await client.has_resource(kube.RAY_SERVICES)
@@ -68,6 +70,12 @@ async def _sync_model_service(client: KubeClient, obj: dict, notify, allow_host_
                                      inference_pools=pools, allow_host_path=allow_host_path))
     new_generation = (obj.get("status") or {}).get("observedGeneration") != meta.get("generation")
     foreign = []
+    if result.children:  # before the pods that read it
+        try:
+            scrape = await credentials.scrape_key(client, metrics_key_secret)
+            await credentials.ensure_auth_secret(client, render.owner_of_meta(meta), scrape)
+        except NotOwned as e:
+            foreign.append(str(e))
     for child in result.children or []:
         if child["kind"] == "RayService" and notify is not None and new_generation:
             _announce(obj, rollout.kind(_last_applied(ray_service), child), result.status, notify)

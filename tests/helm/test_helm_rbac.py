@@ -42,7 +42,18 @@ def test_cluster_wide_rbac_grants_exactly_what_the_operator_uses(helm):
     assert {b["roleRef"]["name"] for b in bindings} == set(roles)
     for b in bindings:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "fathom", "namespace": "fathom"}]
-    assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding")]
+    assert [o["kind"] for o in objs if o["kind"] in ("Role", "RoleBinding")] == ["Role", "RoleBinding"]
+    assert_metrics_key_role(objs)
+
+
+def assert_metrics_key_role(objs: list[dict]) -> None:
+    """The one Role beyond the reconciled objects: in the release namespace, read the scrape key's
+    Secret by name and create it once (fathom_operator.credentials)."""
+    (role,) = [o for o in objs if o["kind"] == "Role" and o["metadata"]["name"] == "fathom-operator-metrics-key"]
+    assert role["metadata"]["namespace"] == "fathom"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["fathom-metrics-key"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
 
 
 def test_namespaced_rbac_is_one_role_per_watched_namespace(helm):
@@ -52,6 +63,7 @@ def test_namespaced_rbac_is_one_role_per_watched_namespace(helm):
     roles = [o for o in objs if o["kind"] == "Role" and o["metadata"]["name"] == "fathom-operator"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["fathom", "research"]
     assert all(flatten(r) == OPERATOR_RULES for r in roles)
+    assert_metrics_key_role(objs)
     for b in (o for o in objs if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "fathom-operator"):
         assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fathom-operator"}
         assert b["subjects"][0]["namespace"] == "fathom"

@@ -53,14 +53,14 @@ def test_default_install_is_the_operator_and_its_rbac(helm):
     objs = helm.template()
     assert kinds(objs) == sorted([
         "ServiceAccount", "Deployment", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
-        "ClusterRoleBinding", "NetworkPolicy", "NetworkPolicy",
+        "ClusterRoleBinding", "NetworkPolicy", "NetworkPolicy", "Role", "RoleBinding",  # + the scrape key's
     ] + ["CustomResourceDefinition"] * len(by_kind(objs, "CustomResourceDefinition")))
     (deploy,) = by_kind(objs, "Deployment")
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["python", "-m", "fathom_operator"]
     assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--resync-seconds=30",
-                                 "--tenant-resync-seconds=60"]
+                                 "--tenant-resync-seconds=60", "--metrics-key-secret=fathom/fathom-metrics-key"]
     assert not [a for a in container["args"] if a.startswith("--namespace")], "default watches all namespaces"
     assert container["image"] == "ghcr.io/fathom-serve/fathom-operator:0.1.0"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -90,6 +90,28 @@ def test_everything_on_renders_every_optional_part(helm):
     (sm,) = by_kind(objs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics" and sm["spec"]["namespaceSelector"] == {"any": True}
+
+
+@pytest.mark.parametrize("values", [EVERYTHING_ON, NAMESPACED], ids=["everything-on", "namespaced"])
+def test_prometheus_and_the_operator_send_the_same_scrape_key(helm, values):
+    """Issue 12: with tenants on /metrics needs a key. The operator makes (and reads) the scrape key's
+    Secret in the release namespace, its role may read just that Secret, and the ServiceMonitor
+    sends the same Secret's `token` as a Bearer credential. The chart itself carries no key."""
+    objs = helm.template({**values, "serviceMonitor": {"enabled": True}})
+    (op,) = [d for d in by_kind(objs, "Deployment") if d["metadata"]["name"] == "fathom-operator"]
+    args = op["spec"]["template"]["spec"]["containers"][0]["args"]
+    (ref,) = [a.split("=", 1)[1] for a in args if a.startswith("--metrics-key-secret=")]
+    namespace, name = ref.split("/")
+    assert namespace == op["metadata"]["namespace"] and name == "fathom-metrics-key"
+    (sm,) = by_kind(objs, "ServiceMonitor")
+    assert sm["metadata"]["namespace"] == namespace  # a ServiceMonitor reads Secrets of its own namespace
+    assert sm["spec"]["endpoints"][0]["authorization"] == {"type": "Bearer", "credentials": {"name": name, "key": "token"}}
+    (role,) = [r for r in by_kind(objs, "Role") if r["metadata"]["name"].endswith("operator-metrics-key")]
+    assert role["metadata"]["namespace"] == namespace
+    assert {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [name], "verbs": ["get"]} in role["rules"]
+    (binding,) = [b for b in by_kind(objs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert binding["subjects"][0]["name"] == op["spec"]["template"]["spec"]["serviceAccountName"]
+    assert not by_kind(objs, "Secret")
 
 
 def test_otlp_endpoint_reaches_the_operator_and_every_model_service(helm):

@@ -96,6 +96,12 @@ def test_binds_loopback_and_exposes_no_dashboard_or_job_api(server):
     assert [ip for ip, port, _ in sockets if port == server.port] == ["127.0.0.1"]
     assert not [s for s in sockets if s[1] == 8265], "the Ray dashboard must not run"
     exposed = [(ip, port) for ip, port, _ in sockets if ip.count(".") == 3 and not ip.startswith("127.")]
+    # issue 12: Ray's own sockets are on 127.0.0.1; what is not is the gRPC server Serve binds on every
+    # interface in each replica (for calls between deployments, behind Ray's token)
+    owners = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode() for ip, _, pid in sockets
+              if ip.count(".") == 3 and not ip.startswith("127.")}
+    assert all(o.startswith("ray::ServeReplica:") for o in owners), owners
+    assert "Serve replica's gRPC server" in server.output
     for ip, port in exposed:  # anything off loopback must refuse job submission without Ray's token
         host = "127.0.0.1" if ip == "0.0.0.0" else ip
         for path in ("/api/jobs/", "/api/job_agent/jobs/"):

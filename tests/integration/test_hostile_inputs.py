@@ -52,6 +52,9 @@ def _json_cases() -> list[tuple[str, str, bytes, str]]:
                      ("top_logprobs", 21), ("max_completion_tokens", 0)]:
         add((f"{field}={v}", CHAT, raw(chat(**{field: v})), BAD))
     add(("seed=2**63 ok", CHAT, raw(chat(seed=2**63)), OK))
+    # a text too long to fit is refused before it is tokenised (seconds of the replica's CPU)
+    add(("prompt of 5 MiB", COMP, raw(comp(prompt="All work and no play. " * (5 * 2**20 // 22))), BAD))
+    add(("chat message of 5 MiB", CHAT, raw(chat(messages=[{"role": "user", "content": "z" * 5 * 2**20}])), BAD))
     add(("logprobs top 20 ok", CHAT, raw(chat(logprobs=True, top_logprobs=20)), OK))
     # strict types (OpenAI does not coerce)
     for field, v in [("n", "2"), ("stream", "false"), ("temperature", "0.5"), ("max_tokens", "1"), ("n", 1.5),
@@ -244,6 +247,12 @@ def test_hostile_corpus(server):
             if not ok:
                 failures.append((name, status, text[:300]))
             _canary(client, headers)
+        if server.mode == "tenants":  # /metrics lists every tenant's usage: admin keys only
+            for name, h, expected in [("GET /metrics no key", {}, 401), ("GET /metrics user key", headers, 403)]:
+                r = client.get("/metrics", headers=h)
+                rows.append((name, str(expected), r.status_code, 0.0))
+                if r.status_code != expected or "fathom_requests_total" in r.text:
+                    failures.append((name, r.status_code, r.text[:300]))
         key_header = f"Authorization: Bearer {KEY}\r\n".encode() if server.mode == "tenants" else b""
         for name, payload in _framing_cases(key_header):
             t0 = time.monotonic()

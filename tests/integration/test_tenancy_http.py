@@ -17,6 +17,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from fathom.serve.model_server import ModelServer
+from fathom.tenancy.keys import digest
 from support.tenancy_server import MODEL, HttpServer, app_for, settings, wait_for, write_tenants
 
 PRICING = {"promptPerMillion": 1000.0, "cachedPromptPerMillion": 250.0, "completionPerMillion": 4000.0}
@@ -43,6 +44,7 @@ def server(tmp_path_factory):
     tenants_file = tmp_path_factory.mktemp("tenants") / "tenants.yaml"
     write_tenants(tenants_file, TENANTS)
     s = settings(tenants_file, pricing=PRICING)
+    s.metrics_key_file = str(tenants_file.parent / "metrics-key.sha256")  # absent until a test writes it
     ms = ModelServer(s)
     app = app_for(ms, s)
     with HttpServer(app) as srv:
@@ -281,6 +283,26 @@ async def test_prometheus_counters_by_tenant(server):
     for name in ("prompt_tokens", "generation_tokens", "cost"):
         assert f'fathom_{name}_total{{model="fathom-demo",tenant="alice"}}' in text
     assert "sk-alice" not in text
+
+
+async def test_metrics_need_an_admin_key_or_the_scrape_key(server):
+    """/metrics lists every tenant's usage: no key 401, a user's key 403, an admin's key or the
+    operator's scrape key (a digest in `metrics_key_file`, re-read when it changes) 200."""
+    key_file = server.tenants_file.parent / "metrics-key.sha256"
+    async with http(server) as h:
+        no_key = await h.get("/metrics")
+        user = await h.get("/metrics", headers={"Authorization": "Bearer sk-alice-1"})
+        admin = await h.get("/metrics", headers={"Authorization": "Bearer sk-root"})
+        before = await h.get("/metrics", headers={"Authorization": "Bearer scrape-key"})
+        key_file.write_text(f"{digest('scrape-key')}\n")
+        await asyncio.sleep(1.1)  # KeyFile checks the file at most once a second
+        scrape = await h.get("/metrics", headers={"Authorization": "Bearer scrape-key"})
+    assert_openai_error(no_key, 401, "invalid_api_key")
+    assert_openai_error(user, 403, "permission_denied")
+    assert_openai_error(before, 401, "invalid_api_key")
+    assert admin.status_code == scrape.status_code == 200
+    assert "fathom_requests_total" in scrape.text and "scrape-key" not in scrape.text
+    assert "sk-alice" not in user.text
 
 
 async def test_tenants_file_reload_without_restart(server):

@@ -23,6 +23,9 @@ def test_help_and_bad_flags():
     bad = subprocess.run([sys.executable, "-m", "fathom_operator", "--resync-seconds", "0"], env=ENV,
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "--resync-seconds must be positive" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "fathom_operator", "--metrics-key-secret", "no-namespace"], env=ENV,
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "--metrics-key-secret must be NAMESPACE/NAME" in bad.stderr
 
 
 async def test_operator_process_against_the_kubeconfig(cluster, kubectl):

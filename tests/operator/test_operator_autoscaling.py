@@ -6,6 +6,8 @@ means the RayService already shows the new count when the *next* scrape arrives;
 logs the replica count the cluster holds at that moment.
 """
 
+import base64
+import hashlib
 import time
 
 import pytest
@@ -27,6 +29,7 @@ class FakeLoad:
         self.cluster, self.waiting, self.running, self.kv = cluster, {}, {}, {}
         self.tokens = 0
         self.log: list[tuple[float, int | None]] = []
+        self.keys: set[str] = set()
 
     def replicas(self) -> int | None:
         for (res, _, name), o in self.cluster.objects.items():
@@ -35,7 +38,20 @@ class FakeLoad:
                 return serve["applications"][0]["deployments"][0].get("num_replicas", 0)  # 0: Serve autoscaling [0, 1]
         return None
 
+    def scrape_digest(self) -> str | None:
+        """The scrape key's digest in the ModelService's auth Secret: what its pods' ingress
+        reads from the mounted Secret (`metricsKeyFile`)."""
+        for (res, _, name), o in self.cluster.objects.items():
+            if res.plural == "secrets" and name == "auto-fathom-auth" and not o.deleted:
+                return base64.b64decode(o.raw["data"]["metrics-key.sha256"]).decode().strip() or None
+        return None
+
     async def metrics(self, request: web.Request) -> web.Response:
+        # as the app with tenants on: only the scrape key whose digest the auth Secret holds
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        self.keys.add(key)
+        if self.scrape_digest() is None or hashlib.sha256(key.encode()).hexdigest() != self.scrape_digest():
+            return web.Response(status=401)
         self.log.append((time.monotonic(), self.replicas()))
         reg = CollectorRegistry()
         w = Gauge("fathom_requests_waiting", "", ["model", "replica"], registry=reg)
@@ -73,9 +89,13 @@ async def test_load_drives_replicas(cluster, kubectl):
                                    "targets": {"waitingRequestsPerReplica": 2, "kvCacheUtilization": 0.8}}}}
     load.running, load.kv, load.tokens = {"r0": 2}, {"r0": 0.5}, 100
     try:
-        async with operator_running("--metrics-url-template", f"http://127.0.0.1:{port}/metrics"):
+        async with operator_running("--metrics-url-template", f"http://127.0.0.1:{port}/metrics",
+                                    "--metrics-key-secret", "fathom-system/fathom-metrics-key"):
             await kubectl.create(kube.MODEL_SERVICES, NS, ms)
             await eventually(lambda: load.replicas() == 1 and len(load.log) >= 2)
+            scrape_key = base64.b64decode((await kubectl.get(kube.SECRETS, "fathom-system", "fathom-metrics-key"))
+                                          ["data"]["token"]).decode()
+            assert len(scrape_key) >= 32 and load.keys == {scrape_key}  # every scrape sent it
 
             # load up: 7 queued -> ceil(7 / 2) = 4, applied before the next scrape
             load.waiting = {"r0": 7}

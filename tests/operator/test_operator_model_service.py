@@ -1,6 +1,8 @@
 """The real operator (kopf) against an emulated API server over HTTP: ModelService lifecycle."""
 
 import asyncio
+import base64
+import hashlib
 import pathlib
 
 import jsonschema
@@ -101,7 +103,45 @@ async def test_create_update_scale_delete(cluster, kubectl, rayservice_schema):
         # delete: owner references let the garbage collector remove the children
         await kubectl.delete(kube.MODEL_SERVICES, NS, "deepseek")
         await eventually(lambda: not objects(cluster, "modelservices") and not objects(cluster, "rayservices")
-                         and not objects(cluster, "services"))
+                         and not objects(cluster, "services") and not objects(cluster, "secrets"))
+
+
+async def test_each_model_service_gets_its_own_ray_token_and_the_scrape_keys_digest(cluster, kubectl):
+    """Issue 12: the operator makes the scrape key's Secret (random, in its own namespace) and one
+    auth Secret per ModelService, owned by it: a random Ray token under KubeRay's key `auth_token`
+    (kept across passes and spec changes) and the scrape key's digest; someone else's Secret of
+    that name is left alone and reported."""
+    async with operator_running("--metrics-key-secret", "fathom-system/fathom-metrics-key"):
+        await kubectl.create(kube.SECRETS, NS, {"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "name": "theirs-fathom-auth", "namespace": NS}, "data": {"auth_token": _b64("their own")}})
+        for name in ("a", "b", "theirs"):
+            await kubectl.create(kube.MODEL_SERVICES, NS, modelservice(name))
+        auth = {n: await eventually(lambda n=n: objects(cluster, "secrets").get(f"{n}-fathom-auth")) for n in "ab"}
+        scrape = _text(await kubectl.get(kube.SECRETS, "fathom-system", "fathom-metrics-key"), "token")
+        tokens = {n: _text(s, "auth_token") for n, s in auth.items()}
+        assert len(scrape) >= 32 and all(len(t) >= 32 for t in tokens.values()) and tokens["a"] != tokens["b"]
+        for n, secret in auth.items():
+            assert _text(secret, "metrics-key.sha256") == hashlib.sha256(scrape.encode()).hexdigest()
+            owner = objects(cluster, "modelservices")[n]
+            assert secret["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
+            assert "fathom.dev/last-applied" not in secret["metadata"].get("annotations", {})  # no copy of the data
+            rs = await eventually(lambda n=n: objects(cluster, "rayservices").get(n))
+            assert rs["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token", "secretName": f"{n}-fathom-auth"}
+        await kubectl.patch(kube.MODEL_SERVICES, NS, "a", {"spec": {"image": "fathom:next"}})
+        await eventually(lambda: "fathom:next" in str(objects(cluster, "rayservices")["a"]["spec"]))
+        assert _text(objects(cluster, "secrets")["a-fathom-auth"], "auth_token") == tokens["a"]
+        theirs = await eventually(lambda: condition(objects(cluster, "modelservices")["theirs"], "ChildrenOwned")
+                                  .get("status") == "False" and objects(cluster, "modelservices")["theirs"])
+        assert "theirs-fathom-auth" in condition(theirs, "ChildrenOwned")["message"]
+        assert _text(objects(cluster, "secrets")["theirs-fathom-auth"], "auth_token") == "their own"
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _text(secret: dict, key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode().strip()
 
 
 async def test_invalid_spec_is_a_condition_not_a_crash_loop(cluster, kubectl):

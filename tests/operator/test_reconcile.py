@@ -217,7 +217,37 @@ def test_ray_containers_run_with_serve_throughput_settings_unless_spec_env_says_
     spec = parse_spec({"env": {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"}})
     cluster = render.ray_service(spec, render.Owner("m", "ns", "u"), 1)["spec"]["rayClusterConfig"]
     for group in (cluster["headGroupSpec"], cluster["workerGroupSpecs"][0]):
-        env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
         assert env["RAY_SERVE_USE_GRPC_BY_DEFAULT"] == "0"  # the user's choice
         assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"  # the proxy reads these too
         assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in env
+
+
+def test_every_ray_container_runs_with_ray_token_auth_from_the_model_services_secret():
+    """Issue 12: KubeRay's authOptions name the ModelService's auth Secret (KubeRay's data key
+    `auth_token`), and every Ray container carries RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from it
+    (spec.env may set neither: refused with the field named)."""
+    refused = parse_spec({"env": {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "guessable"}})
+    assert isinstance(refused, str) and "spec.env" in refused and "RAY_AUTH_MODE, RAY_AUTH_TOKEN" in refused
+    spec = parse_spec({"env": {"OTEL_SERVICE_NAME": "mine"}})
+    rs = render.ray_service(spec, render.Owner("m", "ns", "u"), 2)
+    cluster = rs["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "m-fathom-auth"}
+    containers = [c for g in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"])
+                  for c in g["template"]["spec"]["containers"]]
+    assert {c["name"] for c in containers} == {"ray-head", "ray-worker"}
+    for c in containers:
+        env = {e["name"]: e for e in c["env"]}
+        assert env["RAY_AUTH_MODE"] == {"name": "RAY_AUTH_MODE", "value": "token"}, c["name"]
+        assert env["RAY_AUTH_TOKEN"] == {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": "m-fathom-auth", "key": "auth_token"}}}, c["name"]
+        assert env["OTEL_SERVICE_NAME"]["value"] == "mine"
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert mounts["/etc/fathom/auth"] == "auth"
+    for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
+        auth = {v["name"]: v for v in group["template"]["spec"]["volumes"]}["auth"]
+        # only the scrape key's digest is a file; the token stays an env var of the Ray container
+        assert auth["secret"] == {"secretName": "m-fathom-auth",
+                                  "items": [{"key": "metrics-key.sha256", "path": "metrics-key.sha256"}]}
+    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["metricsKeyFile"] == "/etc/fathom/auth/metrics-key.sha256"

@@ -5,10 +5,13 @@ up; the held request then completes. No metric is faked.
 
 KubeRay is the one stand-in: a task that applies each serveConfigV2 the operator writes to the
 running Serve instance, as KubeRay does through the Ray dashboard (the worker pod the Ray
-autoscaler would add is this machine's `fathom_worker` resource).
+autoscaler would add is this machine's `fathom_worker` resource), with the Secrets the kubelet
+would mount as files: a tenants file (tenants on) and the ModelService's auth Secret's scrape
+key digest. So /metrics needs a key, and the operator reads it with its scrape key.
 """
 
 import asyncio
+import base64
 import os
 import time
 from pathlib import Path
@@ -21,6 +24,7 @@ from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
+from fathom.tenancy.registry import tenant_manifest
 from fathom_operator import kube, scrape
 from fathom_operator.reconcile import parse_spec
 from fathom_operator.scaling_policy import decide
@@ -29,6 +33,7 @@ from support.operator_support import eventually, operator_running
 pytestmark = pytest.mark.slow  # Ray, Serve and the demo model: about a minute on 2 cores
 
 NS = "serving"
+TEAM = {"Authorization": "Bearer sk-team"}
 PLATFORM = str(Path(__file__).resolve().parents[2] / "platform")
 
 
@@ -52,15 +57,26 @@ def scrape_free_port() -> int:
         return s.getsockname()[1]
 
 
-async def kuberay(cluster, deployed: list[int]) -> None:
-    """Apply every new serveConfigV2 of the RayService to Serve (the proxy is already up)."""
+def _object(cluster, plural: str, name: str) -> dict | None:
+    return next((o.raw for (res, _, n), o in cluster.objects.items()
+                 if res.plural == plural and n == name and not o.deleted), None)
+
+
+async def kuberay(cluster, deployed: list[int], mounts: Path) -> None:
+    """Apply every new serveConfigV2 of the RayService to Serve (the proxy is already up), the
+    pods' Secret mounts under `mounts`."""
     applied = None
     while True:
-        raw = next((o.raw for (res, _, name), o in cluster.objects.items()
-                    if res.plural == "rayservices" and name == "zero" and not o.deleted), None)
+        raw = _object(cluster, "rayservices", "zero")
         config = raw and raw["spec"]["serveConfigV2"]
-        if config and config != applied:
+        auth = _object(cluster, "secrets", "zero-fathom-auth")
+        if config and config != applied and auth is not None:
+            (mounts / "metrics-key.sha256").write_bytes(base64.b64decode(auth["data"]["metrics-key.sha256"]))
             doc = {k: v for k, v in yaml.safe_load(config).items() if k not in ("http_options", "proxy_location")}
+            args = doc["applications"][0]["args"]
+            assert args["tenants"] == "/etc/fathom/tenants/tenants.yaml"
+            assert args["metricsKeyFile"] == "/etc/fathom/auth/metrics-key.sha256"
+            args.update(tenants=str(mounts / "tenants.yaml"), metricsKeyFile=str(mounts / "metrics-key.sha256"))
             await asyncio.to_thread(_get_global_client().deploy_apps, ServeDeploySchema.model_validate(doc))
             applied = config
             deployed.append(doc["applications"][0]["deployments"][0].get("num_replicas", 0))
@@ -76,19 +92,25 @@ def model_service(port: int) -> dict:
                                      "scaleToZeroAfterSeconds": 3600, "coldStartTimeoutSeconds": 240}}}
 
 
-async def test_a_request_at_zero_replicas_wakes_the_model_and_completes(cluster, kubectl, serve_port):
+async def test_a_request_at_zero_replicas_wakes_the_model_and_completes(cluster, kubectl, serve_port, tmp_path):
     base = f"http://127.0.0.1:{serve_port}"
     deployed: list[int] = []
-    stand_in = asyncio.ensure_future(kuberay(cluster, deployed))
+    (tmp_path / "tenants.yaml").write_text(yaml.safe_dump(tenant_manifest("team", ["sk-team"])))
+    stand_in = asyncio.ensure_future(kuberay(cluster, deployed, tmp_path))
     try:
-        metrics = ("--metrics-url-template", f"{base}/metrics")  # the app's /metrics, as the chart's Service would
+        metrics = ("--metrics-url-template", f"{base}/metrics",  # the app's /metrics, as the chart's Service would
+                   "--metrics-key-secret", "fathom-system/fathom-metrics-key")
         async with operator_running(*metrics), httpx.AsyncClient(base_url=base, timeout=300) as http:
             await kubectl.create(kube.MODEL_SERVICES, NS, model_service(serve_port))
             await eventually(lambda: deployed == [0], timeout=60)
             await eventually(lambda: _ok(http, "/health"), timeout=120)  # the ingress runs, no model replica
+            assert (await http.get("/metrics")).status_code == 401  # tenants on: no key, no metrics
+            assert (await http.get("/metrics", headers=TEAM)).status_code == 403  # a user's key
+            secret = await kubectl.get(kube.SECRETS, "fathom-system", "fathom-metrics-key")
+            http.headers["Authorization"] = f"Bearer {base64.b64decode(secret['data']['token']).decode()}"
 
             body = {"model": "fathom-demo", "prompt": "Hello", "max_tokens": 4}
-            request = asyncio.ensure_future(http.post("/v1/completions", json=body))
+            request = asyncio.ensure_future(http.post("/v1/completions", json=body, headers=TEAM))
             page = await eventually(lambda: _held(http), timeout=60)
 
             # the series the operator reads, through the operator's own parser and policy

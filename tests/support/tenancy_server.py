@@ -16,6 +16,7 @@ from fathom.serve.model_server import ModelServer
 from fathom.serve.routes import build_api
 from fathom.tenancy.admission import LocalTenancyClient
 from fathom.tenancy.gate import TenancyGate
+from fathom.tenancy.keys import KeyFile
 from fathom.tenancy.registry import TenantSource, tenant_manifest
 
 MODEL = "fathom-demo"
@@ -67,7 +68,7 @@ def app_for(model_server: ModelServer, s: ServeSettings, shared: bool = False):
     """The FastAPI app. `shared`: tenancy state in the cluster-wide actor (Ray must be up);
     otherwise in this process, so that tests do not see each other's usage."""
     tenancy = None if shared else TenancyGate(TenantSource(s.tenants), LocalTenancyClient(), s.model_name,
-                                              s.engine.pricing)
+                                              s.engine.pricing, KeyFile(s.metrics_key_file))
     if tenancy is not None:
         model_server.tenancy_client = tenancy.client  # the replica meters abandoned streams here
     return build_api(Frontend(model_server, s, tenancy=tenancy))

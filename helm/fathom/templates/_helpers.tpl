@@ -22,6 +22,12 @@
 {{- printf "%s-%s" (include "fathom.fullname" .root | trunc (int (sub 62 (len .suffix)))) .suffix | trimSuffix "-" }}
 {{- end }}
 
+{{/* The Secret holding the key /metrics answers (the operator makes it, random, when absent;
+     its autoscaler and the ServiceMonitor send it). */}}
+{{- define "fathom.metricsKeySecret" -}}
+{{- include "fathom.componentName" (dict "root" . "suffix" "metrics-key") }}
+{{- end }}
+
 {{- define "fathom.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}

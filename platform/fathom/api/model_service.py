@@ -285,6 +285,15 @@ class ModelServiceSpec(Spec):
     fault_tolerance: FaultTolerance | None = Field(None, description="GCS fault tolerance and a durable usage ledger on an external Redis; unset: state lives in the Ray cluster only.")
     termination_grace_period_seconds: int = Field(90, ge=10, le=3600, description="Grace period of the Ray pods; their preStop hook drains (head: finish in-flight requests; workers: move model replicas off the node) for up to this minus 10 s.")
 
+    @field_validator("env")
+    @classmethod
+    def _no_ray_auth(cls, env: dict[str, str]) -> dict[str, str]:
+        set_by_operator = sorted({"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} & set(env))
+        if set_by_operator:
+            raise ValueError(f"{', '.join(set_by_operator)}: set by the operator (Ray token auth from the "
+                             "ModelService's auth Secret); remove it from spec.env")
+        return env
+
     @model_validator(mode="after")
     def _consistent(self) -> "ModelServiceSpec":
         if self.engine.model is not None:

@@ -71,6 +71,11 @@ class ServeSettings(Spec):
         None, pattern=r"^[0-9a-fA-F]{64}$",
         description="SHA-256 hex digest of the one API key (what --api-key sets).",
     )
+    metrics_key_file: str | None = Field(
+        None, json_schema_extra={"flag": False},
+        description=("File of SHA-256 digests (one a line) of keys that may read /metrics besides admin tenants' "
+                     "(the operator's scrape key, mounted from its Secret); reloaded on change. Not a flag."),
+    )
     log_requests: bool = Field(False, description="Log one line per request at the ingress.")
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@ its chat template, and an incremental detokeniser for streaming.
 Only data files are read: the fast tokenizer's JSON and the Jinja chat template, rendered in
 a sandbox. No code shipped with a checkpoint is executed."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -45,6 +46,25 @@ class Tokenizer:
         config_file = path / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         return cls(HFTokenizer.from_file(str(file)), config)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int | None:
+        """The most UTF-8 bytes of text one token can stand for, or None when the text's length
+        bounds nothing. A text of B bytes then needs at least B / max_token_bytes tokens, so a
+        text longer than max_model_len × this cannot fit and is refused without tokenising.
+
+        Only for byte-level BPE without a normalizer (DeepSeek's, GPT-2's): every input byte is
+        in some token and a regular token's string has one character per byte; an added
+        (special) token matches its content literally. Other tokenizers may drop or merge text
+        (a normalizer, a whitespace pre-tokenizer, WordPiece's one [UNK] for a long word)."""
+        spec = json.loads(self._tok.to_str())
+        model, pre = spec.get("model") or {}, json.dumps(spec.get("pre_tokenizer"))
+        if (model.get("type") != "BPE" or spec.get("normalizer") is not None or '"ByteLevel"' not in pre
+                or '"Removed"' in pre or "Whitespace" in pre):
+            return None
+        regular = max((len(t) for t in self._tok.get_vocab(with_added_tokens=False)), default=1)
+        added = (len(t.content.encode()) for t in self._tok.get_added_tokens_decoder().values())
+        return max(regular, *added) if self._tok.get_added_tokens_decoder() else regular
 
     @property
     def vocab_size(self) -> int:

@@ -8,7 +8,7 @@ instance; `num_replicas` of them are independent. The ingress reaches them throu
 handle whose request router (`FathomRequestRouter`) prefers the replica that has the
 request's prompt prefix cached unless it is much busier. `max_ongoing_requests` bounds each
 replica's concurrency; beyond it, up to `max_queued_requests` wait in the ingress, and the
-next one is refused with 429 + Retry-After.
+next one is refused with 429 + Retry-After at once (`Frontend.shed`, before its body is read).
 """
 
 import asyncio
@@ -43,6 +43,7 @@ APP_NAME = "fathom"
 MODEL_DEPLOYMENT = "model"
 READY_PROBE_TIMEOUT_S = 2.0
 REPLICA_COUNT_S = 10.0
+REPLICA_CHANGE_S = 1.0
 
 
 def _overloaded(e: BackPressureError) -> APIError:
@@ -134,15 +135,19 @@ class Ingress:
 
     def _count_replicas(self) -> None:
         """Every REPLICA_COUNT_S, on its own thread (never the event loop's): the model
-        deployment's running and target replicas (fathom_model_replicas[_desired])."""
+        deployment's running and target replicas (fathom_model_replicas[_desired]), and the
+        capacity the frontend sheds beyond; every REPLICA_CHANGE_S while they differ (replicas
+        starting or going), so new capacity is used within a second."""
         while True:
+            running = desired = None
             try:
                 running, desired = _model_replica_counts()
+                self.frontend.model_replicas = running  # the capacity the frontend sheds beyond
                 self.frontend.metrics.metrics.model_replicas(self.frontend.model_name, replica_name(), running,
                                                              desired)
             except Exception as e:  # noqa: BLE001 - the controller restarting: count next time
                 logger.warning("could not count the model replicas: %s: %s", type(e).__name__, e)
-            time.sleep(REPLICA_COUNT_S)
+            time.sleep(REPLICA_COUNT_S if running == desired else REPLICA_CHANGE_S)
 
     def __serve_build_asgi_app__(self):
         return build_api(self.frontend)
@@ -161,7 +166,9 @@ def build_app(settings: ServeSettings, gpus_per_replica: float = 0.0) -> serve.A
         name=MODEL_DEPLOYMENT,
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
-        max_queued_requests=settings.max_queued_requests,
+        # The ingress sheds past max_queued_requests itself (Frontend.shed); Serve's router, which
+        # also counts requests still being routed as queued, is the backstop with a replica's slack.
+        max_queued_requests=settings.max_queued_requests + settings.max_ongoing_requests,
         graceful_shutdown_timeout_s=settings.graceful_shutdown_timeout_s,
         health_check_period_s=10.0,
         health_check_timeout_s=60.0,

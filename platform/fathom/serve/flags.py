@@ -78,9 +78,9 @@ def _field_flag(group, name: str, field, dest: str) -> None:
 
 def _scalar_fields(model: type[BaseModel], prefix: str) -> dict[str, tuple[Any, str]]:
     """{field name: (field, argparse dest)} of the fields that are flags (nested settings such
-    as `pricing` come from --config only)."""
+    as `pricing`, and fields marked `flag: False` for deployments, come from --config only)."""
     return {name: (field, prefix + name) for name, field in model.model_fields.items()
-            if _scalar_type(field.annotation)[0] is not None}
+            if _scalar_type(field.annotation)[0] is not None and (field.json_schema_extra or {}).get("flag", True)}
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:

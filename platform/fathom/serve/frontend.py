@@ -131,6 +131,26 @@ class Frontend:
         self.metrics.held(0)  # the series exists from the start: an autoscaler reads 0, not "absent"
         self.draining = False
         self.inflight = 0  # requests accepted and not yet answered in full (graceful shutdown waits)
+        self.model_replicas: int | None = None  # running model replicas (the ingress counts them); None: unknown
+
+    def capacity(self) -> int | None:
+        """Requests the model deployment holds at once: each running replica's
+        max_ongoing_requests plus this ingress's Serve queue (max_queued_requests); None while
+        the replicas are not counted (a model in this process: nothing to shed)."""
+        if self.model_replicas is None:
+            return None
+        return self.model_replicas * self.settings.max_ongoing_requests + self.settings.max_queued_requests
+
+    def shed(self) -> None:
+        """429 + Retry-After at once when the requests in flight already fill the capacity:
+        decided before the body is read or parsed and before Serve's router queues anything, so a
+        refusal under overload costs the ingress microseconds and the client one round trip.
+        Serve's own BackPressureError (fathom.serve.app) stays the backstop while the count
+        lags a change of replicas."""
+        capacity = self.capacity()
+        if capacity is not None and self.inflight > capacity:  # `inflight` counts this request too
+            raise APIError(429, "the server is at capacity: every model replica is busy and the queue is full; "
+                           "retry later", code="overloaded", retry_after=OVERLOAD_RETRY_AFTER_S)
 
     async def openai(self, kind: str, http: Request) -> Response:
         """Serve one /v1/chat/completions or /v1/completions request."""
@@ -152,6 +172,7 @@ class Frontend:
             tenant = self.tenancy.authenticate(http.headers.get("authorization"))
             set_tenant(span, tenant.name)
         http.state.tenant = tenant.name
+        self.shed()
         raw = await read_body(http, self.settings.max_request_body_bytes, self.settings.body_read_timeout_s)
         req = parse_request(kind, raw, self.settings.max_request_body_bytes)
         if req.model != self.model_name:

@@ -1,8 +1,8 @@
 """`fathom serve`: start (or join) Ray, deploy the app, show progress, serve until SIGTERM or Ctrl-C.
 
 Secure defaults: the API binds 127.0.0.1 unless `--host`; a local Ray instance runs without
-its dashboard (and so without the job-submission API) and with every Ray socket on
-127.0.0.1. The only socket of ours is the HTTP API, which parses JSON and nothing else.
+its dashboard (and so without the job-submission API), with token auth (Ray >= 2.59) and with
+every Ray socket on 127.0.0.1 (`_loopback_node`). The only socket of ours is the HTTP API, which parses JSON and nothing else.
 
 What the user sees (`fathom.serve.console`): Fathom's lines only. Ray's output goes to a log
 file that is kept, and named, only when something failed. `fathom.serve.preflight` has already
@@ -115,11 +115,11 @@ def start_ray(settings: ServeSettings, console: Console | None = None) -> None:
     console.say("starting a local Ray instance (dashboard off, bound to 127.0.0.1)")
     _export_source_root()
     export_serve_throughput_env()  # the proxy reads them from the environment it inherits
+    _loopback_node()
     _private_token_file()
     ray.init(
         address="local",  # a new instance: never join another `ray start` cluster on this machine
         include_dashboard=False,
-        _node_ip_address="127.0.0.1",
         logging_level=logging.ERROR,
         log_to_driver=False,
         namespace=APP_NAME,
@@ -129,12 +129,26 @@ def start_ray(settings: ServeSettings, console: Console | None = None) -> None:
     # (setting the variable ourselves after `import ray` would leave this process's cached config
     # behind the GCS's); it records the mode in the environment.
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-        logger.info("Ray token auth is on (token file %s, mode 0600). Ray's GCS and raylet also listen on "
-                    "every interface (Ray has no option to bind them to loopback); without the token they "
-                    "refuse every call.", _RAY_TOKEN_FILE)
+        console.say(f"Ray token auth on (token file {_RAY_TOKEN_FILE}, mode 0600); Ray's sockets are on 127.0.0.1 "
+                    "but each Serve replica's gRPC server for calls between deployments, which Ray binds on every "
+                    "interface (it requires the token)")
     else:
-        console.say("warning: RAY_AUTH_MODE is not `token`: Ray's GCS and raylet listen on every interface "
-                    "without authentication; anyone who can reach this machine can run code in it")
+        console.say("warning: RAY_AUTH_MODE is not `token`: Ray takes calls without authentication, on 127.0.0.1 "
+                    "and on each Serve replica's gRPC server, which Ray binds on every interface: anyone who can "
+                    "reach this machine can call the model replicas")
+
+def _loopback_node() -> None:
+    """Every socket of the local Ray instance on 127.0.0.1: GCS, raylet, object manager, each
+    worker's gRPC server, the dashboard agent and the runtime-env agent bind the node's IP when
+    it is loopback, and `*` or the host's address otherwise. `ray.init(_node_ip_address=
+    "127.0.0.1")` cannot ask for that (Ray replaces loopback with a reachable address); the
+    single-machine mode Ray uses on macOS and Windows can (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0:
+    the node's IP is 127.0.0.1). Read by Ray at import, so set for the processes Ray starts and
+    for this one's already imported constants."""
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 _RAY_TOKEN_FILE = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))

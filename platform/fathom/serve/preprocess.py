@@ -43,6 +43,19 @@ def check_length(prompt_len: int, max_new: int | None, max_model_len: int) -> No
         )
 
 
+def check_text_length(text: str, tokenizer: Tokenizer, max_model_len: int, param: str) -> None:
+    """400 before tokenising a text too long to fit whatever its tokens: more characters than
+    max_model_len × the most bytes one token stands for (Tokenizer.max_token_bytes; characters
+    <= bytes). Tokenising a multi-MiB text costs seconds of the replica's CPU."""
+    per_token = tokenizer.max_token_bytes
+    if per_token is not None and len(text) > max_model_len * per_token:
+        raise APIError(
+            400, f"This model's maximum context length is {max_model_len} tokens, but the {param} has "
+            f"{len(text)} characters, more than {max_model_len} tokens can hold.",
+            param=param, code="context_length_exceeded",
+        )
+
+
 def sampling_params(req: ChatCompletionRequest | CompletionRequest, *, skip_special_tokens: bool,
                     structured: StructuredSpec | None = None) -> SamplingParams:
     try:
@@ -168,6 +181,7 @@ def prepare(
     calls = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str):
+            check_text_length(prompt, tokenizer, max_model_len, "messages" if kind == "chat" else "prompt")
             ids = tokenizer.encode(prompt, add_special_tokens=kind != "chat")
             text = prompt
         else:

@@ -10,10 +10,10 @@ Routes:
 - `GET /v1/usage`: metered usage and cost (fathom.tenancy.gate.TenancyGate.usage); with
   `format=csv` or `format=jsonl`, one row per tenant, model and hour (fathom.tenancy.export).
 Every error, including unknown routes and internal failures, is OpenAI's error JSON; no
-stack trace reaches a client. With tenants on, every route but `/health`, `/health/ready` and
-`/metrics` needs a key (401 comes before 404). `/metrics` stays open because the operator's
-autoscaler scrapes it without a key; it lists tenants' names, tokens and cost, so keep it inside
-the cluster (the chart's NetworkPolicy). No answer shows the model's path (`root` is the served name).
+stack trace reaches a client. With tenants on, every route but `/health` and `/health/ready`
+needs a key (401 comes before 404); `/metrics` lists every tenant's usage, so it needs an admin
+tenant's key or the operator's scrape key (`metrics_key_file`; fathom.tenancy.gate), else 403.
+No answer shows the model's path (`root` is the served name).
 """
 
 import logging
@@ -33,7 +33,7 @@ from fathom.tenancy.export import MEDIA_TYPES as USAGE_MEDIA_TYPES
 logger = logging.getLogger("fathom.serve")
 
 
-PUBLIC_PATHS = frozenset({"/health", "/health/ready", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/health/ready"})
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -99,7 +99,8 @@ def build_api(frontend: Frontend) -> FastAPI:
         return Response(body, media_type=USAGE_MEDIA_TYPES[fmt])
 
     @app.get("/metrics")
-    async def metrics() -> Response:  # open: the operator's autoscaler reads it (issue 12: an admin key)
+    async def metrics(request: Request) -> Response:
+        frontend.tenancy.authorize_metrics(request.headers.get("authorization"))
         return Response(await frontend.metrics.render(), media_type=frontend.metrics.content_type)
 
     _add_error_handlers(app, frontend)

@@ -31,7 +31,7 @@ HUB_NAMESPACE = "fathom"  # fixed, so Serve replicas and drivers of any namespac
 PUSH_INTERVAL_ENV = "FATHOM_METRICS_PUSH_INTERVAL_S"
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+@ray.remote(num_cpus=0, max_restarts=-1, enable_task_events=False)  # a push per process every 2 s: no GCS task events
 class MetricsHub:
     """Holds the latest snapshot of every source; renders the fleet's Prometheus text."""
 

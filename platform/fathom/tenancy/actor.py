@@ -118,7 +118,8 @@ def tenancy_actor(
 
     `kwargs` go to `TenancyActor.__init__` and only matter for the call that creates it.
     """
-    options = {"name": name, "namespace": namespace, "get_if_exists": True, "num_cpus": 0, "max_restarts": -1}
+    options = {"name": name, "namespace": namespace, "get_if_exists": True, "num_cpus": 0, "max_restarts": -1,
+               "enable_task_events": False}  # a call per admission batch: no GCS task events
     if detached:
         options["lifetime"] = "detached"
     return ray.remote(TenancyActor).options(**options).remote(**kwargs)

@@ -22,6 +22,7 @@ from fathom.tenancy.admission import (
     engine_sequences,
     estimate_prompt_tokens,
 )
+from fathom.tenancy.keys import KeyFile, bearer_key
 from fathom.tenancy.metering import cost_of
 from fathom.tenancy.registry import TenantSource
 from fathom.tenancy.state import Settlement
@@ -32,14 +33,17 @@ log = logging.getLogger(__name__)
 NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
           "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
 BAD_KEY = "Incorrect API key provided. You can find your API key with your Fathom administrator."
+NOT_ADMIN = "Reading /metrics needs an admin key: the metrics list every tenant's usage."
 
 
 class TenancyGate:
-    def __init__(self, source: TenantSource, client, model: str, pricing: Pricing | None = None):
+    def __init__(self, source: TenantSource, client, model: str, pricing: Pricing | None = None,
+                 metrics_keys: KeyFile | None = None):
         self.source = source
         self.client = client
         self.model = model
         self.pricing = pricing or Pricing()
+        self.metrics_keys = metrics_keys or KeyFile(None)
 
     @classmethod
     def from_settings(cls, settings) -> "TenancyGate":
@@ -55,7 +59,7 @@ class TenancyGate:
             client = LocalTenancyClient()
         source = (TenantSource.single_key(settings.api_key_sha256) if settings.api_key_sha256
                   else TenantSource(settings.tenants))
-        return cls(source, client, settings.model_name, settings.engine.pricing)
+        return cls(source, client, settings.model_name, settings.engine.pricing, KeyFile(settings.metrics_key_file))
 
     @property
     def open(self) -> bool:
@@ -69,6 +73,17 @@ class TenancyGate:
             msg = NO_KEY if not authorization else BAD_KEY
             raise APIError(401, msg, code="invalid_api_key")
         return tenant
+
+    def authorize_metrics(self, authorization: str | None) -> None:
+        """GET /metrics: open in open mode; with tenants, the operator's scrape key (the
+        `metrics_key_file`) or an admin tenant's key, else 401 (no or unknown key) or 403."""
+        if self.open:
+            return
+        key = bearer_key(authorization)
+        if key is not None and self.metrics_keys.owner(key) is not None:
+            return
+        if not self.authenticate(authorization).is_admin:
+            raise APIError(403, NOT_ADMIN, code="permission_denied")
 
     async def admit(self, tenant: TenantPolicy, kind: str, req) -> Grant:
         """403 for a model the tenant may not use; 429 over a limit or budget; else a Grant."""

@@ -9,11 +9,16 @@ nor the lookup time depends on how much of a digest matches.
 
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 import sys
+import time
+from pathlib import Path
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+log = logging.getLogger(__name__)
 
 
 def digest(key: str) -> str:
@@ -60,6 +65,39 @@ class KeyIndex:
             if hmac.compare_digest(presented, stored):
                 found = owner
         return found
+
+
+class KeyFile:
+    """The key digests in a file, one a line (blank lines ignored), re-read when its mtime or
+    size changes (checked at most every `poll_s`): a Secret the kubelet refreshes in place. A
+    missing file holds no keys; a broken edit is logged and the previous keys stay."""
+
+    def __init__(self, path: str | os.PathLike | None, poll_s: float = 1.0):
+        self.path, self.poll_s = path, poll_s
+        self._checked, self._signature, self._index = -float("inf"), None, KeyIndex()
+
+    def owner(self, key: str) -> str | None:
+        if self.path is None:
+            return None
+        if time.monotonic() - self._checked >= self.poll_s:
+            self._reload()
+        return self._index.owner(key)
+
+    def _reload(self) -> None:
+        self._checked = time.monotonic()
+        try:
+            st = os.stat(self.path)
+            signature = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            signature = None
+        if signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            lines = Path(self.path).read_text(encoding="utf-8").split() if signature else []
+            self._index = KeyIndex(dict.fromkeys(lines, "metrics"))
+        except (OSError, ValueError) as e:
+            log.error("metrics keys in %s not reloaded, keeping the previous ones: %s", self.path, e)
 
 
 def new_key() -> str:

@@ -23,7 +23,10 @@ from fathom.worker.kv_budget import CacheSpec, blocks_for, resolve_dtype
 from fathom.worker.model_runner import ModelRunner
 
 
-@ray.remote
+# No task events: one `execute` per rank per engine step would fill the GCS's task-event store
+# (up to RAY_task_events_max_num_task_in_gcs = 100k tasks, hundreds of MiB) for no reader (Serve's
+# own actors run without them too).
+@ray.remote(enable_task_events=False)
 class RankWorker:
     def __init__(self, rank: int, world_size: int, ep_size: int, threads: int = 1, *, dp_size: int = 1,
                  num_redundant_experts: int = 0, eplb_step_interval: int = 0):

@@ -92,7 +92,7 @@ def test_streamed_chat_is_one_trace_across_ingress_replica_and_rank_workers(app,
     assert {s.resource["service.name"] for s in (server, chat, *steps)} == {"fathom-it"}
 
 
-async def test_queue_bound_429_is_traced_to_the_route(app, receiver):
+async def test_queue_bound_429_is_traced_at_admission(app, receiver):
     client = openai.AsyncOpenAI(base_url=f"{app}/v1", api_key="none", max_retries=0, timeout=120)
 
     async def one(i):
@@ -110,18 +110,12 @@ async def test_queue_bound_429_is_traced_to_the_route(app, receiver):
     refused = [t for t in await asyncio.gather(*(one(i) for i in range(6))) if t]
     assert refused, "the bounded queue (1 running + 1 queued) should have refused some of 6 requests"
     trace_id = refused[0]
-    spans = receiver.wait_for_spans(lambda s: sum(x.trace_id == trace_id for x in s) >= 4, timeout=30)
+    spans = receiver.wait_for_spans(lambda s: sum(x.trace_id == trace_id for x in s) >= 2, timeout=30)
     mine = {s.name: s for s in spans if s.trace_id == trace_id}
-    assert span_tree(spans, trace_id)["POST /v1/completions"] == [
-        "fathom.auth",
-        "fathom.limits",
-        "fathom.route",
-    ]
+    # shed at admission (Frontend.shed): after the key is checked, before limits, routing or a replica
+    assert span_tree(spans, trace_id)["POST /v1/completions"] == ["fathom.auth"]
     assert mine["POST /v1/completions"].attributes["http.response.status_code"] == 429
-    route = mine["fathom.route"]
-    assert route.status == "ERROR" and route.attributes["error.type"] == "429"
-    assert "rejected" in [name for name, _ in route.events]
-    assert f"text_completion {MODEL}" not in mine  # it never reached a replica
+    assert "fathom.route" not in mine and f"text_completion {MODEL}" not in mine
 
 
 def test_metrics_endpoint_aggregates_the_app(app):
