@@ -19,6 +19,13 @@ class Pricing(Spec):
     completion_per_million: float = Field(0.0, ge=0, description="Price per million completion tokens.")
 
 
+class SpeculativeConfig(Spec):
+    """Speculative decoding, spelled as vLLM's `--speculative-config` JSON (docs/speculative_decoding.md)."""
+
+    method: Literal["mtp"] = Field(description="Draft model: mtp = the checkpoint's multi-token-prediction module (DeepSeek-V3/R1, num_nextn_predict_layers >= 1).")
+    num_speculative_tokens: int = Field(1, ge=1, le=3, description="Drafts per decoding sequence and step (k); k > 1 applies the MTP module recurrently.")
+
+
 class EngineSettings(Spec):
     """How one model instance runs: sharding, batching and KV-cache limits."""
 
@@ -42,6 +49,7 @@ class EngineSettings(Spec):
     tool_call_parser: Literal["auto", "none", "deepseek_v3", "deepseek_v31"] = Field("auto", description="Tool-call format; auto: from the chat template.")
     engine_core_process: bool = Field(True, description="W=1: run the engine core in a child process (its own GIL); off: on a thread.")
     seed: int = Field(0, description="Seed of the demo model's weights and of unseeded sampling.")
+    speculative_config: SpeculativeConfig | None = Field(None, description="Speculative decoding (vLLM's spelling), e.g. {\"method\": \"mtp\", \"num_speculative_tokens\": 1}; unset: off.")
     pricing: Pricing = Field(default_factory=Pricing, description="Prices per million tokens for metering.")
 
     @model_validator(mode="after")
@@ -52,3 +60,8 @@ class EngineSettings(Spec):
                 f"tensor_parallel_size ({self.tensor_parallel_size})"
             )
         return self
+
+    @property
+    def num_speculative_tokens(self) -> int:
+        """k, the drafts per decoding sequence and step; 0 when speculative decoding is off."""
+        return self.speculative_config.num_speculative_tokens if self.speculative_config else 0

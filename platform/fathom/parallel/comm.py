@@ -25,3 +25,10 @@ def all_gather_last_dim(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(ctx.world_size)]
     dist.all_gather(parts, x.contiguous(), group=ctx.tp_group)
     return torch.cat(parts, dim=-1)
+
+
+def broadcast_from_first(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """Overwrite ``x`` on every rank with rank 0's ``x`` (same shape and dtype everywhere); returns ``x``."""
+    if ctx.tp_group is not None:
+        dist.broadcast(x, src=dist.get_global_rank(ctx.tp_group, 0), group=ctx.tp_group)
+    return x

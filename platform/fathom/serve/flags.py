@@ -10,6 +10,7 @@ Precedence: built-in defaults < `--config FILE` < flags. Errors name the flag or
 """
 
 import argparse
+import json
 import os
 import types
 import typing
@@ -110,6 +111,21 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         for name, (field, dest) in fields.items():
             if name not in COMMON:
                 _field_flag(group, name, field, dest)
+        if fields is engine:
+            group.add_argument("--speculative-config", dest="engine.speculative_config", metavar="JSON",
+                               type=_json_object, default=argparse.SUPPRESS,
+                               help='Speculative decoding, as vLLM: \'{"method": "mtp", "num_speculative_tokens": 1}\'.')
+
+
+def _json_object(text: str) -> dict:
+    """A flag's JSON object value (argparse reports the ValueError with the flag's name)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _load_yaml(path: str) -> dict:

@@ -41,7 +41,8 @@ def create_engine(settings: EngineSettings, executor: Executor | None = None,
                           max_num_seqs=settings.max_num_seqs,
                           max_num_batched_tokens=settings.max_num_batched_tokens,
                           enable_prefix_caching=settings.enable_prefix_caching,
-                          enable_chunked_prefill=settings.enable_chunked_prefill, seed=settings.seed)
+                          enable_chunked_prefill=settings.enable_chunked_prefill, seed=settings.seed,
+                          num_speculative_tokens=settings.num_speculative_tokens)
     if executor is None:
         if settings.tensor_parallel_size == 1:
             executor = in_process_executor(model_dir, settings, max_len)
@@ -95,7 +96,7 @@ def in_process_executor(model_dir: Path, settings: EngineSettings, max_model_len
 
     device = default_device()
     model = load_model(model_dir, ParallelContext.single(device), resolve_dtype(settings.dtype, device),
-                       quantization=settings.quantization)
+                       quantization=settings.quantization, mtp=settings.speculative_config is not None)
     spec = cache_spec(settings, max_model_len)
     return InProcessExecutor(ModelRunner(model, blocks_for(model, spec), spec.block_size, spec.dtype_for(model),
                                              model_dir=model_dir))
