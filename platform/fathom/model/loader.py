@@ -161,10 +161,11 @@ def build_model(config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype
 def mtp_kind(config: DeepseekConfig, names: dict[str, Path]) -> str:
     """How the checkpoint's first MTP module reads embeddings: its own ``embed_tokens`` if it has
     one, else the model's. Raises ValueError if the checkpoint has no MTP module."""
-    if config.num_nextn_predict_layers < 1:
-        raise ValueError("speculative decoding with MTP needs a checkpoint with an MTP module "
-                         "(config.json num_nextn_predict_layers >= 1); this one has none")
-    own = f"model.layers.{config.num_hidden_layers}.embed_tokens.weight" in names
+    mtp = f"model.layers.{config.num_hidden_layers}."
+    if config.num_nextn_predict_layers < 1 or mtp + "eh_proj.weight" not in names:
+        raise ValueError("speculative decoding with MTP needs a checkpoint with an MTP module (config.json "
+                         f"num_nextn_predict_layers >= 1 and its tensors, {mtp}eh_proj.weight, ...); this one has none")
+    own = mtp + "embed_tokens.weight" in names
     return "own_embedding" if own else "shared_embedding"
 
 
