@@ -106,9 +106,9 @@ class Scheduler:
         return budget
 
     def _num_drafts(self, seq: Sequence, budget: int) -> int:
-        """Drafts of seq to verify this step: within the budget, and never past its length cap
-        (verifying d drafts emits up to d + 1 tokens)."""
-        return max(0, min(len(seq.draft_token_ids), budget, seq.request.max_total_tokens - len(seq.token_ids) - 1))
+        """Drafts of seq to verify this step: within the budget, and no position past its length cap
+        (verifying d drafts emits up to d + 1 tokens; those past the cap are dropped)."""
+        return max(0, min(len(seq.draft_token_ids), budget, seq.request.max_total_tokens - len(seq.token_ids)))
 
     def _lookahead(self, seq: Sequence, computed: int, n: int) -> int:
         """Slots reserved past a chunk (n tokens after `computed`) that samples, for the MTP
