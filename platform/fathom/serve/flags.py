@@ -114,7 +114,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         if fields is engine:
             group.add_argument("--speculative-config", dest="engine.speculative_config", metavar="JSON",
                                type=_json_object, default=argparse.SUPPRESS,
-                               help='Speculative decoding, as vLLM: \'{"method": "mtp", "num_speculative_tokens": 1}\'.')
+                               help='Speculative decoding (vLLM\'s): {"method":"mtp","num_speculative_tokens":K}')
 
 
 def _json_object(text: str) -> dict:
@@ -147,8 +147,10 @@ def _explain(exc: ValidationError, flags: dict[str, str], source: str) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
-        if loc and loc[-1] in flags:
-            where = flags[loc[-1]]
+        flag = next((i for i, p in enumerate(loc) if p in flags), None)
+        if flag is not None:  # a key inside a flag's JSON value is named after the flag
+            inner = ".".join(loc[flag + 1:])
+            where = f"{flags[loc[flag]]} {inner}" if inner else flags[loc[flag]]
         elif loc and source != "settings":
             where = f"{source} key {'.'.join(loc)}"
         else:  # a rule over several fields (its message names them), or no config file
