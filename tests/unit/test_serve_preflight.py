@@ -77,6 +77,8 @@ def test_config_and_weights_are_checked(demo, tmp_path):
     with pytest.raises(PreflightError, match="--max-model-len 4096 exceeds the model's context"):
         check_checkpoint(demo, serve_settings(max_model_len=4096))
     check_checkpoint(demo, serve_settings(tensor_parallel_size=4, expert_parallel_size=2))
+    with pytest.raises(PreflightError, match="--speculative-config mtp: model .* has no MTP module"):
+        check_checkpoint(demo, serve_settings(speculative_config={"method": "mtp"}))  # the random demo has none
 
 
 def test_sharding_must_divide_heads_widths_and_experts():

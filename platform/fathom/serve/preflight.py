@@ -151,6 +151,9 @@ def check_checkpoint(path: Path, settings: ServeSettings) -> None:
         raise PreflightError(f"model {path}: no *.safetensors weights (pickled .bin checkpoints are never loaded)")
     if problem := sharding_problem(config, settings.engine.tensor_parallel_size, settings.engine.expert_parallel_size):
         raise PreflightError(f"model {path}: {problem}")
+    if settings.engine.speculative_config is not None and config.num_nextn_predict_layers < 1:
+        raise PreflightError(f"--speculative-config mtp: model {path} has no MTP module "
+                             "(config.json num_nextn_predict_layers is 0)")
     limit = config.max_position_embeddings
     if settings.engine.max_model_len is not None and settings.engine.max_model_len > limit:
         raise PreflightError(f"--max-model-len {settings.engine.max_model_len} exceeds the model's context "
