@@ -129,3 +129,24 @@ def chi2_ok(counts: torch.Tensor, expected: torch.Tensor) -> bool:
     df = len(obs) - 1
     quantile = df * (1 - 2 / (9 * df) + 3.09 * math.sqrt(2 / (9 * df))) ** 3
     return stat < quantile
+
+
+async def test_engine_core_process_serves_with_speculation(checkpoint, reference):
+    """`fathom serve`'s W = 1 engine (the core in a child process): the same greedy tokens, and
+    the speculative-decoding counters cross the process boundary in its stats."""
+    from fathom.api.engine import EngineSettings
+    from fathom.worker.factory import start_async_engine
+
+    settings = EngineSettings(model=checkpoint, **{**ENGINE, "engine_core_process": True}, kv_cache_memory=1 << 22,
+                              speculative_config={"method": "mtp", "num_speculative_tokens": 2})  # fmt: skip
+    engine = start_async_engine(settings)
+    try:
+        for i, (prompt, ref) in enumerate(zip(PROMPTS, reference, strict=True)):
+            ids = []
+            async for out in engine.generate(f"r{i}", prompt, GREEDY):
+                ids += out.outputs[0].token_ids if out.outputs else []
+            assert ids == ref.outputs[0].token_ids
+        spec = engine.stats().spec_decode
+        assert spec.num_drafts > 0 and spec.num_accepted_tokens > 0 and len(spec.accepted_per_position) == 2
+    finally:
+        await engine.shutdown()
