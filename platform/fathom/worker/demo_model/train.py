@@ -1,7 +1,6 @@
 """Train the demo model from scratch on a CPU and export its checkpoint, bit for bit reproducibly:
 
-    PYTHONPATH=platform python -m fathom.worker.demo_model.train --out /tmp/demo
-    sha256sum /tmp/demo/model.safetensors platform/fathom/worker/demo_model/checkpoint/model.safetensors
+    PYTHONPATH=platform python -m fathom.worker.demo_model.train --out /tmp/demo --check
 
 Fixed seeds, a deterministic corpus (corpus.py), `torch.use_deterministic_algorithms` and one
 intra-op thread make the file a function of the code and of the torch build (see
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from fathom.worker.demo import EOS, MERGES, SPECIAL_TOKENS, write_tokenizer
+from fathom.worker.demo_model import CHECKPOINT
 from fathom.worker.demo_model.corpus import conversations
 from fathom.worker.demo_model.net import DemoDeepseekV3
 
@@ -70,8 +70,8 @@ CONFIG = {
 
 
 class Hyper:
-    steps = 1000
-    batch = 32
+    steps = 1500
+    batch = 16
     lr = 5e-3
     min_lr_ratio = 0.1
     warmup = 50
@@ -80,7 +80,7 @@ class Hyper:
     bias_gamma = 1e-3  # aux-loss-free balancing speed
 
 
-def setup(threads: int = 2) -> None:
+def setup(threads: int = 1) -> None:
     torch.manual_seed(SEED)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
@@ -213,14 +213,18 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     ap.add_argument("--steps", type=int, default=Hyper.steps, help="stop early (the file then differs)")
-    ap.add_argument("--threads", type=int, default=2, help="intra-op threads (2 for the shipped file)")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads (1 for the shipped file)")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless the file equals the shipped one")
     args = ap.parse_args(argv)
     setup(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tok = tokenizer(Path(tmp))
     model = train(tok, args.steps)
     export(model, args.out)
-    print(f"{args.out / 'model.safetensors'}  sha256 {sha256(args.out / 'model.safetensors')}")
+    ours, shipped = sha256(args.out / "model.safetensors"), sha256(CHECKPOINT / "model.safetensors")
+    print(f"{args.out / 'model.safetensors'}  sha256 {ours}\nshipped                      sha256 {shipped}")
+    if args.check and ours != shipped:
+        raise SystemExit("the trained file differs from the shipped one (torch build or CPU differ?)")
 
 
 if __name__ == "__main__":
