@@ -54,11 +54,11 @@ def create_engine(settings: EngineSettings, executor: Executor | None = None,
 
 
 def resolve_model_dir(settings: EngineSettings) -> Path:
-    """The checkpoint directory; None means the built-in demo checkpoint (written on first use)."""
+    """The checkpoint directory; None means the built-in demo model (shipped in the package)."""
     if settings.model is None:
-        from fathom.worker.demo import demo_checkpoint_dir
+        from fathom.worker.demo_model import demo_model_dir
 
-        return Path(demo_checkpoint_dir())
+        return demo_model_dir()
     path = Path(settings.model)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model directory {path} has no config.json")
