@@ -150,3 +150,21 @@ async def test_engine_core_process_serves_with_speculation(checkpoint, reference
         assert spec.num_drafts > 0 and spec.num_accepted_tokens > 0 and len(spec.accepted_per_position) == 2
     finally:
         await engine.shutdown()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_demo_model_greedy_equals_no_speculation(k):
+    """The trained demo model (its MTP layer trained with the main one): the same answers, token for
+    token, and most drafts accepted."""
+    from fathom.worker.demo_model import demo_model_dir
+
+    questions = ["What is 47 + 38?", "Compute 93 - 56.", "What is 12 times 31?", "Hello!"]
+    base = fathom.LLM(str(demo_model_dir()), engine_core_process=False, max_num_batched_tokens=16)
+    params = SamplingParams(temperature=0, max_tokens=48)
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    reference = [o.outputs[0].token_ids for o in base.chat(chats, params)]
+    llm = fathom.LLM(str(demo_model_dir()), engine_core_process=False, max_num_batched_tokens=16,
+                     speculative_config={"method": "mtp", "num_speculative_tokens": k})  # fmt: skip
+    assert [o.outputs[0].token_ids for o in llm.chat(chats, params)] == reference
+    spec = llm.engine.stats().spec_decode
+    assert spec.accepted_per_position[0] > 0.7 * spec.num_drafts
