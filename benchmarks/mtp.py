@@ -1,9 +1,10 @@
 """MTP speculative decoding: decode tokens/s and acceptance per position, k = 0 (off), 1, 2, side by
 side in one run on one checkpoint with an MTP module (default: the trained demo model).
 
-For each batch size B (default 1 and 16) and each k, B chat prompts go to one `LLMEngine`
-(greedy, so every k emits the same tokens; a check says so), the steps until every request has
-its first token (the prefills) are left out, and the decode steps are timed: output tokens per
+For each batch size B (default 1 and 16) and each k, groups of B chat prompts (16 prompts in
+all) go to one `LLMEngine` one group after the other (greedy, so every k emits the same tokens;
+a check says so); in each group the steps until every request has its first token (the
+prefills) are left out, and the decode steps are timed: output tokens per
 second of wall clock and of this process's CPU time (single-threaded by default, so CPU time
 stays comparable when other jobs load the machine). Rounds interleave the k's; each keeps its
 best. Prints the speed-up over k = 0 and, for k > 0, the acceptance rate of each draft position
@@ -35,6 +36,7 @@ def parse_args():
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--prompts", type=int, default=16, help="prompts per batch size, run in groups of B")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     return p.parse_args()
 
@@ -97,24 +99,26 @@ def main():
     results = {}
     for batch in args.batch:
         engines = {k: build(model, k, batch) for k in args.k}
-        ps = prompts(engines[args.k[0]], batch)
+        ps = prompts(engines[args.k[0]], max(batch, args.prompts))
+        groups = [ps[i : i + batch] for i in range(0, len(ps), batch)]
         best: dict[int, tuple[float, float]] = {}
         tokens: dict[int, list] = {}
         for r in range(args.repeats):
             for k, engine in engines.items():
-                n, wall, cpu, ids = decode_run(engine, ps, params, f"b{batch}-r{r}")
+                runs = [decode_run(engine, g, params, f"b{batch}-r{r}-g{i}") for i, g in enumerate(groups)]
+                n, wall, cpu = (sum(run[j] for run in runs) for j in range(3))
                 prev = best.get(k, (0.0, 0.0))
                 best[k] = (max(prev[0], n / wall), max(prev[1], n / cpu))
-                tokens[k] = ids
+                tokens[k] = [ids for run in runs for ids in run[3]]
         same = all(tokens[k] == tokens[args.k[0]] for k in args.k)
-        results[batch] = report(batch, engines, best, same, len(ps[0]))
+        results[batch] = report(batch, engines, best, same, sum(map(len, ps)) // len(ps))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 def report(batch, engines, best, same, prompt_len):
     base = best.get(0)
-    print(f"\nbatch {batch} (prompt ~{prompt_len} tokens; greedy outputs identical across k: {same})")
+    print(f"\nbatch {batch} (prompts of ~{prompt_len} tokens; greedy outputs identical across k: {same})")
     print(
         "| k | decode tok/s (wall) | decode tok/s (CPU) | vs k=0 (wall) | vs k=0 (CPU) | acceptance per position | tokens/step |"
     )
