@@ -20,7 +20,7 @@ USAGE_STORE_PASSWORD_ENV = "FATHOM_USAGE_STORE_PASSWORD"  # read by fathom.tenan
 RAY_UID, RAY_GID, RAY_HOME = 1000, 100, "/home/ray"
 # With a read-only root filesystem these are the places Ray and Fathom write, each an emptyDir:
 # /tmp holds Ray's session dir /tmp/ray (logs, sockets, spilled objects, runtime envs) and the
-# object store when /dev/shm is small; ~/.cache holds the demo checkpoint ($FATHOM_CACHE
+# object store when /dev/shm is small; ~/.cache holds generated test checkpoints ($FATHOM_CACHE
 # default), Hugging Face and torch caches.
 SCRATCH_DIRS = {"tmp": "/tmp", "cache": f"{RAY_HOME}/.cache"}
 TENANTS_FILE = f"{TENANTS_MOUNT_PATH}/tenants.yaml"
@@ -40,7 +40,7 @@ def model_volume(spec: ModelServiceSpec) -> dict | None:
     """The volume mounted at /models: the PVC, the hostPath, or an emptyDir the fetcher fills."""
     src = spec.model
     if src is None:
-        return None  # the built-in demo model is generated in the pod
+        return None  # the built-in demo model ships in the image
     if src.pvc is not None:
         return {"name": "model", "persistentVolumeClaim": {"claimName": src.pvc.claim_name, "readOnly": src.pvc.read_only}}
     if src.host_path is not None:

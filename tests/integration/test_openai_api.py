@@ -1,5 +1,6 @@
 """The OpenAI API end to end: the official `openai` client over real HTTP against the Ray Serve
-app (ingress + 2 model replicas of the demo model) on a random port, started once per module."""
+app (ingress + 2 model replicas of the random-weights demo checkpoint, whose outputs never close a
+`<think>` on their own) on a random port, started once per module."""
 
 import asyncio
 import json
@@ -19,8 +20,11 @@ MAX_LEN = 512
 
 @pytest.fixture(scope="module")
 def server(ray_local):
+    from fathom.worker.demo import demo_checkpoint_dir
+
     settings = ServeSettings(
-        engine={"max_model_len": MAX_LEN, "max_num_seqs": 8, "reasoning_parser": "deepseek_r1"},
+        engine={"model": str(demo_checkpoint_dir()), "served_model_name": MODEL, "max_model_len": MAX_LEN,
+                "max_num_seqs": 8, "reasoning_parser": "deepseek_r1"},
         port=free_port(), num_replicas=2, max_ongoing_requests=16, max_queued_requests=8,
         max_request_body_bytes=64 * 1024,
     )

@@ -1,6 +1,7 @@
 """Structured outputs through the official `openai` client against a real `fathom serve` on the
-demo model, whose random weights answer in random bytes: every output parsing and validating
-is what proves the grammar is enforced (not the model being good)."""
+random-weights demo checkpoint (not the trained built-in model), which answers in random bytes:
+every output parsing and validating is what proves the grammar is enforced (not the model being
+good)."""
 
 import json
 
@@ -10,13 +11,13 @@ import pytest
 from pydantic import BaseModel, Field
 
 from support.json_schemas import SCHEMAS
-from support.serve_process import ServeProcess
+from support.serve_process import ServeProcess, random_demo_flags
 
 pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def client():
-    s = ServeProcess().wait_ready()
+    s = ServeProcess(*random_demo_flags()).wait_ready()
     yield openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0)
     s.stop()
     assert "Traceback" not in s.output, s.output

@@ -1,5 +1,5 @@
-"""Tool calling through the official `openai` client against a real `fathom serve` (demo model,
-random weights): forced calls (tool_choice required / named) are enforced by the grammar, so
+"""Tool calling through the official `openai` client against a real `fathom serve` (the random-weights
+demo checkpoint): forced calls (tool_choice required / named) are enforced by the grammar, so
 their arguments always parse and validate; a two-turn round trip sends the result back through
 the checkpoint's chat template."""
 
@@ -13,7 +13,7 @@ import jsonschema
 import openai
 import pytest
 
-from support.serve_process import ServeProcess
+from support.serve_process import ServeProcess, random_demo_flags
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def server():
-    s = ServeProcess().wait_ready()
+    s = ServeProcess(*random_demo_flags()).wait_ready()
     yield s
     s.stop()
     assert "Traceback" not in s.output, s.output

@@ -251,3 +251,72 @@ def local_expert_ids(model: DeepseekForCausalLM) -> list[int]:
         if hasattr(layer.mlp, "experts"):
             return list(layer.mlp.experts.local)
     return []
+
+
+@torch.no_grad()
+def add_mtp_layer(path: str | Path, seed: int = 1, predictable: float | None = None,
+                  own_embedding: bool = True) -> None:  # fmt: skip
+    """Append a random MTP module (DeepSeek-V3's layout, ``fathom.model.mtp``) to the checkpoint
+    saved in ``path`` as layer ``num_hidden_layers``, and set ``num_nextn_predict_layers`` = 1.
+
+    Its decoder block has the tensors (names, shapes) of the last decoder layer, re-drawn with
+    ``randomize_``'s scales. ``predictable=eps`` makes drafts mostly right, to exercise acceptance:
+    the target's attention and MLP outputs are scaled by eps (so it is nearly a bigram model,
+    next token ≈ f(this token)) and the MTP module computes f of its input token (eh_proj takes
+    enorm(embedding) only, its block's outputs are scaled by eps, its head and norm are the
+    target's)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text())
+    tensors = load_file(path / "model.safetensors")
+    n_layers, hidden = config["num_hidden_layers"], config["hidden_size"]
+    last, mtp = f"model.layers.{n_layers - 1}.", f"model.layers.{n_layers}."
+    g = torch.Generator().manual_seed(seed)
+    new = {mtp + name[len(last):]: _redraw(name, t, g) for name, t in tensors.items() if name.startswith(last)}
+    new[mtp + "enorm.weight"] = 1 + 0.2 * torch.randn(hidden, generator=g)
+    new[mtp + "hnorm.weight"] = 1 + 0.2 * torch.randn(hidden, generator=g)
+    new[mtp + "eh_proj.weight"] = torch.randn(hidden, 2 * hidden, generator=g) / math.sqrt(2 * hidden)
+    new[mtp + "shared_head.norm.weight"] = 1 + 0.2 * torch.randn(hidden, generator=g)
+    new[mtp + "shared_head.head.weight"] = _redraw("lm_head.weight", tensors["lm_head.weight"], g)
+    if own_embedding:
+        new[mtp + "embed_tokens.weight"] = torch.randn(tensors["model.embed_tokens.weight"].shape, generator=g)
+    if predictable is not None:
+        _make_predictable(tensors, new, mtp, hidden, predictable)
+    tensors.update(new)
+    save_file(tensors, str(path / "model.safetensors"))
+    config["num_nextn_predict_layers"] = 1
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _redraw(name: str, t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A fresh tensor like ``t`` at ``randomize_``'s scale for a parameter called ``name``."""
+    if name.endswith("norm.weight") or "layernorm" in name:
+        return 1 + 0.2 * torch.randn(t.shape, generator=g)
+    if name.endswith("e_score_correction_bias"):
+        return torch.randn(t.shape, generator=g) * 0.05
+    if name == "lm_head.weight":
+        return torch.randn(t.shape, generator=g) * 3 / math.sqrt(t.shape[-1])
+    return torch.randn(t.shape, generator=g) / math.sqrt(t.shape[-1])
+
+
+def _make_predictable(target: dict, mtp_tensors: dict, mtp: str, hidden: int, eps: float) -> None:
+    outputs = ("self_attn.o_proj.weight", "down_proj.weight")
+    for tensors in (target, mtp_tensors):
+        for name in tensors:
+            if name.startswith("model.layers.") and name.endswith(outputs):
+                tensors[name] = tensors[name] * eps
+    mtp_tensors[mtp + "eh_proj.weight"] = torch.cat([torch.eye(hidden), torch.zeros(hidden, hidden)], dim=1)
+    mtp_tensors[mtp + "enorm.weight"] = torch.ones(hidden)
+    mtp_tensors[mtp + "shared_head.norm.weight"] = target["model.norm.weight"].clone()
+    mtp_tensors[mtp + "shared_head.head.weight"] = target["lm_head.weight"].clone()
+    mtp_tensors[mtp + "embed_tokens.weight"] = target["model.embed_tokens.weight"].clone()
+
+
+def save_mtp_checkpoint(path: str | Path, seed: int = 0, predictable: float | None = None, **overrides: Any) -> Path:
+    """A random V3 checkpoint (``save_reference``) with an MTP module (``add_mtp_layer``)."""
+    save_reference(path, "v3", seed=seed, **overrides)
+    add_mtp_layer(path, seed=seed + 1, predictable=predictable)
+    return Path(path)

@@ -54,3 +54,12 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(30)
+
+
+def random_demo_flags() -> list[str]:
+    """`fathom serve` flags for the seeded random-weights demo checkpoint (fathom.worker.demo) as
+    `fathom-demo`: for tests that need a model answering in random bytes (grammar enforcement)
+    rather than the trained built-in demo model."""
+    from fathom.worker.demo import demo_checkpoint_dir
+
+    return ["--model", str(demo_checkpoint_dir()), "--served-model-name", "fathom-demo"]

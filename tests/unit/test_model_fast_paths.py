@@ -16,7 +16,8 @@ from support.model_testing import save_reference, tiny_v3_kwargs
 BATCHES = [
     ([1, 1, 1, 1], [5, 17, 9, 30]),  # pure decode
     ([1, 6, 1, 3], [12, 6, 3, 20]),  # decodes mixed with (chunked) prefills
-    ([7, 4], [7, 9]),  # no decode at all
+    ([7, 5], [7, 9]),  # no decode at all
+    ([2, 4, 1, 6], [9, 12, 3, 6]),  # decodes verifying 1 and 3 drafts (speculative decoding), a prefill
 ]
 
 
@@ -172,11 +173,15 @@ def test_set_fast_paths_rejects_a_bad_limit(model):
 
 
 def test_decode_batch_layout():
-    meta = AttentionMetadata.build([1, 3, 1], [6, 3, 2], [[4, 1], [0], [2]], block_size=4)
+    meta = AttentionMetadata.build([1, 5, 1], [6, 5, 2], [[4, 1], [0, 3], [2]], block_size=4)
     dec = meta.decode_batch(4)
     assert dec is meta.decode_batch(4)  # built once per step, shared by the layers
-    assert dec.seqs == [0, 2] and dec.rows.tolist() == [0, 4] and not dec.every_row
+    assert dec.seqs == [0, 2] and dec.rows.tolist() == [0, 6] and not dec.every_row
     assert dec.block_tables.tolist() == [4, 1, 2, 0]  # cut to the longest context (2 blocks)
     assert dec.valid.sum(dim=1).tolist() == [6, 2]
-    assert AttentionMetadata.build([2], [2], [[0]], 4).decode_batch(4) is None
+    assert AttentionMetadata.build([5], [5], [[0, 1]], 4).decode_batch(4) is None
     assert AttentionMetadata.build([1, 1], [1, 5], [[0], [1, 2]], 4).decode_batch(4).every_row
+    # a few queries of one sequence (drafts to verify): one row each, over its causal context
+    dec = AttentionMetadata.build([3, 1], [7, 2], [[5, 6], [1]], 4).decode_batch(4)
+    assert dec.rows.tolist() == [0, 1, 2, 3] and dec.every_row
+    assert dec.valid.sum(dim=1).tolist() == [5, 6, 7, 2] and dec.block_tables.tolist() == [5, 6] * 3 + [1, 0]

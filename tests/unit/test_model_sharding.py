@@ -113,3 +113,21 @@ def test_model_that_cannot_split_over_the_ranks_is_refused_by_name(world, ep, ne
     ctx = ParallelContext(rank=0, world_size=world, ep_size=ep, tp_group=object())
     with pytest.raises(ValueError, match=needle):
         DeepseekForCausalLM(config, ctx)
+
+
+def test_the_mtp_module_is_skipped_unless_loaded_then_sharded_like_a_layer():
+    """Layer L = num_hidden_layers is DeepSeek-V3's MTP module: skipped by default; with
+    ``mtp_layer`` its block splits as a decoder layer's, its norms and eh_proj are replicated, its
+    head and embedding split by vocab. Further MTP modules are always skipped."""
+    off = layout(rank=1, world=2, ep=1)
+    on = Layout(off.ctx, n_routed_experts=8, num_hidden_layers=2, vocab_size=10, mtp_layer=2)
+    assert shard_for("model.layers.2.eh_proj.weight", (4, 8), off) == []
+    assert shard_for("model.layers.2.eh_proj.weight", (4, 8), on) == [Shard(Slot("model.layers.2.eh_proj.weight"))]
+    assert shard_for("model.layers.2.enorm.weight", (4,), on) == [Shard(Slot("model.layers.2.enorm.weight"))]
+    head = "model.layers.2.shared_head.head.weight"
+    assert shard_for(head, (10, 4), on) == [Shard(Slot(head), 0, 5, 10)]
+    embed = "model.layers.2.embed_tokens.weight"
+    assert shard_for(embed, (10, 4), on) == [Shard(Slot(embed), 0, 5, 10)]
+    q_b = "model.layers.2.self_attn.q_b_proj.weight"
+    assert shard_for(q_b, (8, 4), on) == [Shard(Slot(q_b), 0, 4, 8)]
+    assert shard_for("model.layers.3.eh_proj.weight", (4, 8), on) == []

@@ -48,6 +48,24 @@ def test_bad_flag_value_names_the_flag():
         settings("--dtype", "int3")  # argparse choices
 
 
+def test_speculative_config_is_vllms_json(tmp_path, capsys):
+    s = settings("--speculative-config", '{"method": "mtp", "num_speculative_tokens": 2}')
+    assert (s.engine.speculative_config.method, s.engine.num_speculative_tokens) == ("mtp", 2)
+    assert settings().engine.num_speculative_tokens == 0
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("engine:\n  speculativeConfig: {method: mtp, numSpeculativeTokens: 3}\n")
+    assert settings("--config", str(cfg)).engine.num_speculative_tokens == 3
+    with pytest.raises(UsageError, match="--speculative-config num_speculative_tokens: .*less than or equal to 3"):
+        settings("--speculative-config", '{"method": "mtp", "num_speculative_tokens": 4}')
+    with pytest.raises(UsageError, match="--speculative-config method: .*'mtp'"):
+        settings("--speculative-config", '{"method": "eagle", "num_speculative_tokens": 1}')
+    with pytest.raises(UsageError, match="--speculative-config model: Extra inputs"):
+        settings("--speculative-config", '{"method": "mtp", "model": "x"}')
+    with pytest.raises(SystemExit):
+        settings("--speculative-config", "{method: mtp}")
+    assert "not valid JSON" in capsys.readouterr().err
+
+
 def test_bad_config_file_names_the_key(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("engine:\n  tensorParalelSize: 2\n")

@@ -26,7 +26,7 @@ def test_a_replica_error_becomes_its_exception_line():
 def test_banner_curl_line_is_open_or_carries_the_key_placeholder():
     open_line = banner(ServeSettings(port=8001))
     assert "curl http://127.0.0.1:8001/v1/chat/completions -H 'Content-Type: application/json' -d '{" in open_line
-    assert "Authorization" not in open_line
+    assert "Authorization" not in open_line and "What is 47 + 38?" in open_line  # what the demo model answers
     keyed = banner(ServeSettings(port=8001, api_key_sha256="a" * 64))
     assert '-H "Authorization: Bearer $FATHOM_API_KEY"' in keyed and "export FATHOM_API_KEY=<the key given" in keyed
     exposed = banner(ServeSettings(host="0.0.0.0"))

@@ -77,6 +77,11 @@ def test_config_and_weights_are_checked(demo, tmp_path):
     with pytest.raises(PreflightError, match="--max-model-len 4096 exceeds the model's context"):
         check_checkpoint(demo, serve_settings(max_model_len=4096))
     check_checkpoint(demo, serve_settings(tensor_parallel_size=4, expert_parallel_size=2))
+    no_mtp = tmp_path / "no-mtp"
+    shutil.copytree(demo, no_mtp)
+    (no_mtp / "config.json").write_text(json.dumps({**DEMO_CONFIG, "num_nextn_predict_layers": 0}))
+    with pytest.raises(PreflightError, match="--speculative-config mtp: model .* has no MTP module"):
+        check_checkpoint(no_mtp, serve_settings(speculative_config={"method": "mtp"}))
 
 
 def test_sharding_must_divide_heads_widths_and_experts():

@@ -27,6 +27,13 @@ class EplbSettings(Spec):
     step_interval: int = Field(0, ge=0, description="Engine steps between rebalances (0: never).")
 
 
+class SpeculativeConfig(Spec):
+    """Speculative decoding, spelled as vLLM's `--speculative-config` JSON (docs/speculative_decoding.md)."""
+
+    method: Literal["mtp"] = Field(description="Draft model: mtp = the checkpoint's multi-token-prediction module (DeepSeek-V3/R1, num_nextn_predict_layers >= 1).")
+    num_speculative_tokens: int = Field(1, ge=1, le=3, description="Drafts per decoding sequence and step (k); k > 1 applies the MTP module recurrently.")
+
+
 class EngineSettings(Spec):
     """How one model instance runs: sharding, batching and KV-cache limits."""
 
@@ -48,10 +55,11 @@ class EngineSettings(Spec):
     kv_cache_dtype: KvCacheDType = Field("auto", description="Latent KV cache: auto = the model dtype; fp8 = e4m3, half the bytes (docs/architecture.md).")
     enable_prefix_caching: bool = Field(True, description="Reuse cached KV blocks of shared prompt prefixes.")
     enable_chunked_prefill: bool = Field(True, description="Split long prompts over steps so decodes are not stalled.")
-    reasoning_parser: Literal["none", "deepseek_r1"] = Field("none", description="Return <think>...</think> as reasoning_content.")
+    reasoning_parser: Literal["auto", "none", "deepseek_r1"] = Field("auto", description="Return <think>...</think> as reasoning_content; auto: deepseek_r1 for the built-in demo model (it thinks), else none.")
     tool_call_parser: Literal["auto", "none", "deepseek_v3", "deepseek_v31"] = Field("auto", description="Tool-call format; auto: from the chat template.")
-    engine_core_process: bool = Field(True, description="W=1: run the engine core in a child process (its own GIL); off: on a thread.")
-    seed: int = Field(0, description="Seed of the demo model's weights and of unseeded sampling.")
+    engine_core_process: bool = Field(True, description="W=1: engine core in a child process; off: in a thread.")
+    seed: int = Field(0, description="Seed of unseeded sampling.")
+    speculative_config: SpeculativeConfig | None = Field(None, description="Speculative decoding (vLLM's spelling), e.g. {\"method\": \"mtp\", \"num_speculative_tokens\": 1}; unset: off.")
     pricing: Pricing = Field(default_factory=Pricing, description="Prices per million tokens for metering.")
 
     @property
@@ -68,6 +76,9 @@ class EngineSettings(Spec):
     def _ep_divides_tp(self) -> "EngineSettings":
         if self.world_size == 1 and (self.eplb.num_redundant_experts or self.eplb.step_interval):
             raise ValueError("eplb balances experts over ranks: it needs tensor_parallel_size x data_parallel_size > 1")
+        if self.speculative_config and (self.data_parallel_size > 1 or self.eplb.num_redundant_experts):
+            raise ValueError("speculative_config (MTP) does not run with data_parallel_size > 1 or "
+                             "eplb.num_redundant_experts yet (docs/speculative_decoding.md)")
         if self.data_parallel_size > 1:
             if self.expert_parallel_size not in (1, self.world_size):
                 raise ValueError(f"with data_parallel_size > 1 the experts are split over all {self.world_size} "
@@ -79,3 +90,8 @@ class EngineSettings(Spec):
                 f"tensor_parallel_size ({self.tensor_parallel_size})"
             )
         return self
+
+    @property
+    def num_speculative_tokens(self) -> int:
+        """k, the drafts per decoding sequence and step; 0 when speculative decoding is off."""
+        return self.speculative_config.num_speculative_tokens if self.speculative_config else 0

@@ -268,7 +268,7 @@ class MetricsExport(Spec):
 class ModelServiceSpec(Spec):
     """What to serve (`model`, `engine`), on what (`resources`, `image`) and how many (`replicas`, `autoscaling`)."""
 
-    model: ModelSource | None = Field(None, description="Where the checkpoint comes from; unset serves the built-in demo model (a small random DeepSeek-V3 checkpoint made in the pod).")
+    model: ModelSource | None = Field(None, description="Where the checkpoint comes from; unset serves the built-in demo model (a small trained DeepSeek-V3 checkpoint shipped in the image).")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Engine settings of each instance (the `fathom serve` vocabulary); engine.model is set from spec.model.")
     image: str = Field(DEFAULT_IMAGE, description="Container image with Fathom and Ray for the head and workers.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy.")

@@ -37,7 +37,7 @@ class ServeSettings(Spec):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port of the API (0 picks a free one).")
     num_replicas: int = Field(1, ge=1, le=4096, description="Independent model instances (Ray Serve replicas of the model deployment).")
     address: str | None = Field(None, description="Ray cluster to join (e.g. `auto`, `ray://head:10001`); unset: start a local Ray instance.")
-    max_ongoing_requests: int = Field(256, ge=1, le=1_000_000, description="Requests one model replica serves at once (running + waiting).")
+    max_ongoing_requests: int = Field(256, ge=1, le=1_000_000, description="Requests a replica serves at once (running + waiting).")
     max_queued_requests: int = Field(
         256, ge=1, le=1_000_000, description="Requests queued per ingress before the API answers 429."
     )
@@ -48,7 +48,7 @@ class ServeSettings(Spec):
         30.0, gt=0, le=3600, description="Seconds a request body may take to arrive (else 408)."
     )
     graceful_shutdown_timeout_s: float = Field(
-        30.0, ge=0, description="On SIGTERM or Ctrl-C, seconds in-flight requests may still run."
+        30.0, ge=0, description="Seconds in-flight requests get after SIGTERM or Ctrl-C."
     )
     stream_chunks_per_s: float = Field(
         100.0, gt=0, description=(

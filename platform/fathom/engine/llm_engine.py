@@ -7,19 +7,19 @@ process, or of the engine core process)."""
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fathom.engine.block_manager import BlockManager
 from fathom.engine.dp_scheduler import DataParallelScheduler
 from fathom.engine.errors import InvalidRequestError, PromptTooLongError, RequestFailedError
 from fathom.engine.executor import Executor
 from fathom.engine.output_processor import OutputProcessor
-from fathom.engine.outputs import EngineStats, RequestMetrics, RequestOutput, TokenLogprob
+from fathom.engine.outputs import EngineStats, RequestMetrics, RequestOutput, SpecDecodeStats, TokenLogprob
 from fathom.engine.sampling_params import SamplingParams
 from fathom.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from fathom.engine.scheduling_policy import SchedulingPolicy
 from fathom.engine.sequence import Request, Sequence, SequenceStatus
-from fathom.engine.step_input import SamplingSpec, StepInput, StepOutput
+from fathom.engine.step_input import DraftPlan, SamplingSpec, StepInput, StepOutput
 from fathom.engine.tokenizer import Tokenizer
 
 
@@ -35,6 +35,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     seed: int = 0
     data_parallel_size: int = 1  # attention groups, each with its own scheduler and KV blocks
+    num_speculative_tokens: int = 0  # MTP drafts per decoding sequence and step (0: off)
 
     def __post_init__(self):
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
@@ -49,7 +50,8 @@ class LLMEngine:
         self.config = config
         self.executor = executor
         self.tokenizer = tokenizer
-        limits = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill)
+        limits = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, config.enable_chunked_prefill,
+                                 config.num_speculative_tokens)
         if config.data_parallel_size > 1:
             self.scheduler = DataParallelScheduler(limits, config.data_parallel_size, executor.num_kv_blocks,
                                                    config.block_size, policy)  # fmt: skip
@@ -57,6 +59,9 @@ class LLMEngine:
         else:
             self.blocks = BlockManager(executor.num_kv_blocks, config.block_size)
             self.scheduler = Scheduler(limits, self.blocks, policy)
+        self.spec_stats = SpecDecodeStats.empty(config.num_speculative_tokens)
+        # a sequence may reserve up to 2k slots past its length (drafts and the MTP's lookahead)
+        self._capacity = executor.num_kv_blocks * config.block_size - 2 * config.num_speculative_tokens
         self.outputs = OutputProcessor(tokenizer, set(eos_token_ids or ()))
         self.requests: dict[str, Request] = {}
         self._rng = random.Random(config.seed)
@@ -76,8 +81,7 @@ class LLMEngine:
         params = params or SamplingParams()
         prompt = self._check_prompt(request_id, prompt_token_ids, params)
         salt = cache_salt if self.config.enable_prefix_caching else f"\0request:{request_id}:{self._next_seq_id}"
-        capacity = self.blocks.num_blocks * self.config.block_size
-        max_total = min(self.config.max_model_len, capacity, len(prompt) + (params.max_tokens or 1 << 62))
+        max_total = min(self.config.max_model_len, self._capacity, len(prompt) + (params.max_tokens or 1 << 62))
         req = Request(request_id, prompt, params, RequestMetrics(arrival_time or time.monotonic()),
                       priority=priority, fairness_key=fairness_key, hash_salt=salt, max_total_tokens=max_total,
                       trace_context=trace_context or None)
@@ -112,10 +116,12 @@ class LLMEngine:
             raise PromptTooLongError(
                 f"prompt has {len(prompt)} tokens but max_model_len is {self.config.max_model_len} "
                 "(at least one token must be left to generate)")
-        capacity = self.blocks.num_blocks * self.config.block_size
-        if len(prompt) >= capacity:
+        if len(prompt) >= self._capacity:
             raise PromptTooLongError(
-                f"prompt has {len(prompt)} tokens but the KV cache holds only {capacity}")
+                f"prompt has {len(prompt)} tokens but the KV cache holds only {self._capacity}")
+        if self.config.num_speculative_tokens and params.structured is not None:
+            raise InvalidRequestError("structured outputs (response_format, forced tool calls) are not supported "
+                                      "with speculative decoding on this server")
         return prompt
 
     def abort_request(self, request_id: str) -> None:
@@ -151,12 +157,17 @@ class LLMEngine:
 
     def _step_input(self, batch: SchedulerOutput) -> StepInput:
         step = StepInput([], [], [], [], [], [], freed_seq_ids=self._freed_seq_ids)
+        if self.config.num_speculative_tokens:
+            step.drafts = DraftPlan([], [], [])
         self._freed_seq_ids = []
         now = time.monotonic()
         for row, chunk in enumerate(batch.chunks):
             seq = chunk.seq
             step.seq_ids.append(seq.seq_id)
-            step.token_ids += seq.token_ids[chunk.start:chunk.start + chunk.num_tokens]
+            step.token_ids += seq.token_ids[chunk.start:chunk.start + chunk.num_tokens - chunk.num_drafts]
+            step.token_ids += seq.draft_token_ids[:chunk.num_drafts]
+            if step.drafts is not None:
+                self._plan_drafts(step.drafts, chunk)
             step.starts.append(chunk.start)
             step.query_lens.append(chunk.num_tokens)
             step.block_tables.append(seq.block_table)
@@ -176,6 +187,14 @@ class LLMEngine:
             step.groups = self.scheduler.groups_of(batch.chunks)
         return step
 
+    def _plan_drafts(self, plan: DraftPlan, chunk) -> None:
+        """The chunk's drafts (already in the step's tokens after its own) and what its MTP needs."""
+        seq = chunk.seq
+        plan.num_drafts.append(chunk.num_drafts)
+        plan.num_proposals.append(self.config.num_speculative_tokens if chunk.samples else 0)
+        end = chunk.start + chunk.num_tokens
+        plan.next_token_ids.append(-1 if chunk.samples else seq.token_ids[end])
+
     def _spec(self, seq: Sequence) -> SamplingSpec:
         p = seq.request.params
         seed = self._rng.getrandbits(63) if p.seed is None else (p.seed * 1_000_003 + seq.index) % (1 << 63)
@@ -189,21 +208,25 @@ class LLMEngine:
         failed: dict[str, tuple[Request, Exception]] = {}
         for chunk in batch.chunks:
             seq, req = chunk.seq, chunk.seq.request
-            self.scheduler.on_computed(chunk)
+            j = next(sampled) if chunk.samples else None
+            tokens = _emitted(result, j) if j is not None and j not in result.errors else []
+            self.scheduler.on_computed(chunk, [t for t, _, _ in tokens[:-1]])
             if req.pending_samples and seq.num_computed_tokens >= seq.prompt_len:
                 for child in req.pending_samples:
                     self.scheduler.add(child)
                 req.pending_samples = []
-            if not chunk.samples:
-                continue
-            j = next(sampled)
-            if req.request_id in failed:
+            if j is None or req.request_id in failed:
                 continue
             if j in result.errors:
                 failed[req.request_id] = (req, RequestFailedError(result.errors[j]))
                 continue
+            if chunk.num_drafts:
+                self.spec_stats.record(chunk.num_drafts, len(tokens) - 1, req.metrics)
             try:
-                self.outputs.append(seq, result.token_ids[j], result.logprobs[j], result.top_logprobs[j])
+                for token, logprob, top in tokens:  # emitted tokens past a stop are dropped (never charged)
+                    self.outputs.append(seq, token, logprob, top)
+                    if seq.finish_reason is not None:
+                        break
             except Exception as e:  # noqa: BLE001 - detokenising / stop checks: this request alone
                 failed[req.request_id] = (req, RequestFailedError(f"output processing failed: {e!r}"[:500]))
                 continue
@@ -211,6 +234,8 @@ class LLMEngine:
             self._dirty[req.request_id] = req
             if seq.finish_reason is not None:
                 self._finish(seq)
+            elif result.draft_token_ids:
+                seq.draft_token_ids = result.draft_token_ids[j]
         for req, error in failed.values():
             self.fail_request(req.request_id, error)
 
@@ -288,7 +313,9 @@ class LLMEngine:
         return EngineStats(len(s.running), len(s.waiting) + sum(len(r.pending_samples) for r in self.requests.values()),
                            self.blocks.num_used, self.blocks.num_blocks * self.config.data_parallel_size,
                            s.prefix_stats.queried_tokens, s.prefix_stats.hit_tokens, s.num_preemptions,
-                           moe_expert_tokens=self._moe_tokens, moe_imbalance=self._moe_imbalance)
+                           moe_expert_tokens=self._moe_tokens, moe_imbalance=self._moe_imbalance,
+                           spec_decode=replace(self.spec_stats, accepted_per_position=list(
+                               self.spec_stats.accepted_per_position)) if self.config.num_speculative_tokens else None)
 
 
 def _prompt_targets(chunk) -> list[int]:
@@ -298,6 +325,12 @@ def _prompt_targets(chunk) -> list[int]:
     if not seq.computes_prompt_logprobs:
         return []
     return seq.token_ids[chunk.start + 1:min(chunk.start + chunk.num_tokens + 1, seq.prompt_len)]
+
+
+def _emitted(result: StepOutput, j: int) -> list[tuple[int, float | None, list[tuple[int, float]] | None]]:
+    """(token, logprob, top_logprobs) of every token sample row j emitted, in order."""
+    first = (result.token_ids[j], result.logprobs[j], result.top_logprobs[j])
+    return [first, *result.extra_tokens[j]] if result.extra_tokens else [first]
 
 
 def _note_for_tracing(step: StepInput, chunk, now: float) -> None:

@@ -57,6 +57,8 @@ class RequestMetrics:
     finished_time: float | None = None
     prefill_chunks: list[tuple[float, int]] = field(default_factory=list)  # (stamp, tokens), for tracing
     detokenize_time: float = 0.0  # seconds spent detokenising this request's samples
+    spec_draft_tokens: int = 0  # speculative decoding: drafts verified for this request's samples
+    spec_accepted_tokens: int = 0  # ... and accepted
 
 
 @dataclass
@@ -75,6 +77,33 @@ class RequestOutput:
 
 
 @dataclass
+class SpecDecodeStats:
+    """Speculative decoding's cumulative counters (vLLM's spec_decode metrics): `num_drafts`
+    verifications of a sequence's drafts, `num_draft_tokens` drafts verified, `num_accepted_tokens`
+    accepted, `accepted_per_position[i]` verifications whose draft i + 1 was accepted (its
+    acceptance rate is that over `num_drafts`)."""
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, num_speculative_tokens: int) -> "SpecDecodeStats":
+        return cls(accepted_per_position=[0] * num_speculative_tokens)
+
+    def record(self, drafts: int, accepted: int, metrics: RequestMetrics) -> None:
+        """One sequence's drafts verified: `accepted` of `drafts` (a prefix of them) accepted."""
+        self.num_drafts += 1
+        self.num_draft_tokens += drafts
+        self.num_accepted_tokens += accepted
+        for i in range(accepted):
+            self.accepted_per_position[i] += 1
+        metrics.spec_draft_tokens += drafts
+        metrics.spec_accepted_tokens += accepted
+
+
+@dataclass
 class EngineStats:
     """A snapshot for /metrics and the autoscaler (counters are cumulative)."""
 
@@ -88,6 +117,7 @@ class EngineStats:
     healthy: bool = True
     moe_expert_tokens: list[int] | None = None  # EPLB: routed pairs per expert, cumulative (W > 1)
     moe_imbalance: float | None = None  # EPLB: the last window's worst max / mean tokens per shard
+    spec_decode: SpecDecodeStats | None = None  # None: speculative decoding is off
 
     @property
     def kv_cache_usage(self) -> float:

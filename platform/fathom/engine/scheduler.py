@@ -7,6 +7,14 @@ Order of business each step:
 2. if nothing was preempted, waiting sequences are admitted in policy order while the
    budget, `max_num_seqs` and free blocks allow, reusing prefix-cached blocks.
 Plain Python, no torch; `BlockManager` owns the block accounting.
+
+Speculative decoding (`num_speculative_tokens` = k > 0, docs/speculative_decoding.md): a decoding
+sequence's step also carries the drafts proposed for it last step (as many as the budget and its
+length cap allow), and a chunk that samples reserves k - 1 more slots for the MTP module's
+recurrent entries. After the step the sequence keeps the accepted drafts only: its computed
+length counts them, and the blocks past its new length are freed (rollback: the rejected
+positions' latents are rewritten before they are read again). A prefix-cache hit gives back its
+last block when k > 0: that block's last MTP entry depends on the token after it.
 """
 
 from dataclasses import dataclass, field
@@ -21,20 +29,23 @@ class SchedulerConfig:
     max_num_seqs: int
     max_num_batched_tokens: int
     enable_chunked_prefill: bool = True
+    num_speculative_tokens: int = 0
 
 
 @dataclass
 class ScheduledChunk:
-    """`num_tokens` new tokens of `seq`, starting at position `start`."""
+    """`num_tokens` new tokens of `seq`, starting at position `start`; the last `num_drafts` of
+    them are its drafts (speculative decoding), the others its own tokens."""
 
     seq: Sequence
     start: int
     num_tokens: int
+    num_drafts: int = 0
 
     @property
     def samples(self) -> bool:
         """True when the chunk reaches the end of the sequence, so its last logits are sampled."""
-        return self.start + self.num_tokens == len(self.seq.token_ids)
+        return self.start + self.num_tokens - self.num_drafts == len(self.seq.token_ids)
 
 
 @dataclass
@@ -86,12 +97,24 @@ class Scheduler:
             if n < seq.num_uncomputed and not self.config.enable_chunked_prefill:
                 i += 1
                 continue
-            if not self._grow_or_preempt(seq, n, out):
+            d = self._num_drafts(seq, budget - n) if n == seq.num_uncomputed else 0
+            if not self._grow_or_preempt(seq, n + d + self._lookahead(seq, seq.num_computed_tokens, n), out):
                 break  # seq itself was preempted: everything after it is lower priority
-            out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
-            budget -= n
+            out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n + d, d))
+            budget -= n + d
             i += 1
         return budget
+
+    def _num_drafts(self, seq: Sequence, budget: int) -> int:
+        """Drafts of seq to verify this step: within the budget, and no position past its length cap
+        (verifying d drafts emits up to d + 1 tokens; those past the cap are dropped)."""
+        return max(0, min(len(seq.draft_token_ids), budget, seq.request.max_total_tokens - len(seq.token_ids)))
+
+    def _lookahead(self, seq: Sequence, computed: int, n: int) -> int:
+        """Slots reserved past a chunk (n tokens after `computed`) that samples, for the MTP
+        module's recurrent entries."""
+        k = self.config.num_speculative_tokens
+        return k - 1 if k and computed + n == len(seq.token_ids) else 0
 
     def _grow_or_preempt(self, seq: Sequence, n: int, out: SchedulerOutput) -> bool:
         """Allocate blocks for n more tokens of seq, preempting from the back of `running`."""
@@ -127,11 +150,13 @@ class Scheduler:
             return None
         hits, hashes = ([], []) if seq.computes_prompt_logprobs else \
             self.blocks.match_prefix(seq.token_ids, seq.request.hash_salt)
+        if hits and self.config.num_speculative_tokens:
+            hits, hashes = hits[:-1], hashes[:-1]  # its last MTP entry read the token after it
         computed = len(hits) * self.blocks.block_size
         n = min(len(seq.token_ids) - computed, budget)
         if n < len(seq.token_ids) - computed and not self.config.enable_chunked_prefill:
             return None
-        new_blocks = self.blocks.blocks_needed(computed + n) - len(hits)
+        new_blocks = self.blocks.blocks_needed(computed + n + self._lookahead(seq, computed, n)) - len(hits)
         if not self.blocks.can_take(hits, new_blocks):
             return None
         self.blocks.take(hits)
@@ -185,15 +210,23 @@ class Scheduler:
     def _release(self, seq: Sequence) -> None:
         self.blocks.free(seq.block_table)
         seq.block_table, seq.block_hashes, seq.num_computed_tokens = [], [], 0
+        seq.draft_token_ids = []
 
-    def on_computed(self, chunk: ScheduledChunk) -> None:
-        """After a step: advance the sequence and publish its newly full blocks to the cache."""
-        seq = chunk.seq
-        seq.num_computed_tokens = chunk.start + chunk.num_tokens
+    def on_computed(self, chunk: ScheduledChunk, accepted: list[int] | None = None) -> None:
+        """After a step: advance the sequence and publish its newly full blocks to the cache.
+        ``accepted``: the drafts the step accepted (speculative decoding; not appended to the
+        sequence yet); the rejected ones' positions are rolled back."""
+        seq, accepted = chunk.seq, accepted or []
+        seq.num_computed_tokens = chunk.start + chunk.num_tokens - chunk.num_drafts + len(accepted)
+        token_ids = seq.token_ids + accepted if accepted else seq.token_ids
         bs = self.blocks.block_size
         while (len(seq.block_hashes) + 1) * bs <= seq.num_computed_tokens:
             i = len(seq.block_hashes)
             parent = seq.block_hashes[-1] if seq.block_hashes else None
-            h = block_hash(parent, seq.request.hash_salt, seq.token_ids[i * bs:(i + 1) * bs])
+            h = block_hash(parent, seq.request.hash_salt, token_ids[i * bs:(i + 1) * bs])
             seq.block_hashes.append(h)
             self.blocks.register(seq.block_table[i], h)
+        if self.config.num_speculative_tokens:  # keep the blocks of the computed tokens and the next one
+            keep = self.blocks.blocks_needed(seq.num_computed_tokens + 1)
+            self.blocks.free(seq.block_table[keep:])
+            del seq.block_table[keep:]

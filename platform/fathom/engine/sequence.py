@@ -52,6 +52,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)  # of the leading full computed blocks
     admitted_once: bool = False
+    draft_token_ids: list[int] = field(default_factory=list)  # speculative decoding: to verify next step
     logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""  # detokenised output so far (stop strings cut it)
     finish_reason: FinishReason | None = None

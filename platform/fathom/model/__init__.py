@@ -5,7 +5,6 @@
 * ``layers``: RMSNorm, rotary/YaRN, parallel linears, vocab-parallel embedding/LM head, MLA, MoE;
 * ``attention_metadata`` / ``kv_cache``: the step layout and the latent cache the engine builds;
 * ``weights`` + ``loader``: the sharding table, FP8 dequantisation, safetensors slice loading;
-* ``demo``: the built-in random demo checkpoint; ``testing``: reference helpers for tests/benchmarks.
 
 See docs/sharding.md for the parallel layout.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import torch
 
@@ -70,7 +71,7 @@ class AttentionMetadata:
         )
 
     def decode_batch(self, block_size: int) -> DecodeBatch | None:
-        """The q_i = 1 sequences laid out for one batched attention (None if there are none).
+        """The short sequences' queries laid out for one batched attention (None if there are none).
 
         Built once per step and cache block size, then shared by every layer."""
         if block_size not in self._decodes:
@@ -83,31 +84,43 @@ class AttentionMetadata:
         return torch.tensor(pos, dtype=torch.long, device=self.slot_mapping.device)
 
 
+MAX_DECODE_QUERY = 4  # a sequence with at most this many new tokens (a decode, or one with <= 3 drafts) is batched
+
+
 @dataclass(frozen=True)
 class DecodeBatch:
-    """The B_dec sequences of a step with q_i = 1, each context gathered through its block table
-    cut to the longest one (n_blocks), so their attention runs as one padded, masked batch."""
+    """The queries of the step's sequences with q_i <= ``MAX_DECODE_QUERY`` (decodes, and decodes
+    verifying speculative drafts), each attending alone over its causal context (its sequence's
+    positions up to its own), gathered through the block table cut to the longest (n_blocks), so
+    that their attention runs as one padded, masked batch (the query's own latent is written
+    before attention reads the cache)."""
 
-    seqs: list[int]  # indices of the decoding sequences
-    rows: torch.Tensor  # Long[B_dec], their (only) rows in the batch
-    block_tables: torch.Tensor  # Long[B_dec * n_blocks], flattened
-    valid: torch.Tensor  # Bool[B_dec, n_blocks * block_size], context position < seq_len
-    every_row: bool  # the step is pure decode: rows == 0 .. T-1
+    seqs: list[int]  # indices of the batched sequences
+    rows: torch.Tensor  # Long[R], their queries' rows in the batch
+    block_tables: torch.Tensor  # Long[R * n_blocks], flattened
+    valid: torch.Tensor  # Bool[R, n_blocks * block_size], context position <= the query's
+    every_row: bool  # every sequence of the step is batched: rows == 0 .. T-1
 
     @classmethod
     def build(cls, meta: AttentionMetadata, block_size: int) -> DecodeBatch | None:
-        seqs = [i for i, q in enumerate(meta.query_lens) if q == 1]
+        seqs = [i for i, q in enumerate(meta.query_lens) if q <= MAX_DECODE_QUERY]
         if not seqs:
             return None
         device = meta.block_tables.device
-        idx = torch.tensor(seqs, dtype=torch.long, device=device)
-        lens = meta.seq_lens[idx]  # [B_dec]
-        n_blocks = -(-max(meta.seq_lens_list[i] for i in seqs) // block_size)
+        starts = [0, *accumulate(meta.query_lens)]
+        rows, lens, owner = [], [], []
+        for i in seqs:
+            q, s = meta.query_lens[i], meta.seq_lens_list[i]
+            rows += range(starts[i], starts[i] + q)
+            lens += range(s - q + 1, s + 1)
+            owner += [i] * q
+        n_blocks = -(-max(lens) // block_size)
+        long = {"dtype": torch.long, "device": device}
         return cls(
             seqs=seqs,
-            rows=meta.query_start_loc[idx],
-            block_tables=meta.block_tables[idx, :n_blocks].reshape(-1),
-            valid=torch.arange(n_blocks * block_size, device=device)[None, :] < lens[:, None],
+            rows=torch.tensor(rows, **long),
+            block_tables=meta.block_tables[torch.tensor(owner, **long), :n_blocks].reshape(-1),
+            valid=torch.arange(n_blocks * block_size, device=device)[None, :] < torch.tensor(lens, **long)[:, None],
             every_row=len(seqs) == meta.num_seqs,
         )
 

@@ -89,7 +89,7 @@ class DeepseekConfig(BaseModel):
     tie_word_embeddings: bool = Field(False, description="LM head shares the embedding matrix")
     attention_bias: bool = Field(False, description="only false is supported")
     mlp_bias: bool = Field(False, description="only false is supported")
-    num_nextn_predict_layers: int = Field(0, ge=0, description="MTP layers (stored, skipped at load)")
+    num_nextn_predict_layers: int = Field(0, ge=0, description="MTP layers (the first is loaded for MTP speculative decoding)")
     bos_token_id: int | None = Field(None, description="begin-of-sequence token")
     eos_token_id: int | list[int] | None = Field(None, description="end-of-sequence token(s)")
     quantization_config: dict[str, Any] | None = Field(None, description="fp8 block quantisation")

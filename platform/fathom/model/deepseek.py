@@ -13,40 +13,29 @@ from torch import nn
 
 from fathom.model.attention_metadata import AttentionMetadata
 from fathom.model.config import DeepseekConfig
-from fathom.model.layers.attention import MODES, MLAttention
+from fathom.model.layers.attention import MODES
+from fathom.model.layers.decoder import DecoderLayer
 from fathom.model.layers.fp8_gemm import share_scratch
-from fathom.model.layers.moe import MLP, MoE
+from fathom.model.layers.moe import MoE
 from fathom.model.layers.norm import RMSNorm
 from fathom.model.layers.rotary import Rotary
 from fathom.model.layers.vocab import ParallelLMHead, VocabParallelEmbedding
+from fathom.model.mtp import MTPLayer
 from fathom.parallel.context import ParallelContext
 
 
-class DecoderLayer(nn.Module):
-    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, idx: int, dtype: torch.dtype,
-                 fp8: bool = False) -> None:  # fmt: skip
-        super().__init__()
-        c = config
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(ctx.device, dtype)
-        self.self_attn = MLAttention(c, ctx, dtype, fp8)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(ctx.device, dtype)
-        if c.is_moe_layer(idx):
-            self.mlp: nn.Module = MoE(c, ctx, dtype, fp8)
-        else:
-            self.mlp = MLP(c.hidden_size, c.intermediate_size, ctx, ctx.tp_size, "intermediate_size",
-                           reduce=True, dtype=dtype, fp8=fp8)  # fmt: skip
-
-    def forward(self, x, cos_sin, rotary, kv_cache, meta) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos_sin, rotary, kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
 class DeepseekModel(nn.Module):
-    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype, fp8: bool = False) -> None:
+    """``layers``: the L decoder layers, then the MTP module (``fathom.model.mtp``) when built with one."""
+
+    def __init__(self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype, fp8: bool = False,
+                 mtp: str | None = None) -> None:  # fmt: skip
         super().__init__()
         c = config
         self.embed_tokens = VocabParallelEmbedding(c.vocab_size, c.hidden_size, ctx, dtype)
-        self.layers = nn.ModuleList(DecoderLayer(c, ctx, i, dtype, fp8) for i in range(c.num_hidden_layers))
+        layers: list[nn.Module] = [DecoderLayer(c, ctx, i, dtype, fp8) for i in range(c.num_hidden_layers)]
+        if mtp is not None:
+            layers.append(MTPLayer(c, ctx, dtype, fp8, own_embedding=mtp == "own_embedding"))
+        self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps).to(ctx.device, dtype)
 
 
@@ -56,15 +45,20 @@ class DeepseekForCausalLM(nn.Module):
     ``dtype`` is the compute dtype and that of every weight, except that with ``fp8_weights`` the
     projections (MLA's, the dense MLPs', the shared and routed experts') are FP8-resident with block
     scales (``layers.linear``, ``layers.moe.RoutedExperts``), sharing one dequantisation scratch
-    buffer; embeddings, LM head, norms and the router stay in ``dtype``."""
+    buffer; embeddings, LM head, norms and the router stay in ``dtype``.
+
+    ``mtp``: None (no MTP module), ``"shared_embedding"`` or ``"own_embedding"`` (the MTP module
+    reads token embeddings from ``model.embed_tokens`` or from its own ``embed_tokens``)."""
 
     def __init__(
         self, config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype = torch.float32,
-        fp8_weights: bool = False,
+        fp8_weights: bool = False, mtp: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
+        if mtp not in (None, "shared_embedding", "own_embedding"):
+            raise ValueError(f"mtp must be None, 'shared_embedding' or 'own_embedding', got {mtp!r}")
         self.config, self.ctx, self.dtype, self.fp8_weights = config, ctx, dtype, fp8_weights
-        self.model = DeepseekModel(config, ctx, dtype, fp8_weights)
+        self.model = DeepseekModel(config, ctx, dtype, fp8_weights, mtp)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, ctx, dtype)
         self.rotary = Rotary(config, ctx.device)
         self.scratch = share_scratch(self)
@@ -83,15 +77,50 @@ class DeepseekForCausalLM(nn.Module):
         replicated over its TP ranks); with data-parallel attention, the ranks of an idle group call
         ``idle_step`` instead, so the MoE all-to-alls line up.
         """
-        if len(kv_caches) != self.config.num_hidden_layers:
-            raise ValueError(f"expected {self.config.num_hidden_layers} kv caches, got {len(kv_caches)}")
-        if input_ids.shape != positions.shape or input_ids.shape[0] != meta.slot_mapping.shape[0]:
-            raise ValueError("input_ids, positions and meta.slot_mapping must all have T entries")
+        L = self.config.num_hidden_layers
+        if len(kv_caches) not in (L, self.num_cache_layers):
+            raise ValueError(f"expected {L} kv caches, got {len(kv_caches)}")
+        _check_inputs(input_ids, positions, meta)
         cos_sin = self.rotary.cos_sin(positions)
         x = self.model.embed_tokens(input_ids)  # [T, H]
-        for layer, cache in zip(self.model.layers, kv_caches, strict=True):
+        for layer, cache in zip(self.model.layers[:L], kv_caches[:L], strict=True):
             x = layer(x, cos_sin, self.rotary, cache, meta)
         return self.model.norm(x)
+
+    @property
+    def mtp(self) -> MTPLayer | None:
+        """The multi-token-prediction module (``fathom.model.mtp``), if built."""
+        last = self.model.layers[-1]
+        return last if isinstance(last, MTPLayer) else None
+
+    @property
+    def num_cache_layers(self) -> int:
+        """Latent-cache layers this model writes: the decoder layers, and the MTP module's own."""
+        return self.config.num_hidden_layers + (self.mtp is not None)
+
+    @torch.inference_mode()
+    def forward_mtp(
+        self,
+        input_ids: torch.Tensor,  # Long[T]: token i + 1 of each entry
+        positions: torch.Tensor,  # Long[T]: i + 1
+        previous_hidden: torch.Tensor,  # [T, H]: h_i (the target's, after the final norm) or the MTP's own
+        kv_cache: torch.Tensor,  # the MTP module's latent cache (the last of kv_caches)
+        meta: AttentionMetadata,  # entry i at the slot of position i
+    ) -> torch.Tensor:
+        """MTP entries (``fathom.model.mtp``) -> the block's outputs [T, H], before shared_head's norm;
+        writes their latents. Draft logits: ``compute_draft_logits``."""
+        mtp = self.mtp
+        if mtp is None:
+            raise ValueError("this model was built without its MTP module")
+        _check_inputs(input_ids, positions, meta)
+        embed = getattr(mtp, "embed_tokens", self.model.embed_tokens)
+        x = mtp.combine(embed(input_ids), previous_hidden)
+        return mtp(x, self.rotary.cos_sin(positions), self.rotary, kv_cache, meta)
+
+    @torch.inference_mode()
+    def compute_draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """MTP outputs [N, H] -> float32 draft logits [N, vocab_size], full vocab on every rank."""
+        return self.mtp.logits(hidden)
 
     @torch.inference_mode()
     def idle_step(self) -> None:
@@ -135,3 +164,8 @@ class DeepseekForCausalLM(nn.Module):
                 layer.self_attn.batch_decode = bool(batch_decode)
             if moe_dense_limit is not None and isinstance(layer.mlp, MoE):
                 layer.mlp.experts.dense_limit = int(moe_dense_limit)
+
+
+def _check_inputs(input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> None:
+    if input_ids.shape != positions.shape or input_ids.shape[0] != meta.slot_mapping.shape[0]:
+        raise ValueError("input_ids, positions and meta.slot_mapping must all have T entries")

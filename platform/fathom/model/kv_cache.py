@@ -54,9 +54,11 @@ def read_latents(cached: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -
     return out * scale if cached.dtype == FP8 and scale != 1.0 else out
 
 
-def bytes_per_token(config: DeepseekConfig, dtype: torch.dtype) -> int:
-    """Cache bytes one token takes on one rank: layers × (kv_lora_rank + rope dims) × itemsize."""
-    return config.num_hidden_layers * latent_dim(config) * torch.empty((), dtype=dtype).element_size()
+def bytes_per_token(config: DeepseekConfig, dtype: torch.dtype, layers: int | None = None) -> int:
+    """Cache bytes one token takes on one rank: layers × (kv_lora_rank + rope dims) × itemsize
+    (``layers`` defaults to the decoder layers; a model with its MTP module caches one more)."""
+    layers = config.num_hidden_layers if layers is None else layers
+    return layers * latent_dim(config) * torch.empty((), dtype=dtype).element_size()
 
 
 def allocate_kv_caches(
@@ -65,7 +67,10 @@ def allocate_kv_caches(
     block_size: int,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    layers: int | None = None,
 ) -> list[torch.Tensor]:
-    """One zeroed cache tensor per decoder layer."""
+    """One zeroed cache tensor per decoder layer (``layers``: per cache layer of the model,
+    ``DeepseekForCausalLM.num_cache_layers``, when it has an MTP module)."""
     shape = kv_cache_shape(config, num_blocks, block_size)
-    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+    n = config.num_hidden_layers if layers is None else layers
+    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)]

@@ -45,9 +45,9 @@ def checkpoint_files(path: Path) -> dict[str, Path]:
     return out
 
 
-def layout_for(config: DeepseekConfig, ctx: ParallelContext) -> Layout:
+def layout_for(config: DeepseekConfig, ctx: ParallelContext, mtp: bool = False) -> Layout:
     return Layout(ctx, config.n_routed_experts or 0, config.num_hidden_layers, config.vocab_size,
-                  config.tie_word_embeddings)  # fmt: skip
+                  config.tie_word_embeddings, config.num_hidden_layers if mtp else None)  # fmt: skip
 
 
 class _Files:
@@ -152,10 +152,21 @@ def fp8_block_of(model: torch.nn.Module, param: str) -> tuple[int, int]:
 
 
 def build_model(config: DeepseekConfig, ctx: ParallelContext, dtype: torch.dtype,
-                quantization: str = "auto") -> DeepseekForCausalLM:  # fmt: skip
+                quantization: str = "auto", mtp: str | None = None) -> DeepseekForCausalLM:  # fmt: skip
     """This rank's empty model with the loader's format decisions (``fp8_resident``): what
     ``load_model`` fills, and what the memory planner builds on the meta device."""
-    return DeepseekForCausalLM(config, ctx, dtype, fp8_resident(config.fp8, quantization))
+    return DeepseekForCausalLM(config, ctx, dtype, fp8_resident(config.fp8, quantization), mtp)
+
+
+def mtp_kind(config: DeepseekConfig, names: dict[str, Path]) -> str:
+    """How the checkpoint's first MTP module reads embeddings: its own ``embed_tokens`` if it has
+    one, else the model's. Raises ValueError if the checkpoint has no MTP module."""
+    mtp = f"model.layers.{config.num_hidden_layers}."
+    if config.num_nextn_predict_layers < 1 or mtp + "eh_proj.weight" not in names:
+        raise ValueError("speculative decoding with MTP needs a checkpoint with an MTP module (config.json "
+                         f"num_nextn_predict_layers >= 1 and its tensors, {mtp}eh_proj.weight, ...); this one has none")
+    own = mtp + "embed_tokens.weight" in names
+    return "own_embedding" if own else "shared_embedding"
 
 
 def load_model(
@@ -164,6 +175,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     quantization: str = "auto",
+    mtp: bool = False,
 ) -> DeepseekForCausalLM:
     """Build this rank's shard of the model in ``path`` and fill it from the checkpoint.
 
@@ -171,18 +183,19 @@ def load_model(
     projections FP8-resident and loads any other in ``dtype``; 'fp8' also quantises a bf16/fp32
     checkpoint's projections at load; 'none' dequantises FP8 weights to ``dtype``.
     Raises ValueError/FileNotFoundError naming a missing, unexpected or mis-shaped tensor.
-    ``device`` defaults to ``ctx.device``.
+    ``device`` defaults to ``ctx.device``. ``mtp``: also load the checkpoint's first MTP module
+    (``fathom.model.mtp``, the draft model of speculative decoding); other MTP modules are skipped.
     """
     path = Path(path)
     config = DeepseekConfig.from_pretrained(path)
     ctx = ctx or ParallelContext.single(device or "cpu")
     if device is not None and torch.device(device) != ctx.device:
         raise ValueError(f"device {device} differs from the parallel context's device {ctx.device}")
-    model = build_model(config, ctx, dtype, quantization)
     names = checkpoint_files(path)
+    model = build_model(config, ctx, dtype, quantization, mtp_kind(config, names) if mtp else None)
     files = _Files(names)
     shapes = [(n, tuple(files.slice(n).get_shape())) for n in names if not n.endswith(SCALE_SUFFIX)]
-    layout = layout_for(config, ctx)
+    layout = layout_for(config, ctx, mtp)
     wanted = plan(shapes, layout)
     params = dict(model.named_parameters())
     needed = {slot: name for ours in params for slot, name in sources(ours, layout).items()}

@@ -64,3 +64,10 @@ def exchange_counts(send_counts: torch.Tensor, ctx: ParallelContext) -> torch.Te
     recv = torch.empty_like(send_counts)
     dist.all_to_all_single(recv, send_counts.contiguous(), group=group)
     return recv
+
+
+def broadcast_from_first(x: torch.Tensor, ctx: ParallelContext) -> torch.Tensor:
+    """Overwrite ``x`` on every rank with rank 0's ``x`` (same shape and dtype everywhere); returns ``x``."""
+    if ctx.tp_group is not None:
+        dist.broadcast(x, src=dist.get_global_rank(ctx.tp_group, 0), group=ctx.tp_group)
+    return x

@@ -10,6 +10,7 @@ Precedence: built-in defaults < `--config FILE` < flags. Errors name the flag or
 """
 
 import argparse
+import json
 import os
 import types
 import typing
@@ -110,6 +111,21 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         for name, (field, dest) in fields.items():
             if name not in COMMON:
                 _field_flag(group, name, field, dest)
+        if fields is engine:
+            group.add_argument("--speculative-config", dest="engine.speculative_config", metavar="JSON",
+                               type=_json_object, default=argparse.SUPPRESS,
+                               help='Speculative decoding (vLLM\'s): {"method":"mtp","num_speculative_tokens":K}')
+
+
+def _json_object(text: str) -> dict:
+    """A flag's JSON object value (argparse reports the ValueError with the flag's name)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _load_yaml(path: str) -> dict:
@@ -131,8 +147,10 @@ def _explain(exc: ValidationError, flags: dict[str, str], source: str) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
-        if loc and loc[-1] in flags:
-            where = flags[loc[-1]]
+        flag = next((i for i, p in enumerate(loc) if p in flags), None)
+        if flag is not None:  # a key inside a flag's JSON value is named after the flag
+            inner = ".".join(loc[flag + 1:])
+            where = f"{flags[loc[flag]]} {inner}" if inner else flags[loc[flag]]
         elif loc and source != "settings":
             where = f"{source} key {'.'.join(loc)}"
         else:  # a rule over several fields (its message names them), or no config file

@@ -235,8 +235,9 @@ def wait_running(show_progress: bool, console: Console | None = None, stop: Stop
 def banner(settings: ServeSettings) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     url = f"http://{host}:{settings.port}"
-    body = json.dumps({"model": settings.model_name, "messages": [{"role": "user", "content": "Hello!"}],
-                       "max_tokens": 32})
+    ask = "What is 47 + 38?" if settings.engine.model is None else "Hello!"  # the demo model does arithmetic
+    body = json.dumps({"model": settings.model_name, "messages": [{"role": "user", "content": ask}],
+                       "max_tokens": 64})
     keyed = settings.tenants is not None or settings.api_key_sha256 is not None
     exposed = "" if settings.host in ("127.0.0.1", "localhost", "::1") or keyed else (
         f"note: the API listens on {settings.host}, reachable from the network; "

@@ -113,7 +113,9 @@ class ModelServer:
         self.model_name = self.settings.model_name
         self.max_model_len = self.engine.max_model_len
         self.strings = TokenStrings(self.engine.tokenizer)
-        self.reasoning_parser = self.settings.engine.reasoning_parser
+        self.reasoning_parser = self.settings.engine.reasoning_parser  # the --reasoning-parser flag
+        if self.reasoning_parser == "auto":  # the built-in demo model thinks (R1-style); others: say so
+            self.reasoning_parser = "deepseek_r1" if self.settings.engine.model is None else "none"
         tok = self.engine.tokenizer
         self.tool_parser = self.settings.engine.tool_call_parser  # the --tool-call-parser flag
         if self.tool_parser == "auto":

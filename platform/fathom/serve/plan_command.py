@@ -76,9 +76,9 @@ def make_plan(engine: EngineSettings, gpu, num_gpus: int, reserved_bytes: int) -
 
     source = engine.model
     if source is None:
-        from fathom.worker.demo import demo_checkpoint_dir
+        from fathom.worker.demo_model import demo_model_dir
 
-        source = demo_checkpoint_dir()
+        source = demo_model_dir()
     config = DeepseekConfig.from_pretrained(source)
     dtype = engine.dtype if engine.dtype != "auto" else "bfloat16"
     tp, ep, dp, redundant = (engine.tensor_parallel_size, engine.moe_ep_size, engine.data_parallel_size,

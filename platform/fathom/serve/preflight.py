@@ -152,6 +152,9 @@ def check_checkpoint(path: Path, settings: ServeSettings) -> None:
     e = settings.engine
     if problem := sharding_problem(config, e.tensor_parallel_size, e.moe_ep_size, e.world_size, e.eplb.num_redundant_experts):
         raise PreflightError(f"model {path}: {problem}")
+    if settings.engine.speculative_config is not None and config.num_nextn_predict_layers < 1:
+        raise PreflightError(f"--speculative-config mtp: model {path} has no MTP module "
+                             "(config.json num_nextn_predict_layers is 0)")
     limit = config.max_position_embeddings
     if settings.engine.max_model_len is not None and settings.engine.max_model_len > limit:
         raise PreflightError(f"--max-model-len {settings.engine.max_model_len} exceeds the model's context "

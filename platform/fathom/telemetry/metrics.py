@@ -71,6 +71,7 @@ QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 REPLICA = ("model", "replica")
 INGRESS_REPLICA = "ingress"  # the `replica` label of requests the ingress holds for lack of a model replica
 TENANT = ("model", "tenant")
+POSITION = ("model", "replica", "position")
 # name -> (kind, documentation, labels, buckets); the single definition of every metric.
 METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] = {
     "fathom_requests_total": (
@@ -113,6 +114,31 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...] | None]] =
         "counter",
         "Prompt tokens found in the prefix cache.",
         REPLICA,
+        None,
+    ),
+    "fathom_spec_decode_num_drafts_total": (
+        "counter",
+        "Speculative decoding: verifications of a sequence's drafts (one per decoding sequence and step).",
+        REPLICA,
+        None,
+    ),
+    "fathom_spec_decode_num_draft_tokens_total": ("counter", "Speculative decoding: draft tokens verified.", REPLICA, None),
+    "fathom_spec_decode_num_accepted_tokens_total": (
+        "counter",
+        "Speculative decoding: draft tokens accepted.",
+        REPLICA,
+        None,
+    ),
+    "fathom_spec_decode_num_accepted_tokens_per_pos_total": (
+        "counter",
+        "Speculative decoding: verifications whose draft at `position` (0 = the first) was accepted.",
+        POSITION,
+        None,
+    ),
+    "fathom_spec_decode_acceptance_rate": (
+        "gauge",
+        "Speculative decoding: share of verifications whose draft at `position` was accepted, since start (0..1).",
+        POSITION,
         None,
     ),
     "fathom_time_to_first_token_seconds": (
@@ -169,8 +195,7 @@ class FathomMetrics:
             prom_name = name[: -len("_total")] if kind == "counter" else name
             self.prom[name] = _PROM_TYPES[kind](prom_name, doc, labels, registry=self.registry, **kwargs)
         self._otel = _OtelMirror.from_env() if otlp is None else (_OtelMirror() if otlp else None)
-        self._prefix_seen: dict[tuple[str, str], tuple[int, int]] = {}
-        self._experts_seen: dict[tuple[str, str], list[int]] = {}
+        self._seen: dict[tuple[str, ...], int] = {}  # last cumulative engine counter per series
         self._lock = threading.Lock()
 
     def _inc(self, name: str, value: float, **labels: str) -> None:
@@ -255,26 +280,33 @@ class FathomMetrics:
         self._set("fathom_kv_cache_blocks_used", used, **labels)
         self._set("fathom_kv_cache_blocks_total", total, **labels)
         self._set("fathom_kv_cache_usage_ratio", used / total if total else 0.0, **labels)
-        queried, hit = stats.prefix_cache_queried_tokens, stats.prefix_cache_hit_tokens
-        with self._lock:
-            q0, h0 = self._prefix_seen.get((model, replica), (0, 0))
-            self._prefix_seen[(model, replica)] = (queried, hit)
-        # A restarted engine starts its counters at 0 again: count on from there.
-        self._inc(
-            "fathom_prefix_cache_queried_tokens_total", queried - q0 if queried >= q0 else queried, **labels
-        )
-        self._inc("fathom_prefix_cache_hit_tokens_total", hit - h0 if hit >= h0 else hit, **labels)
-        if stats.moe_expert_tokens is not None:
-            self._expert_load(labels, stats.moe_expert_tokens)
+        self._count_on("fathom_prefix_cache_queried_tokens_total", stats.prefix_cache_queried_tokens, labels)
+        self._count_on("fathom_prefix_cache_hit_tokens_total", stats.prefix_cache_hit_tokens, labels)
+        if stats.spec_decode is not None:
+            self._spec_decode(stats.spec_decode, labels)
+        if stats.moe_expert_tokens is not None:  # EPLB's cumulative per-expert counts
+            for e, tokens in enumerate(stats.moe_expert_tokens):
+                self._count_on("fathom_moe_expert_tokens_total", tokens, {**labels, "expert": str(e)})
             self._set("fathom_moe_imbalance_ratio", stats.moe_imbalance, **labels)
 
-    def _expert_load(self, labels: dict[str, str], tokens: list[int]) -> None:
-        """EPLB's cumulative per-expert counts turned into increments (from 0 after a restart)."""
+    def _spec_decode(self, spec, labels: dict[str, str]) -> None:
+        """Speculative decoding's cumulative counters (``fathom.engine.outputs.SpecDecodeStats``)."""
+        self._count_on("fathom_spec_decode_num_drafts_total", spec.num_drafts, labels)
+        self._count_on("fathom_spec_decode_num_draft_tokens_total", spec.num_draft_tokens, labels)
+        self._count_on("fathom_spec_decode_num_accepted_tokens_total", spec.num_accepted_tokens, labels)
+        for i, accepted in enumerate(spec.accepted_per_position):
+            at = {**labels, "position": str(i)}
+            self._count_on("fathom_spec_decode_num_accepted_tokens_per_pos_total", accepted, at)
+            self._set("fathom_spec_decode_acceptance_rate", accepted / spec.num_drafts if spec.num_drafts else 0.0, **at)
+
+    def _count_on(self, name: str, cumulative: int, labels: dict[str, str]) -> None:
+        """Increment counter ``name`` by what an engine's cumulative count gained since last seen.
+        A restarted engine starts its counters at 0 again: count on from there."""
+        key = (name, *labels.values())
         with self._lock:
-            seen = self._experts_seen.get((labels["model"], labels["replica"]), [0] * len(tokens))
-            self._experts_seen[(labels["model"], labels["replica"])] = list(tokens)
-        for e, (now, before) in enumerate(zip(tokens, seen, strict=False)):
-            self._inc("fathom_moe_expert_tokens_total", now - before if now >= before else now, expert=str(e), **labels)
+            last = self._seen.get(key, 0)
+            self._seen[key] = cumulative
+        self._inc(name, cumulative - last if cumulative >= last else cumulative, **labels)
 
 
 class _OtelMirror:

@@ -162,6 +162,7 @@ class RequestTrace:
     chunks: list[tuple[float, int]] = field(default_factory=list)
     detok_first: float | None = None
     detok_busy: float = 0.0
+    spec_decode: tuple[int, int] = (0, 0)  # speculative decoding: (drafts verified, accepted)
     ended: bool = False
 
     def scheduled(self, t: float | None = None) -> None:
@@ -203,6 +204,7 @@ class RequestTrace:
         if metrics.first_token_time is not None:
             self.first_token_at = metrics.first_token_time + shift
         self.chunks = [(t + shift, n) for t, n in getattr(metrics, "prefill_chunks", ())]
+        self.spec_decode = (getattr(metrics, "spec_draft_tokens", 0), getattr(metrics, "spec_accepted_tokens", 0))
         busy = getattr(metrics, "detokenize_time", 0.0)
         if busy:
             self.detok_busy = busy
@@ -261,6 +263,11 @@ class RequestTrace:
             self.span.set_attribute(A.FATHOM_TTFT, self.ttft)
         if self.scheduled_at is not None:
             self.span.set_attribute(A.FATHOM_QUEUE_TIME, self.scheduled_at - self.arrival)
+        drafts, accepted = self.spec_decode
+        if drafts:
+            self.span.set_attribute(A.FATHOM_SPEC_DRAFT_TOKENS, drafts)
+            self.span.set_attribute(A.FATHOM_SPEC_ACCEPTED_TOKENS, accepted)
+            self.span.set_attribute(A.FATHOM_SPEC_ACCEPTANCE_RATE, accepted / drafts)
         if stages_known:
             self._children(end)
         self.span.end(end_time=_ns(end))

@@ -22,6 +22,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "fathom_queue_time_seconds": ("vllm:request_queue_time_seconds",),
     "fathom_prompt_tokens": ("vllm:prompt_tokens",),
     "fathom_generation_tokens": ("vllm:generation_tokens",),
+    "fathom_spec_decode_num_drafts": ("vllm:spec_decode_num_drafts",),
+    "fathom_spec_decode_num_draft_tokens": ("vllm:spec_decode_num_draft_tokens",),
+    "fathom_spec_decode_num_accepted_tokens": ("vllm:spec_decode_num_accepted_tokens",),
+    "fathom_spec_decode_num_accepted_tokens_per_pos": ("vllm:spec_decode_num_accepted_tokens_per_pos",),
 }
 
 # (sample name, sorted label items) -> value, as fathom.telemetry.aggregate merges them

@@ -1,5 +1,7 @@
-"""The built-in demo model: a small random DeepSeek-V3-architecture checkpoint with a byte-level
-BPE tokenizer, generated deterministically from a seed (``fathom serve`` with no ``--model``).
+"""The random-weights demo checkpoint: a small DeepSeek-V3-architecture checkpoint with a byte-level
+BPE tokenizer, generated deterministically from a seed, for tests and benchmarks that need random
+outputs or this shape. (``fathom serve`` with no ``--model`` serves the trained demo model of
+``fathom.worker.demo_model``, which shares this tokenizer and chat template.)
 
 It is a real MoE (16 routed experts, top-4 of 2-of-4 groups with noaux_tc routing, a shared expert,
 one leading dense layer, YaRN rope) in the published checkpoints' config spelling, about 5 MB

@@ -42,7 +42,8 @@ def create_engine(settings: EngineSettings, executor: Executor | None = None,
                           max_num_batched_tokens=settings.max_num_batched_tokens,
                           enable_prefix_caching=settings.enable_prefix_caching,
                           enable_chunked_prefill=settings.enable_chunked_prefill, seed=settings.seed,
-                          data_parallel_size=settings.data_parallel_size)
+                          data_parallel_size=settings.data_parallel_size,
+                          num_speculative_tokens=settings.num_speculative_tokens)
     if executor is None:
         if settings.world_size == 1:
             executor = in_process_executor(model_dir, settings, max_len)
@@ -54,11 +55,11 @@ def create_engine(settings: EngineSettings, executor: Executor | None = None,
 
 
 def resolve_model_dir(settings: EngineSettings) -> Path:
-    """The checkpoint directory; None means the built-in demo checkpoint (written on first use)."""
+    """The checkpoint directory; None means the built-in demo model (shipped in the package)."""
     if settings.model is None:
-        from fathom.worker.demo import demo_checkpoint_dir
+        from fathom.worker.demo_model import demo_model_dir
 
-        return Path(demo_checkpoint_dir())
+        return demo_model_dir()
     path = Path(settings.model)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model directory {path} has no config.json")
@@ -96,7 +97,7 @@ def in_process_executor(model_dir: Path, settings: EngineSettings, max_model_len
 
     device = default_device()
     model = load_model(model_dir, ParallelContext.single(device), resolve_dtype(settings.dtype, device),
-                       quantization=settings.quantization)
+                       quantization=settings.quantization, mtp=settings.speculative_config is not None)
     spec = cache_spec(settings, max_model_len)
     return InProcessExecutor(ModelRunner(model, blocks_for(model, spec), spec.block_size, spec.dtype_for(model),
                                              model_dir=model_dir))

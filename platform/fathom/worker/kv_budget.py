@@ -47,7 +47,8 @@ def default_device() -> torch.device:
 
 def blocks_for(model, spec: CacheSpec) -> int:
     """KV blocks that fit this rank's budget once `model` is loaded."""
-    return num_kv_blocks(bytes_per_token(model.config, spec.dtype_for(model)), spec.block_size, model.ctx.device,
+    per_token = bytes_per_token(model.config, spec.dtype_for(model), model.num_cache_layers)
+    return num_kv_blocks(per_token, spec.block_size, model.ctx.device,
                          kv_cache_memory=spec.kv_cache_memory, memory_fraction=spec.memory_fraction,
                          max_useful_tokens=spec.max_useful_tokens,
                          gpu_memory_utilization=spec.gpu_memory_utilization)

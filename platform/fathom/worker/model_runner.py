@@ -2,7 +2,8 @@
 forward over the paged latent KV cache -> last-token logits -> sampled tokens.
 
 Every rank of a model instance runs the same forward (the batch is replicated over TP ranks);
-only the driver rank (rank 0) samples and returns tokens."""
+only the driver rank (rank 0) samples and returns tokens. A step with drafts (speculative
+decoding) is verified and drafted by ``speculative.MtpDrafter``."""
 
 import torch
 
@@ -10,6 +11,7 @@ from fathom.engine.step_input import StepInput, StepOutput
 from fathom.model.attention_metadata import AttentionMetadata
 from fathom.model.kv_cache import allocate_kv_caches
 from fathom.worker.sampler import Sampler
+from fathom.worker.speculative import MtpDrafter
 from fathom.worker.structured import Grammars
 
 PROMPT_LOGITS_ROWS = 128  # prompt-logprob rows per logits computation: [128, vocab] float32 at a time
@@ -23,10 +25,12 @@ class ModelRunner:
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.kv_caches = allocate_kv_caches(model.config, num_blocks, block_size, kv_dtype or model.dtype,
-                                            self.device)
+                                            self.device, model.num_cache_layers)
         self.samples = samples
         self.sampler = Sampler(self.device)
         self.grammars = Grammars(model_dir, self.device)  # structured outputs (driver rank only)
+        self.drafter = (MtpDrafter(model, self.kv_caches, block_size, self.sampler if samples else None)
+                        if model.mtp is not None else None)  # fmt: skip
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> StepOutput | None:
@@ -44,6 +48,13 @@ class ModelRunner:
         input_ids = torch.tensor(step.token_ids, dtype=torch.long, device=self.device)  # [T]
         hidden = self.model(input_ids, meta.positions(), self.kv_caches, meta)  # [T, H]
         prompt_logprobs = self._prompt_logprobs(step, hidden, meta) if step.prompt_logprobs else []
+        if step.drafts is not None:
+            if self.drafter is None:
+                raise ValueError("a step with drafts, but the model has no MTP module")
+            out = self.drafter.step(step, meta, hidden)
+            if out is not None:
+                out.prompt_logprobs = prompt_logprobs
+            return out
         if not step.sample_rows:
             return StepOutput([], [], [], prompt_logprobs=prompt_logprobs) if self.samples else None
         rows = torch.tensor(step.sample_rows, dtype=torch.long, device=self.device)

@@ -46,14 +46,16 @@ class RankWorker:
         return ray.util.get_node_ip_address(), port
 
     def load(self, master_addr: str, master_port: int, model_dir: str, dtype: str, spec: CacheSpec,
-             quantization: str = "auto") -> int:
-        """Join the group, load this rank's shard; return how many KV blocks fit on this rank."""
+             quantization: str = "auto", mtp: bool = False) -> int:
+        """Join the group, load this rank's shard (and its MTP module's with ``mtp``); return how
+        many KV blocks fit on this rank."""
         from fathom.model.loader import load_model
         from fathom.parallel.context import init_parallel
 
         ctx = init_parallel(self.rank, self.world_size, self.ep_size, dp_size=self.dp_size,
                             num_redundant_experts=self.redundant, master_addr=master_addr, master_port=master_port)
-        self.model = load_model(model_dir, ctx, resolve_dtype(dtype, ctx.device), quantization=quantization)
+        self.model = load_model(model_dir, ctx, resolve_dtype(dtype, ctx.device), quantization=quantization,
+                                mtp=mtp)
         self.block_size, self.spec, self.model_dir = spec.block_size, spec, model_dir
         return blocks_for(self.model, spec)
 

@@ -50,8 +50,9 @@ class RayExecutor:
         ]
         try:
             addr, port = ray.get(self.workers[0].address.remote(), timeout=load_timeout_s)
-            blocks = self._all([w.load.remote(addr, port, str(model_dir), settings.dtype, spec, settings.quantization)
-                                for w in self.workers], load_timeout_s, "loading the model")
+            mtp = settings.speculative_config is not None
+            blocks = self._all([w.load.remote(addr, port, str(model_dir), settings.dtype, spec, settings.quantization,
+                                              mtp) for w in self.workers], load_timeout_s, "loading the model")
             self.num_kv_blocks = min(blocks)
             self.vocab_size = self._all([w.allocate.remote(self.num_kv_blocks) for w in self.workers],
                                         load_timeout_s, "allocating the KV cache")[0]

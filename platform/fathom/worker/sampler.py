@@ -84,10 +84,10 @@ class Sampler:
         raw_logprobs = None
         if any(st.spec.params.logprobs is not None for st in states):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
-        logits = _apply_logit_bias(logits, states)
+        logits = apply_logit_bias(logits, states)
         if allowed is not None:  # after the bias: a token the grammar forbids stays forbidden
             logits = logits.masked_fill(~allowed, float("-inf"))
-        logits = self._apply_penalties(logits, states)
+        logits = self.apply_penalties(logits, states)
         tokens = torch.empty(len(states), dtype=torch.long, device=logits.device)
         greedy = [j for j, st in enumerate(states) if st.spec.params.greedy]
         random = [j for j, st in enumerate(states) if not st.spec.params.greedy]
@@ -101,16 +101,20 @@ class Sampler:
             st.output_ids.append(t)
         return out
 
-    def _apply_penalties(self, logits: torch.Tensor, states: list[SeqSamplingState]) -> torch.Tensor:
+    def apply_penalties(self, logits: torch.Tensor, states: list[SeqSamplingState],
+                         histories: list[list[int]] | None = None) -> torch.Tensor:
+        """Penalties and min_tokens' stop suppression; row j's output so far is ``histories[j]``
+        (default: its sequence's sampled tokens; speculative decoding adds the drafts before it)."""
+        histories = histories or [st.output_ids for st in states]
         rows = [j for j, st in enumerate(states) if st.spec.params.has_penalties
-                or len(st.output_ids) < st.spec.params.min_tokens]
+                or len(histories[j]) < st.spec.params.min_tokens]
         if not rows:
             return logits
         logits = logits.clone()
         vocab = logits.shape[-1]
         for j in rows:
-            st, p, row = states[j], states[j].spec.params, logits[j]
-            out = torch.tensor(st.output_ids, dtype=torch.long, device=logits.device)
+            st, p, row, history = states[j], states[j].spec.params, logits[j], histories[j]
+            out = torch.tensor(history, dtype=torch.long, device=logits.device)
             if p.repetition_penalty != 1.0:
                 seen = torch.tensor(st.spec.prompt_token_ids or [], dtype=torch.long, device=logits.device)
                 seen = torch.cat([seen, out]).unique()
@@ -119,12 +123,19 @@ class Sampler:
             if (p.presence_penalty or p.frequency_penalty) and len(out):
                 counts = torch.bincount(out, minlength=vocab)[:vocab].to(row.dtype)
                 row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(row.dtype)
-            if len(st.output_ids) < p.min_tokens and st.spec.min_tokens_suppress:
+            if len(history) < p.min_tokens and st.spec.min_tokens_suppress:
                 row[st.spec.min_tokens_suppress] = float("-inf")
         return logits
 
     def _sample_random(self, logits: torch.Tensor, states: list[SeqSamplingState]) -> torch.Tensor:
         """logits [R, V] -> tokens [R]."""
+        probs = self.probs(logits, states)
+        return torch.stack([race(row, st.generator) for row, st in zip(probs, states)])
+
+    @staticmethod
+    def probs(logits: torch.Tensor, states: list[SeqSamplingState]) -> torch.Tensor:
+        """The distribution random sampling draws from: logits [R, V] (penalties applied) after
+        temperature, top-k / top-p and min-p -> probabilities [R, V] (unnormalised where min-p cut)."""
         params = [st.spec.params for st in states]
         temp = torch.tensor([p.temperature for p in params], device=logits.device, dtype=logits.dtype)
         logits = logits / temp[:, None]
@@ -134,11 +145,7 @@ class Sampler:
         if any(p.min_p > 0 for p in params):
             min_p = torch.tensor([p.min_p for p in params], device=probs.device, dtype=probs.dtype)
             probs = probs.masked_fill(probs < min_p[:, None] * probs.amax(-1, keepdim=True), 0.0)
-        noise = torch.stack([
-            torch.empty(probs.shape[-1], device=probs.device, dtype=probs.dtype).exponential_(generator=st.generator)
-            for st in states
-        ])
-        return (probs / noise).argmax(dim=-1)
+        return probs
 
     @staticmethod
     def _with_logprobs(tokens: list[int], raw: torch.Tensor | None, states) -> StepOutput:
@@ -160,7 +167,7 @@ class Sampler:
         return StepOutput(tokens, logprobs, tops)
 
 
-def _apply_logit_bias(logits: torch.Tensor, states: list[SeqSamplingState]) -> torch.Tensor:
+def apply_logit_bias(logits: torch.Tensor, states: list[SeqSamplingState]) -> torch.Tensor:
     """Add each row's `logit_bias` (one scatter over the whole batch; rows without one untouched)."""
     rows = [j for j, st in enumerate(states) if st.bias_ids is not None]
     if not rows:
@@ -185,3 +192,10 @@ def _top_k_top_p(logits: torch.Tensor, params) -> torch.Tensor:
     drop[:, 0] = False
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+
+
+def race(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token drawn with probability proportional to ``weights`` [V] (>= 0, not all 0), by an
+    exponential race: argmax weights / q with q ~ Exp(1), the noise from ``generator``."""
+    noise = torch.empty_like(weights).exponential_(generator=generator)
+    return (weights / noise).argmax()

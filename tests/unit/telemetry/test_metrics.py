@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fathom.engine.outputs import EngineStats
+from fathom.engine.outputs import EngineStats, SpecDecodeStats
 from fathom.telemetry import FathomMetrics
 from fathom.telemetry.aggregate import MetricsAggregator, snapshot
 from fathom.telemetry.metrics import METRICS
@@ -28,7 +28,7 @@ def documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def test_every_documented_metric_is_defined_once_with_its_labels():
     documented = documented_metrics()
-    assert len(documented) == 20
+    assert len(documented) == 25
     defined = {name: (kind, labels) for name, (kind, _, labels, _) in METRICS.items()}
     assert defined == documented
 
@@ -65,6 +65,20 @@ def test_recorded_values_come_out_under_the_documented_names():
     }
     assert families["fathom_kv_cache_blocks_total"].samples[0].value == 100
     assert families["fathom_time_to_first_token_seconds"].type == "histogram"
+
+
+def test_speculative_decoding_counters_and_acceptance_rate_per_position():
+    m = FathomMetrics()
+    spec = SpecDecodeStats(num_drafts=10, num_draft_tokens=20, num_accepted_tokens=9, accepted_per_position=[6, 3])
+    m.engine_stats("demo", "r0", EngineStats(1, 0, 1, 10, 0, 0, 0, spec_decode=spec))
+    spec = SpecDecodeStats(num_drafts=20, num_draft_tokens=40, num_accepted_tokens=16, accepted_per_position=[11, 5])
+    m.engine_stats("demo", "r0", EngineStats(1, 0, 1, 10, 0, 0, 0, spec_decode=spec))
+    r, replica = m.registry.get_sample_value, {"model": "demo", "replica": "r0"}
+    assert r("fathom_spec_decode_num_drafts_total", replica) == 20  # cumulative stats, counted once
+    assert r("fathom_spec_decode_num_draft_tokens_total", replica) == 40
+    assert r("fathom_spec_decode_num_accepted_tokens_total", replica) == 16
+    assert r("fathom_spec_decode_num_accepted_tokens_per_pos_total", {**replica, "position": "1"}) == 5
+    assert r("fathom_spec_decode_acceptance_rate", {**replica, "position": "0"}) == pytest.approx(11 / 20)
 
 
 def _source(requests: int, running: int, replica: str) -> list:

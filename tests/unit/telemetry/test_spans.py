@@ -184,3 +184,15 @@ def test_engine_stamps_become_the_children(spans, by_name):
     assert p.events[1].timestamp - p.events[0].timestamp == pytest.approx(0.1e9, rel=0.01)
     assert k.start_time == d.start_time and (k.end_time - k.start_time) / 1e9 == pytest.approx(0.01, abs=1e-6)
     assert by_name(finished, "chat demo").attributes["fathom.ttft"] == pytest.approx(0.3, abs=0.02)
+
+
+def test_speculative_decoding_counts_are_attributes_of_the_request_span(spans, by_name):
+    from fathom.engine.outputs import RequestMetrics
+
+    m = RequestMetrics(arrival_time=time.monotonic(), spec_draft_tokens=8, spec_accepted_tokens=6)
+    rt = start_request_trace(None, model="demo", arrival=time.time())
+    rt.observe_engine(m)
+    rt.finish(["stop"])
+    a = by_name(spans.get_finished_spans(), "chat demo").attributes
+    assert (a["fathom.spec_decode.draft_tokens"], a["fathom.spec_decode.accepted_tokens"]) == (8, 6)
+    assert a["fathom.spec_decode.acceptance_rate"] == 0.75

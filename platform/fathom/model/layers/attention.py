@@ -9,10 +9,11 @@ cache. Each query then attends over its sequence's cached context in one of two 
   over the latent cache itself: score = (q_nope W_UK)·c_KV + q_pe·k_pe, out = (p·c_KV) W_UV^T.
   Nothing of size context × heads is materialised (DeepSeek-V3 inference/model.py "absorb").
 
-Sequences attend one at a time, except that at decode (q_i = 1, absorbed) every such sequence of
-the step attends in one batch: their contexts are gathered through their block tables padded to
-the longest and masked past each seq_len (``AttentionMetadata.decode_batch``), so a decode step is
-a few batched GEMMs per layer instead of B small ones (``batch_decode = False`` turns this off).
+Sequences attend one at a time, except that at decode (q_i = 1, or a few queries verifying
+speculative drafts; absorbed) every such query of the step attends in one batch: their contexts are
+gathered through their block tables padded to the longest and masked past each query's position
+(``AttentionMetadata.decode_batch``), so a decode step is a few batched GEMMs per layer instead of
+B small ones (``batch_decode = False`` turns this off).
 
 Heads are split over the W ranks (q_b/q_proj and kv_b column-parallel by head, o_proj row-parallel
 then all-reduced); q_a and kv_a are replicated, so the cache is the same on every rank.
@@ -88,15 +89,16 @@ class MLAttention(nn.Module):
         out = x.new_empty(T, self.n_heads, self.v_dim)
         if dec is not None:
             out[dec.rows] = self._decode_batched(q_nope[dec.rows], q_pe[dec.rows], kv_cache, dec)
-        self._attend_per_sequence(out, q_nope, q_pe, kv_cache, meta, skip_decodes=dec is not None)
+        self._attend_per_sequence(out, q_nope, q_pe, kv_cache, meta, skip=set(dec.seqs) if dec else set())
         return self.o_proj(out.view(T, -1))
 
-    def _attend_per_sequence(self, out, q_nope, q_pe, kv_cache, meta, skip_decodes: bool) -> None:
-        """out[rows of seq i] = attention of seq i's queries over its cached context, one at a time."""
+    def _attend_per_sequence(self, out, q_nope, q_pe, kv_cache, meta, skip: set[int]) -> None:
+        """out[rows of seq i] = attention of seq i's queries over its cached context, one at a time
+        (but for the sequences in ``skip``, batched already)."""
         block_size = kv_cache.shape[1]
         starts = [0, *accumulate(meta.query_lens)]
         for i, (q_len, s_len) in enumerate(zip(meta.query_lens, meta.seq_lens_list, strict=True)):
-            if skip_decodes and q_len == 1:
+            if i in skip:
                 continue
             a, b = starts[i], starts[i] + q_len
             n_blocks = -(-s_len // block_size)

@@ -15,7 +15,9 @@ tensor this rank needs, the slice to read and the ``Slot`` of our parameters it 
   ``mlp.experts.w13[p - first local slot]`` (gate rows, then up rows), its ``down_proj`` slice
   ``mlp.experts.w2[p - first local slot]``.
 
-Layers at index >= num_hidden_layers (the multi-token-prediction modules) are skipped.
+Layers at index >= num_hidden_layers (the multi-token-prediction modules) are skipped, except the
+first, ``mtp_layer``, when the layout loads it (``fathom.model.mtp``: a decoder block, sharded as
+the others, plus its replicated norms and ``eh_proj`` and its vocab-split head and embedding).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ SHARDING_TABLE: tuple[tuple[str, str, int | None], ...] = (
     (L + r"mlp\.experts\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj)\.weight", "expert", 0),
     (L + r"mlp\.experts\.(?P<expert>\d+)\.(?P<proj>down_proj)\.weight", "expert", 1),
     (L + r"mlp\.gate\.(weight|e_score_correction_bias)", "replicated", None),
+    (L + r"(enorm|hnorm|eh_proj|shared_head\.norm)\.weight", "replicated", None),  # MTP
+    (L + r"(shared_head\.head|embed_tokens)\.weight", "vocab", 0),  # MTP
 )
 # Routed experts are stacked per layer (the gpt-fast / vLLM FusedMoE layout), this rank's in id order:
 # w13 [E_local, 2·I_r, H] holds each expert's gate_proj rows then its up_proj rows, w2 [E_local, H, I_r]
@@ -69,6 +73,7 @@ class Layout:
     num_hidden_layers: int
     vocab_size: int
     tie_word_embeddings: bool = False
+    mtp_layer: int | None = None  # the MTP module loaded (num_hidden_layers), or None
 
     @property
     def local_experts(self) -> range:
@@ -117,8 +122,8 @@ def shard_for(name: str, shape: tuple[int, ...], layout: Layout, table=SHARDING_
     if IGNORED.match(name):
         return []
     layer = LAYER.match(name)
-    if layer is not None and int(layer.group(1)) >= layout.num_hidden_layers:
-        return []  # a multi-token-prediction module (eh_proj, enorm, shared_head, ...): not used yet
+    if layer is not None and layout.num_hidden_layers <= int(layer.group(1)) != layout.mtp_layer:
+        return []  # a multi-token-prediction module (eh_proj, enorm, shared_head, ...) not loaded
     for pattern, axis, dim in table:
         m = re.fullmatch(pattern, name)
         if m is None:
