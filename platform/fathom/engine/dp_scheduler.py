@@ -77,8 +77,8 @@ class DataParallelScheduler:
         """The attention group of each chunk (of a `schedule()` output), in order."""
         return [self.group_of[c.seq.seq_id] for c in chunks]
 
-    def on_computed(self, chunk: ScheduledChunk) -> None:
-        self.groups[self.group_of[chunk.seq.seq_id]].on_computed(chunk)
+    def on_computed(self, chunk: ScheduledChunk, accepted: list[int] | None = None) -> None:
+        self.groups[self.group_of[chunk.seq.seq_id]].on_computed(chunk, accepted)
 
     def finish(self, seq: Sequence) -> None:
         """As `Scheduler.finish`; a sample never added (still pending) finishes without a group."""
