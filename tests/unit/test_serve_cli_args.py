@@ -147,3 +147,12 @@ def test_help_puts_common_flags_first_in_human_groups(capsys, monkeypatch):
     for pythonism in ("None", "EngineSettings", "ServeSettings", "true", "false", "str |"):
         assert pythonism not in out, pythonism
     assert len(out.splitlines()) <= 100, "two screens at most"
+
+
+def test_eplb_config_is_vllms_json():
+    s = settings("--tensor-parallel-size", "2", "--eplb-config", '{"num_redundant_experts": 4, "step_interval": 100}')
+    assert (s.engine.eplb.num_redundant_experts, s.engine.eplb.step_interval) == (4, 100)
+    with pytest.raises(UsageError, match="--eplb-config num_redundant_experts: .*greater than or equal to 0"):
+        settings("--tensor-parallel-size", "2", "--eplb-config", '{"num_redundant_experts": -1}')
+    with pytest.raises(UsageError, match="eplb balances experts over ranks"):
+        settings("--eplb-config", '{"num_redundant_experts": 2}')

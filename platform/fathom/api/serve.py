@@ -52,11 +52,11 @@ class ServeSettings(Spec):
     )
     stream_chunks_per_s: float = Field(
         100.0, gt=0, description=(
-            "Chunks per second a model replica aims at over all its streams (beyond: several tokens a chunk)."
+            "Chunks/s a replica aims at over its streams (beyond: tokens per chunk)."
         ),
     )
     cold_start_timeout_s: float = Field(
-        300.0, ge=0, description="Seconds a request waits while no model replica runs, then 503.",
+        300.0, ge=0, description="Seconds a request waits for a first replica, then 503.",
     )
     vllm_metric_aliases: bool = Field(
         False, description="Also export metrics under vLLM's names.",

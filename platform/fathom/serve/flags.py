@@ -32,6 +32,12 @@ COMMON = ("model", "served_model_name", "host", "port", "tensor_parallel_size", 
 METAVARS = {"model": "MODEL", "served_model_name": "NAME", "host": "HOST", "address": "ADDRESS", "tenants": "FILE",
             "max_request_body_bytes": "BYTES", "kv_cache_memory": "BYTES", "api_key_sha256": "HEX"}
 TYPE_METAVARS = {int: "N", float: "X", str: "TEXT"}
+# Nested engine settings as JSON flags, spelled as vLLM's.
+JSON_FLAGS = {
+    "--speculative-config": ("engine.speculative_config",
+                             'Speculative decoding (vLLM\'s): {"method":"mtp","num_speculative_tokens":K}'),
+    "--eplb-config": ("engine.eplb", 'EPLB (W > 1): {"num_redundant_experts":N,"step_interval":STEPS}'),
+}
 
 
 class UsageError(Exception):
@@ -112,9 +118,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
             if name not in COMMON:
                 _field_flag(group, name, field, dest)
         if fields is engine:
-            group.add_argument("--speculative-config", dest="engine.speculative_config", metavar="JSON",
-                               type=_json_object, default=argparse.SUPPRESS,
-                               help='Speculative decoding (vLLM\'s): {"method":"mtp","num_speculative_tokens":K}')
+            for flag, (dest, text) in JSON_FLAGS.items():
+                group.add_argument(flag, dest=dest, metavar="JSON", type=_json_object, default=argparse.SUPPRESS,
+                                   help=text)
 
 
 def _json_object(text: str) -> dict:
@@ -171,6 +177,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     engine_over = {k[7:]: v for k, v in vars(args).items() if k.startswith("engine.")}
     serve_over = {k[6:]: v for k, v in vars(args).items() if k.startswith("serve.")}
     flags = {name: _flag(name) for name in (*engine_over, *serve_over)}
+    flags |= {dest[7:]: flag for flag, (dest, _) in JSON_FLAGS.items() if dest[7:] in engine_over}
     positional = getattr(args, "model_arg", None)
     if positional is not None:
         if engine_over.get("model", positional) != positional:
