@@ -18,6 +18,8 @@ recurrent entries); the engine rolls back the rejected positions (their slots ar
 before they are read again).
 """
 
+from itertools import accumulate
+
 import torch
 
 from fathom.engine.step_input import DraftPlan, StepInput, StepOutput
@@ -59,15 +61,17 @@ class MtpDrafter:
     def _share(self, out: StepOutput | None, step: StepInput, plan: DraftPlan) -> list[list[int]]:
         """What each sampling row emits, as rank 0 decided ([] for a row that failed), on every rank."""
         rows = step.sample_rows
-        width = 1 + max((plan.num_drafts[r] for r in rows), default=0)
+        emitted = [] if out is None else [
+            [] if j in out.errors else [first] + [t for t, _, _ in out.extra_tokens[j]]
+            for j, first in enumerate(out.token_ids)
+        ]  # fmt: skip
+        if not rows or self.model.ctx.tp_group is None:
+            return emitted
+        width = 1 + max(plan.num_drafts[r] for r in rows)
         table = torch.full((len(rows), width), -1, dtype=torch.long)
-        if out is not None:
-            for j, first in enumerate(out.token_ids):
-                if j not in out.errors:
-                    tokens = [first] + [t for t, _, _ in out.extra_tokens[j]]
-                    table[j, : len(tokens)] = torch.tensor(tokens)
-        if rows and self.model.ctx.tp_group is not None:
-            table = broadcast_from_first(table.to(self.device), self.model.ctx).cpu()
+        for j, tokens in enumerate(emitted):
+            table[j, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        table = broadcast_from_first(table.to(self.device), self.model.ctx).cpu()
         return [[t for t in row if t >= 0] for row in table.tolist()]
 
     def _entries(self, step: StepInput, plan: DraftPlan, offsets: list[int], emitted: list[list[int]]):
@@ -95,11 +99,11 @@ class MtpDrafter:
                               device=self.device)  # fmt: skip
         ids = [t for _, _, tokens in entries for t in tokens]
         y = self._forward(ids, hidden[h_rows], starts, lens, tables)
-        last = torch.tensor(lens, device=self.device).cumsum(0) - 1
+        last = [n - 1 for n in accumulate(lens)]  # each row's last entry in y
         want = [(j, r) for j, (r, _, _) in enumerate(entries) if plan.num_proposals[r] > 0]
         drafts: dict[int, list[int]] = {r: [] for _, r in want}
         ends = [starts[j] + lens[j] for j, _ in want]  # next entry index (= context length so far)
-        h = y[last[[j for j, _ in want]]] if want else y[:0]
+        h = y[[last[j] for j, _ in want]]
         for depth in range(max((plan.num_proposals[r] for _, r in want), default=0)):
             tokens = self.model.compute_draft_logits(h).argmax(dim=-1).tolist()
             for (_, r), t in zip(want, tokens, strict=True):
