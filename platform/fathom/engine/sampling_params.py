@@ -16,10 +16,11 @@ LOGIT_BIAS_RANGE = 100.0  # |bias| bound (OpenAI's): -100 bans a token, +100 all
 
 @dataclass(frozen=True)
 class StructuredSpec:
-    """Grammar-constrained decoding of one request (OpenAI `response_format`).
+    """Grammar-constrained decoding of one request (OpenAI `response_format`, forced or strict tool calls).
 
     kind "json_object": any JSON object; "json_schema": JSON matching `schema` (a JSON string),
-    `strict` as OpenAI's flag (no properties beyond the schema's). `after_token_id`: the grammar
+    `strict` as OpenAI's flag (no properties beyond the schema's); "structural_tag": `schema` is an
+    xgrammar structural tag (JSON; tool_choice "auto" with strict functions). `after_token_id`: the grammar
     applies only once this token (an R1-style model's `</think>`) has been sampled."""
 
     kind: str
