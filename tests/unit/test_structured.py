@@ -146,3 +146,8 @@ def test_auto_structural_tag_lets_the_model_write_the_trigger_token(tok):
     after = g.allowed([1], V)[0].nonzero().flatten().tolist()
     assert tok.token_to_id(CALL_BEGIN) in after
     assert EOS not in after  # a calls block must be completed
+    drive(g, tok, f"{CALL_BEGIN}function{SEP}loose\n```json\n" + '{"s": "ab')  # V3's fence spells newlines
+    inside = g.allowed([1], V)[0].nonzero().flatten().tolist()
+    assert inside and all(all(ord(c) >= 0x20 for c in tok.decode([t])) for t in inside)  # none in strings
+    drive(g, tok, '"}\n```' + CALL_END + CALLS_END)
+    assert g.allowed([1], V)[0].nonzero().flatten().tolist() == [EOS]

@@ -82,7 +82,9 @@ def check_spec(kind: str, schema: str | None, strict: bool = True) -> None:
 def tokenizer_info(model_dir: Path, vocab_size: int, visible: frozenset[str] = frozenset()) -> xgr.TokenizerInfo:
     """The vocabulary as xgrammar needs it: token strings by id, special tokens blanked (never
     allowed inside structured text) except those spelled in `visible`, EOS ids from config.json
-    and tokenizer_config.json."""
+    and tokenizer_config.json. A structural tag's view (`visible` given) keeps tokens carrying
+    control characters: its formats spell newlines, and its JSON strings exclude control
+    characters in the grammar itself."""
     tok = json.loads((model_dir / "tokenizer.json").read_text())
     vocab = [""] * vocab_size
     for piece, i in tok["model"]["vocab"].items():
@@ -94,7 +96,7 @@ def tokenizer_info(model_dir: Path, vocab_size: int, visible: frozenset[str] = f
     decoder = json.dumps(tok.get("decoder") or {})
     kind = xgr.VocabType.BYTE_LEVEL if "ByteLevel" in decoder else (
         xgr.VocabType.BYTE_FALLBACK if "ByteFallback" in decoder else xgr.VocabType.RAW)
-    if kind == xgr.VocabType.BYTE_LEVEL:
+    if kind == xgr.VocabType.BYTE_LEVEL and not visible:
         # xgrammar's JSON strings admit raw control characters, which JSON (and every parser)
         # forbids; compact JSON never needs them (they are written escaped), so no token
         # carrying one is ever allowed.
