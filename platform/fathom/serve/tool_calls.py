@@ -46,9 +46,10 @@ def auto_structural_tag(tools: list[dict], v31: bool, parallel: bool) -> dict:
     writes `<｜tool▁calls▁begin｜>`, then one or more calls (one when `parallel` is false) of the
     tools by name, then `<｜tool▁calls▁end｜>` and the end of the output (DeepSeek's templates end
     the turn there). A strict tool's arguments match its `parameters`; a non-strict one's are any
-    JSON. The markers other than the trigger cannot appear in the text."""
+    JSON; either with at most one whitespace character in a row (compact, as the other grammars
+    write it). The markers other than the trigger cannot appear in the text."""
     calls = [{"type": "tag", "begin": _call_begin(t["name"], v31),
-              "content": {"type": "json_schema",
+              "content": {"type": "json_schema", "max_whitespace_cnt": 1,
                           "json_schema": (t.get("parameters") or {"type": "object"}) if t.get("strict") else True},
               "end": CALL_END if v31 else V3_ARGS_CLOSE + CALL_END} for t in tools]
     block = {"type": "tag", "begin": CALLS_BEGIN, "end": CALLS_END,
