@@ -225,3 +225,22 @@ def test_strict_auto_streams_text_or_valid_calls(client):
         kinds.append("calls" if calls else "text")
     print("strict auto streamed, seeds 0-3:", kinds)
     assert "text" in kinds
+
+
+def test_pydantic_function_tool_in_auto_mode_parses(client, calls_begin_bias):
+    """What agent frameworks send: `openai.pydantic_function_tool` (strict by default), tool_choice
+    left at auto; the helper parses the arguments back into the model class."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Weather(BaseModel):
+        city: str = Field(max_length=10)
+        unit: Literal["c", "f"]
+
+    tool = openai.pydantic_function_tool(Weather)
+    assert tool["function"]["strict"] is True
+    r = client.chat.completions.parse(model="fathom-demo", messages=MESSAGES, tools=[tool], max_tokens=400, seed=0,
+                                      logit_bias=calls_begin_bias)
+    calls = r.choices[0].message.tool_calls
+    assert calls and all(isinstance(c.function.parsed_arguments, Weather) for c in calls)
