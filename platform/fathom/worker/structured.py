@@ -79,10 +79,10 @@ def check_spec(kind: str, schema: str | None, strict: bool = True) -> None:
         raise SchemaError(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__) from None
 
 
-def tokenizer_info(model_dir: Path, vocab_size: int, visible: frozenset[str] = frozenset()) -> xgr.TokenizerInfo:
+def tokenizer_info(model_dir: Path, vocab_size: int, visible: frozenset[str] | None = None) -> xgr.TokenizerInfo:
     """The vocabulary as xgrammar needs it: token strings by id, special tokens blanked (never
-    allowed inside structured text) except those spelled in `visible`, EOS ids from config.json
-    and tokenizer_config.json. A structural tag's view (`visible` given) keeps tokens carrying
+    allowed inside structured text) except those in `visible`, EOS ids from config.json and
+    tokenizer_config.json. A structural tag's view (`visible` not None) keeps tokens carrying
     control characters: its formats spell newlines, and its JSON strings exclude control
     characters in the grammar itself."""
     tok = json.loads((model_dir / "tokenizer.json").read_text())
@@ -92,11 +92,11 @@ def tokenizer_info(model_dir: Path, vocab_size: int, visible: frozenset[str] = f
             vocab[i] = piece
     for added in tok.get("added_tokens", []):
         if added["id"] < vocab_size:
-            vocab[added["id"]] = "" if added.get("special") and added["content"] not in visible else added["content"]
+            vocab[added["id"]] = "" if added.get("special") and added["content"] not in (visible or ()) else added["content"]
     decoder = json.dumps(tok.get("decoder") or {})
     kind = xgr.VocabType.BYTE_LEVEL if "ByteLevel" in decoder else (
         xgr.VocabType.BYTE_FALLBACK if "ByteFallback" in decoder else xgr.VocabType.RAW)
-    if kind == xgr.VocabType.BYTE_LEVEL and not visible:
+    if kind == xgr.VocabType.BYTE_LEVEL and visible is None:
         # xgrammar's JSON strings admit raw control characters, which JSON (and every parser)
         # forbids; compact JSON never needs them (they are written escaped), so no token
         # carrying one is ever allowed.
