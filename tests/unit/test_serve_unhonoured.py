@@ -39,14 +39,23 @@ STRICT_TOOL = [{"type": "function", "function": {"name": "f", "strict": True, "p
     "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False}}}]
 
 
-def test_strict_functions_are_refused_in_auto_mode_and_enforced_when_forced():
+def test_strict_functions_in_auto_mode_follow_the_models_format_and_are_enforced_when_forced():
     from fathom.serve.preprocess import tool_spec
 
     for choice in (None, "auto"):
-        with pytest.raises(APIError) as e:
-            tool_spec(chat(tools=STRICT_TOOL, tool_choice=choice))
+        for parser in ("deepseek_v3", "deepseek_v31"):
+            spec = tool_spec(chat(tools=STRICT_TOOL, tool_choice=choice), parser)
+            assert spec.kind == "structural_tag" and "triggered_tags" in spec.schema
+        with pytest.raises(APIError) as e:  # no tool-call format to constrain: refused, not ignored
+            tool_spec(chat(tools=STRICT_TOOL, tool_choice=choice), "none")
         assert e.value.status == 400 and e.value.param == "tools" and "strict" in e.value.message
-    assert tool_spec(chat(tools=STRICT_TOOL, tool_choice="none")) is None
+        with pytest.raises(APIError) as e:
+            tool_spec(chat(tools=STRICT_TOOL, tool_choice=choice, response_format={"type": "json_object"}),
+                      "deepseek_v3")
+        assert e.value.status == 400 and e.value.param == "response_format"
+    loose = [{"type": "function", "function": {**STRICT_TOOL[0]["function"], "strict": False}}]
+    assert tool_spec(chat(tools=loose), "deepseek_v3") is None  # non-strict auto: free, as before
+    assert tool_spec(chat(tools=STRICT_TOOL, tool_choice="none"), "deepseek_v3") is None
     named = tool_spec(chat(tools=STRICT_TOOL, tool_choice={"type": "function", "function": {"name": "f"}}))
     assert named.strict and tool_spec(chat(tools=STRICT_TOOL, tool_choice="required")).strict
 

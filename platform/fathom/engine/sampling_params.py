@@ -16,10 +16,11 @@ LOGIT_BIAS_RANGE = 100.0  # |bias| bound (OpenAI's): -100 bans a token, +100 all
 
 @dataclass(frozen=True)
 class StructuredSpec:
-    """Grammar-constrained decoding of one request (OpenAI `response_format`).
+    """Grammar-constrained decoding of one request (OpenAI `response_format`, forced or strict tool calls).
 
     kind "json_object": any JSON object; "json_schema": JSON matching `schema` (a JSON string),
-    `strict` as OpenAI's flag (no properties beyond the schema's). `after_token_id`: the grammar
+    `strict` as OpenAI's flag (no properties beyond the schema's); "structural_tag": `schema` is an
+    xgrammar structural tag (JSON; tool_choice "auto" with strict functions). `after_token_id`: the grammar
     applies only once this token (an R1-style model's `</think>`) has been sampled."""
 
     kind: str
@@ -96,8 +97,8 @@ class SamplingParams:
             _check(_is_num(value) and -2 <= value <= 2, name, "a number in [-2, 2]", value)
         _check(_is_num(self.repetition_penalty) and 0 < self.repetition_penalty <= 10,
                "repetition_penalty", "a number in (0, 10]", self.repetition_penalty)
-        _check(self.structured is None or self.structured.kind in ("json_object", "json_schema"), "structured",
-               "None or a json_object / json_schema spec", self.structured)
+        _check(self.structured is None or self.structured.kind in ("json_object", "json_schema", "structural_tag"),
+               "structured", "None or a json_object / json_schema / structural_tag spec", self.structured)
         _check(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
                "logprobs", f"None or an integer in [0, {MAX_LOGPROBS}]", self.logprobs)
         _check(self.prompt_logprobs is None or (_is_int(self.prompt_logprobs)

@@ -213,7 +213,7 @@ class ModelServer:
         skip = req.skip_special_tokens and not (kind == "chat" and (self.reasoning_parser != "none"
                                                                      or req.tool_mode() == "auto"))
         calls = prepare(kind, req, self.engine.tokenizer, self.max_model_len, skip_special_tokens=skip,
-                        reasoning_parser=self.reasoning_parser)
+                        reasoning_parser=self.reasoning_parser, tool_parser=self.tool_parser)
         if tenancy is not None:
             calls = cap_calls(tenancy, calls)
             if self.policy is not None and self._weights.get(tenancy.tenant) != tenancy.weight:

@@ -15,7 +15,7 @@ from fathom.engine.sampling_params import SamplingParams, StructuredSpec
 from fathom.engine.tokenizer import Tokenizer
 from fathom.serve.protocol import ChatCompletionRequest, CompletionRequest
 from fathom.serve.reasoning import THINK_CLOSE, ReasoningParser
-from fathom.serve.tool_calls import required_schema
+from fathom.serve.tool_calls import auto_structural_tag, required_schema
 from fathom.worker.structured import SchemaError, check_spec
 
 
@@ -126,49 +126,68 @@ def _message(m) -> dict:
     return d
 
 
-def tool_spec(req: ChatCompletionRequest) -> StructuredSpec | None:
-    """The grammar that enforces tool_choice required / a named function (None otherwise)."""
+def tool_spec(req: ChatCompletionRequest, tool_parser: str = "none") -> StructuredSpec | None:
+    """The grammar that enforces tool_choice required / a named function, or strict functions
+    under "auto" in the checkpoint's tool-call format `tool_parser` (None otherwise)."""
     mode = req.tool_mode()
-    if mode == "auto" and any(t.function.strict for t in req.tools):
-        raise APIError(400, "tools: `strict` functions are enforced only with tool_choice \"required\" or a named "
-                       "function (in auto mode nothing constrains the arguments the model writes)", param="tools",
-                       code="unsupported_parameter")
-    if mode is None or mode == "auto":
+    if mode is None or (mode == "auto" and not any(t.function.strict for t in req.tools)):
         return None
     if req.response_format is not None and req.response_format.type != "text":
-        raise APIError(400, "response_format cannot be combined with tool_choice required or a named function",
-                       param="response_format")
+        raise APIError(400, "response_format cannot be combined with tool_choice required, a named function, or "
+                       "strict functions", param="response_format")
     tools = [t.function.model_dump(exclude_none=True) for t in req.tools]
+    parallel = req.parallel_tool_calls is not False
+    if mode == "auto":
+        return _auto_spec(tools, tool_parser, parallel)
     if mode == "required":
-        schema = required_schema(tools, parallel=req.parallel_tool_calls is not False)
+        schema = required_schema(tools, parallel=parallel)
         strict = all(t.get("strict") for t in tools)
     else:
         tool = next(t for t in tools if t["name"] == mode.removeprefix("function:"))
         schema, strict = tool.get("parameters") or {"type": "object"}, bool(tool.get("strict"))
     text = json.dumps(schema)
+    _check_tool_schema("json_schema", text, strict)
+    return StructuredSpec("json_schema", text, strict=strict)
+
+
+def _auto_spec(tools: list[dict], tool_parser: str, parallel: bool) -> StructuredSpec:
+    """Free text or calls in the checkpoint's own format, strict arguments matching their schemas."""
+    if tool_parser == "none":
+        raise APIError(400, "tools: `strict` functions with tool_choice \"auto\" need the model's tool-call format, "
+                       "and this model's chat template writes none (force the call with tool_choice \"required\" "
+                       "or a named function)", param="tools", code="unsupported_parameter")
+    for t in tools:
+        if t.get("strict"):
+            _check_tool_schema("json_schema", json.dumps(t.get("parameters") or {"type": "object"}), True)
+    text = json.dumps(auto_structural_tag(tools, v31=tool_parser == "deepseek_v31", parallel=parallel))
+    _check_tool_schema("structural_tag", text, True)
+    return StructuredSpec("structural_tag", text)
+
+
+def _check_tool_schema(kind: str, text: str, strict: bool) -> None:
     try:
-        check_spec("json_schema", text, strict)
+        check_spec(kind, text, strict)
     except SchemaError as e:
         raise APIError(400, f"tools: tool calling cannot enforce this parameters schema: {e}", param="tools",
                        code="unsupported_schema") from None
-    return StructuredSpec("json_schema", text, strict=strict)
 
 
 def prepare(
     kind: str, req: ChatCompletionRequest | CompletionRequest, tokenizer: Tokenizer | None, max_model_len: int,
-    skip_special_tokens: bool = True, reasoning_parser: str = "none",
+    skip_special_tokens: bool = True, reasoning_parser: str = "none", tool_parser: str = "none",
 ) -> list[EngineCall]:
     """The engine calls that answer `req` (one per prompt), or an APIError. Without a tokenizer
-    (a checkpoint with no tokenizer.json) only token-id prompts can be served."""
+    (a checkpoint with no tokenizer.json) only token-id prompts can be served. `tool_parser`: the
+    checkpoint's tool-call format (tool_calls.detect_parser), which strict tools in auto mode follow."""
     if tokenizer is None:
         return _prepare_token_ids(kind, req, max_model_len)
     structured = None
     if kind == "chat":
         refuse_unhonoured(req)
         prompts: list[str | list[int]] = [render_chat(req, tokenizer)]
-        structured = tool_spec(req) or structured_spec(req, tokenizer, prompts[0], reasoning_parser)
-        if structured is not None and req.tool_mode() not in (None, "auto") and reasoning_parser != "none" \
-                and ReasoningParser.prompt_opens_think(prompts[0]):
+        tools = tool_spec(req, tool_parser)
+        structured = tools or structured_spec(req, tokenizer, prompts[0], reasoning_parser)
+        if tools is not None and reasoning_parser != "none" and ReasoningParser.prompt_opens_think(prompts[0]):
             structured = StructuredSpec(structured.kind, structured.schema, structured.strict,
                                         tokenizer.token_to_id(THINK_CLOSE))
     else:

@@ -8,8 +8,9 @@
 - "auto": the model writes DeepSeek's own tool-call tokens, parsed here:
   V3 / R1: `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\\n```json\\nARGS\\n```<｜tool▁call▁end｜>…<｜tool▁calls▁end｜>`
   V3.1:    `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>NAME<｜tool▁sep｜>ARGS<｜tool▁call▁end｜>…<｜tool▁calls▁end｜>`
-  With `parallel_tool_calls` false only the first call is returned. A function marked `strict`
-  is refused in auto mode (nothing constrains what the model writes there; the forced modes do).
+  With `parallel_tool_calls` false only the first call is returned. When a function is marked
+  `strict`, `auto_structural_tag` constrains this format: free text, or one block of calls of the
+  tools by name, the arguments of each strict one matching its schema.
 
 Every parser re-reads its whole text on each delta and emits only what is new and can no
 longer change (a suffix that may still become a marker is held back), so the concatenated
@@ -38,6 +39,29 @@ def required_schema(tools: list[dict], parallel: bool) -> dict:
     if not parallel:
         schema["maxItems"] = 1
     return schema
+
+
+def auto_structural_tag(tools: list[dict], v31: bool, parallel: bool) -> dict:
+    """xgrammar structural tag of tool_choice "auto" with strict functions: text until the model
+    writes `<｜tool▁calls▁begin｜>`, then one or more calls (one when `parallel` is false) of the
+    tools by name, then `<｜tool▁calls▁end｜>` and the end of the output (DeepSeek's templates end
+    the turn there). A strict tool's arguments match its `parameters`; a non-strict one's are any
+    JSON; either with at most one whitespace character in a row (compact, as the other grammars
+    write it). The markers other than the trigger cannot appear in the text."""
+    calls = [{"type": "tag", "begin": _call_begin(t["name"], v31),
+              "content": {"type": "json_schema", "max_whitespace_cnt": 1,
+                          "json_schema": (t.get("parameters") or {"type": "object"}) if t.get("strict") else True},
+              "end": CALL_END if v31 else V3_ARGS_CLOSE + CALL_END} for t in tools]
+    block = {"type": "tag", "begin": CALLS_BEGIN, "end": CALLS_END,
+             "content": {"type": "tags_with_separator", "tags": calls, "separator": "" if v31 else "\n",
+                         "at_least_one": True, "stop_after_first": not parallel}}
+    return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": [CALLS_BEGIN], "tags": [block],
+                                                 "stop_after_first": True,
+                                                 "excludes": [CALLS_END, CALL_BEGIN, CALL_END, SEP]}}
+
+
+def _call_begin(name: str, v31: bool) -> str:
+    return f"{CALL_BEGIN}{name}{SEP}" if v31 else f"{CALL_BEGIN}function{SEP}{name}{V3_ARGS_OPEN}"
 
 
 def _held(text: str, marker: str) -> int:

@@ -9,6 +9,10 @@ sampling it fills each sequence's next-token bitmask on the CPU (the model runne
 while the forward pass runs on the accelerator) and returns a [B, V] allowed-token mask;
 after sampling it advances the matchers. A reasoning-aware spec (`after_token_id`, R1's
 `</think>`) leaves the sequence free until that token is sampled.
+
+A "structural_tag" spec (tool_choice "auto" with strict functions) is an xgrammar structural
+tag: it spells special tokens (DeepSeek's tool-call markers), so it is compiled against a second
+view of the vocabulary in which exactly the special tokens it spells are visible.
 """
 
 from __future__ import annotations
@@ -58,6 +62,12 @@ def _unenforced(node) -> set[str]:
 def check_spec(kind: str, schema: str | None, strict: bool = True) -> None:
     """Raise SchemaError when `schema` cannot become a grammar (no vocabulary needed), or uses
     a keyword the grammar would not enforce."""
+    if kind == "structural_tag":
+        try:
+            xgr.Grammar.from_structural_tag(schema)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise SchemaError(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__) from None
+        return
     if kind != "json_schema":
         return
     bad = _unenforced(json.loads(schema))
@@ -69,9 +79,12 @@ def check_spec(kind: str, schema: str | None, strict: bool = True) -> None:
         raise SchemaError(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__) from None
 
 
-def tokenizer_info(model_dir: Path, vocab_size: int) -> xgr.TokenizerInfo:
+def tokenizer_info(model_dir: Path, vocab_size: int, visible: frozenset[str] | None = None) -> xgr.TokenizerInfo:
     """The vocabulary as xgrammar needs it: token strings by id, special tokens blanked (never
-    allowed inside structured text), EOS ids from config.json and tokenizer_config.json."""
+    allowed inside structured text) except those in `visible`, EOS ids from config.json and
+    tokenizer_config.json. A structural tag's view (`visible` not None) keeps tokens carrying
+    control characters: its formats spell newlines, and its JSON strings exclude control
+    characters in the grammar itself."""
     tok = json.loads((model_dir / "tokenizer.json").read_text())
     vocab = [""] * vocab_size
     for piece, i in tok["model"]["vocab"].items():
@@ -79,11 +92,11 @@ def tokenizer_info(model_dir: Path, vocab_size: int) -> xgr.TokenizerInfo:
             vocab[i] = piece
     for added in tok.get("added_tokens", []):
         if added["id"] < vocab_size:
-            vocab[added["id"]] = "" if added.get("special") else added["content"]
+            vocab[added["id"]] = "" if added.get("special") and added["content"] not in (visible or ()) else added["content"]
     decoder = json.dumps(tok.get("decoder") or {})
     kind = xgr.VocabType.BYTE_LEVEL if "ByteLevel" in decoder else (
         xgr.VocabType.BYTE_FALLBACK if "ByteFallback" in decoder else xgr.VocabType.RAW)
-    if kind == xgr.VocabType.BYTE_LEVEL:
+    if kind == xgr.VocabType.BYTE_LEVEL and visible is None:
         # xgrammar's JSON strings admit raw control characters, which JSON (and every parser)
         # forbids; compact JSON never needs them (they are written escaped), so no token
         # carrying one is ever allowed.
@@ -109,11 +122,21 @@ class GrammarBackend:
     """One model's vocabulary (compiled once) and its compiled grammars."""
 
     def __init__(self, model_dir: str | Path, vocab_size: int):
-        self.vocab_size = vocab_size
-        self.info = tokenizer_info(Path(model_dir), vocab_size)
+        self.model_dir, self.vocab_size = Path(model_dir), vocab_size
+        self.info = tokenizer_info(self.model_dir, vocab_size)
         self.compiler = xgr.GrammarCompiler(self.info, cache_enabled=True)
+        self.special = {a["content"] for a in json.loads((self.model_dir / "tokenizer.json").read_text())
+                        .get("added_tokens", []) if a.get("special")}
+        self.tag_compilers: dict[frozenset[str], xgr.GrammarCompiler] = {}  # by the special tokens made visible
 
     def compile(self, spec: StructuredSpec) -> xgr.CompiledGrammar:
+        if spec.kind == "structural_tag":
+            text = json.dumps(json.loads(spec.schema), ensure_ascii=False)
+            visible = frozenset(s for s in self.special if s in text)
+            if visible not in self.tag_compilers:
+                info = tokenizer_info(self.model_dir, self.vocab_size, visible)
+                self.tag_compilers[visible] = xgr.GrammarCompiler(info, cache_enabled=True)
+            return self.tag_compilers[visible].compile_structural_tag(spec.schema)
         if spec.kind == "json_object":
             return self.compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
         return self.compiler.compile_json_schema(spec.schema, any_whitespace=False, strict_mode=spec.strict)
