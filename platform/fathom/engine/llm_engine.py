@@ -120,7 +120,7 @@ class LLMEngine:
             raise PromptTooLongError(
                 f"prompt has {len(prompt)} tokens but the KV cache holds only {self._capacity}")
         if self.config.num_speculative_tokens and params.structured is not None:
-            raise InvalidRequestError("structured outputs (response_format, forced tool calls) are not supported "
+            raise InvalidRequestError("structured outputs (response_format, forced or strict tool calls) are not supported "
                                       "with speculative decoding on this server")
         return prompt
 
