@@ -102,6 +102,17 @@ def fathom_argv(cmd: str) -> tuple[dict, list[str]]:
     return env, ["-m", "fathom.cli", *words[1:]]
 
 
+def assert_printed_as_shown(snippet: str, stdout: str) -> None:
+    """A snippet whose `print(...)` lines end in `# what it prints` printed exactly that, one line
+    per print (`...` in the comment stands for anything): the README shows the model's real answer."""
+    shown = re.findall(r"^print\(.*\)  # (.*)$", snippet, re.MULTILINE)
+    if shown:
+        patterns = [re.escape(s).replace(re.escape("..."), ".*") for s in shown]
+        lines = stdout.splitlines()
+        assert len(lines) == len(shown) and all(re.fullmatch(p, line) for p, line in zip(patterns, lines)), \
+            (shown, lines)
+
+
 @pytest.mark.parametrize(("serve_cmd", "clients"), server_groups(), ids=[g[0] for g in server_groups()])
 def test_serve_commands_and_their_clients(fresh_copy, serve_cmd, clients):
     env, argv = fathom_argv(serve_cmd)
@@ -118,6 +129,7 @@ def test_serve_commands_and_their_clients(fresh_copy, serve_cmd, clients):
                                      capture_output=True, text=True, timeout=120, cwd=fresh_copy,
                                      env=copy_env(fresh_copy))
                 assert out.returncode == 0 and "completion_tokens=" in out.stdout, out.stderr
+                assert_printed_as_shown(text, out.stdout)
     finally:
         server.stop()
     assert server.proc.returncode == 0, server.output

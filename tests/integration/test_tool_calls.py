@@ -47,8 +47,9 @@ def test_readme_agent_snippet_works_as_pasted(server):
     blocks = re.findall(r"```python\n(.*?)```", (Path(__file__).resolve().parents[2] / "README.md").read_text(),
                         re.DOTALL)
     quickstart = next(b for b in blocks if "OpenAI(" in b)
+    client = quickstart[: quickstart.index("\n", quickstart.index("client = OpenAI("))]  # its `client`
     agents = [b for b in blocks if "client." in b and "OpenAI(" not in b]  # the Agents section, in order
-    code = "".join([quickstart, *agents]).replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+    code = "\n".join([client, *agents]).replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "tool_calls get_weather {" in out.stdout and "name=" in out.stdout, out.stdout.splitlines()[-6:]

@@ -1,5 +1,5 @@
 """ModelServer in-process (no Ray, no HTTP) over the real engine on the demo model: chunk
-coalescing, error values, usage."""
+coalescing, error values, usage, reasoning."""
 
 import json
 import time
@@ -96,6 +96,14 @@ async def test_errors_are_values_before_anything_starts(server):
     assert stats["num_running"] == 0 and stats["active_streams"] == 0
 
 
+async def test_the_built_in_demo_model_thinks_then_answers(server):
+    assert server.reasoning_parser == "deepseek_r1"  # --reasoning-parser auto
+    r = await server.complete("chat", ChatCompletionRequest(
+        model="fathom-demo", messages=[{"role": "user", "content": "What is 47 + 38?"}], temperature=0))
+    message = r.body["choices"][0]["message"]
+    assert message["reasoning_content"].startswith("47+38: 7+8=15, carry 1;") and message["content"] == "47 + 38 = 85."
+
+
 async def test_checkpoint_without_tokenizer_serves_token_ids_only(tmp_path):
     from support.model_testing import save_reference
 
@@ -103,6 +111,7 @@ async def test_checkpoint_without_tokenizer_serves_token_ids_only(tmp_path):
     ms = ModelServer(ServeSettings(engine={"model": str(tmp_path), "dtype": "float32", "max_num_seqs": 2,
                                            "block_size": 4, "kv_cache_memory": 1 << 20}, max_ongoing_requests=2))
     try:
+        assert ms.reasoning_parser == "none"  # --reasoning-parser auto: only the built-in demo model thinks
         ids = [5, 17, 42, 7, 99]
         r = await ms.complete("completion", CompletionRequest(
             model=ms.model_name, prompt=ids, max_tokens=6, temperature=0, ignore_eos=True, logprobs=0))

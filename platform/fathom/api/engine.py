@@ -55,7 +55,7 @@ class EngineSettings(Spec):
     kv_cache_dtype: KvCacheDType = Field("auto", description="Latent KV cache: auto = the model dtype; fp8 = e4m3, half the bytes (docs/architecture.md).")
     enable_prefix_caching: bool = Field(True, description="Reuse cached KV blocks of shared prompt prefixes.")
     enable_chunked_prefill: bool = Field(True, description="Split long prompts over steps so decodes are not stalled.")
-    reasoning_parser: Literal["auto", "none", "deepseek_r1"] = Field("auto", description="<think>...</think> as reasoning_content; auto: deepseek_r1 for the demo.")
+    reasoning_parser: Literal["auto", "none", "deepseek_r1"] = Field("auto", description="auto: deepseek_r1 for the built-in demo model, else none.")
     tool_call_parser: Literal["auto", "none", "deepseek_v3", "deepseek_v31"] = Field("auto", description="Tool-call format; auto: from the chat template.")
     engine_core_process: bool = Field(True, description="W=1: engine core in a child process; off: in a thread.")
     seed: int = Field(0, description="Seed of unseeded sampling.")

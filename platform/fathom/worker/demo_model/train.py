@@ -70,9 +70,9 @@ CONFIG = {
 
 
 class Hyper:
-    steps = 1500
+    steps = 2400
     batch = 16
-    lr = 5e-3
+    lr = 2.5e-3
     min_lr_ratio = 0.1
     warmup = 50
     weight_decay = 0.1
