@@ -156,3 +156,10 @@ def test_eplb_config_is_vllms_json():
         settings("--tensor-parallel-size", "2", "--eplb-config", '{"num_redundant_experts": -1}')
     with pytest.raises(UsageError, match="eplb balances experts over ranks"):
         settings("--eplb-config", '{"num_redundant_experts": 2}')
+
+
+def test_num_redundant_experts_sets_one_key_of_eplb():
+    s = settings("--tensor-parallel-size", "2", "--eplb-config", '{"step_interval": 50}', "--num-redundant-experts", "3")
+    assert (s.engine.eplb.num_redundant_experts, s.engine.eplb.step_interval) == (3, 50)
+    with pytest.raises(UsageError, match="--num-redundant-experts: .*greater than or equal to 0"):
+        settings("--tensor-parallel-size", "2", "--num-redundant-experts", "-1")

@@ -52,7 +52,7 @@ class EngineSettings(Spec):
     kv_cache_memory: int | None = Field(None, ge=1, description="Bytes of latent KV cache per rank; default: sized from free memory.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPUs: fraction of each GPU's memory one model instance may use (weights, activations, KV cache; as in vLLM). Ignored with kv_cache_memory.")
     kv_cache_memory_fraction: float = Field(0.9, gt=0, le=1, description="CPU: share of free memory for the KV cache.")
-    kv_cache_dtype: KvCacheDType = Field("auto", description="Latent KV cache: auto = the model dtype; fp8 = e4m3, half the bytes (docs/architecture.md).")
+    kv_cache_dtype: KvCacheDType = Field("auto", description="Latent KV cache: auto = the model dtype; fp8 = e4m3 (half the bytes).")
     enable_prefix_caching: bool = Field(True, description="Reuse cached KV blocks of shared prompt prefixes.")
     enable_chunked_prefill: bool = Field(True, description="Split long prompts over steps so decodes are not stalled.")
     reasoning_parser: Literal["auto", "none", "deepseek_r1"] = Field("auto", description="auto: deepseek_r1 for the built-in demo model, else none.")

@@ -36,7 +36,7 @@ class ServeSettings(Spec):
     host: str = Field("127.0.0.1", description="Interface the HTTP API binds: loopback unless you opt in (0.0.0.0).")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port of the API (0 picks a free one).")
     num_replicas: int = Field(1, ge=1, le=4096, description="Independent model instances (Ray Serve replicas of the model deployment).")
-    address: str | None = Field(None, description="Ray cluster to join (e.g. `auto`, `ray://head:10001`); unset: start a local Ray instance.")
+    address: str | None = Field(None, description="Ray cluster to join (`auto`, `ray://head:10001`); unset: a local one.")
     max_ongoing_requests: int = Field(256, ge=1, le=1_000_000, description="Requests a replica serves at once (running + waiting).")
     max_queued_requests: int = Field(
         256, ge=1, le=1_000_000, description="Requests queued per ingress before the API answers 429."

@@ -121,6 +121,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
             for flag, (dest, text) in JSON_FLAGS.items():
                 group.add_argument(flag, dest=dest, metavar="JSON", type=_json_object, default=argparse.SUPPRESS,
                                    help=text)
+            group.add_argument("--num-redundant-experts", dest="engine.eplb.num_redundant_experts", type=int,
+                               metavar="N", default=argparse.SUPPRESS,
+                               help="EPLB: extra expert slots for hot experts (--eplb-config's key).")
 
 
 def _json_object(text: str) -> dict:
@@ -192,6 +195,12 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         serve_over["api_key_sha256"] = hash_api_key(api_key)
         flags["api_key_sha256"] = "--api-key" if getattr(args, "api_key", None) is not None else f"${API_KEY_ENV}"
     merged = settings.model_dump()
+    for key in [k for k in engine_over if "." in k]:  # a flag for one key of a nested setting
+        outer, inner = key.split(".", 1)
+        value = engine_over.pop(key)
+        engine_over[outer] = {**engine_over.get(outer, merged["engine"][outer]), inner: value}
+        flags.pop(key)
+        flags[inner] = _flag(inner)
     merged["engine"].update(engine_over)
     merged.update(serve_over)
     try:
