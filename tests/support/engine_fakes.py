@@ -31,7 +31,23 @@ def reference_greedy(prompt: list[int], n: int) -> list[int]:
     return seq[len(prompt):]
 
 
-class FakeExecutor:
+class _AlwaysHealthy:
+    """The Executor protocol's lifecycle for in-process fakes: always healthy, nothing to stop."""
+
+    def check_health(self):
+        pass
+
+    def ping(self):
+        pass
+
+    def rank_nodes(self):
+        return None
+
+    def shutdown(self):
+        pass
+
+
+class FakeExecutor(_AlwaysHealthy):
     def __init__(self, num_blocks: int, block_size: int):
         self.num_kv_blocks = num_blocks
         self.vocab_size = VOCAB
@@ -68,20 +84,8 @@ class FakeExecutor:
             logits[j, (rows[r] + 1) % VOCAB] = 4.0
         return self.sampler.sample(logits, [step.seq_ids[r] for r in step.sample_rows])
 
-    def check_health(self):
-        pass
 
-    def ping(self):
-        pass
-
-    def rank_nodes(self):
-        return None
-
-    def shutdown(self):
-        pass
-
-
-class DataParallelFakeExecutor:
+class DataParallelFakeExecutor(_AlwaysHealthy):
     """D `FakeExecutor`s as D attention groups, each with its own simulated KV cache (block ids
     overlap between groups, so a row run on the wrong group reads the wrong tokens): the step is
     split and merged by the real `fathom.worker.dp_step` functions."""
@@ -103,15 +107,3 @@ class DataParallelFakeExecutor:
             self.idle_steps[g] += not mine.seq_ids
             outs.append(fake.execute(mine) if mine.seq_ids else StepOutput([], [], []))
         return merge_outputs(step, outs)
-
-    def check_health(self):
-        pass
-
-    def ping(self):
-        pass
-
-    def rank_nodes(self):
-        return None
-
-    def shutdown(self):
-        pass
