@@ -15,6 +15,7 @@ from ray import serve
 
 from fathom.api.serve import ServeSettings
 from fathom.serve.launch import deploy, free_port, start_ray
+from fathom.worker.demo import demo_checkpoint_dir
 
 pytestmark = pytest.mark.slow  # a Serve app on the demo model: about a minute on 2 cores
 PLATFORM = str(Path(__file__).resolve().parents[2] / "platform")
@@ -22,7 +23,10 @@ PLATFORM = str(Path(__file__).resolve().parents[2] / "platform")
 
 @pytest.fixture(scope="module")
 def settings():
-    s = ServeSettings(engine={"max_model_len": 512, "max_num_seqs": 4}, port=free_port(), max_ongoing_requests=8)
+    # the random-weights demo (slower than the trained one) and a long answer: the stream must
+    # still be running when the hook's process has started and looked (seconds on a busy CI box)
+    s = ServeSettings(engine={"model": str(demo_checkpoint_dir()), "served_model_name": "fathom-demo",
+                              "max_model_len": 2048, "max_num_seqs": 4}, port=free_port(), max_ongoing_requests=8)
     start_ray(s)
     deploy(s, show_progress=False)
     yield s
@@ -34,7 +38,7 @@ def test_prestop_waits_for_in_flight_requests_then_the_ingress_refuses(settings)
     base = f"http://127.0.0.1:{settings.port}"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
            "PYTHONPATH": os.pathsep.join(filter(None, [PLATFORM, os.environ.get("PYTHONPATH")]))}
-    body = {"model": "fathom-demo", "prompt": "Tell me", "max_tokens": 300, "ignore_eos": True, "stream": True}
+    body = {"model": "fathom-demo", "prompt": "Tell me", "max_tokens": 2000, "ignore_eos": True, "stream": True}
     with httpx.Client(base_url=base, timeout=120) as http, http.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
